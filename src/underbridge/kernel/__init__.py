@@ -1,0 +1,1 @@
+"""The microkernel: syscalls, ELF loading, processes. Runs in Python on kernel entry."""

@@ -1,0 +1,443 @@
+"""The Machine: one emulated x86-64 CPU with PKU, its RAM, and the kernel's page table.
+
+This module owns the Unicorn handle and is the only caller of `emu_start`. Hooks only
+record what happened and stop the CPU; everything else (the kernel's response) runs
+after `run` returns, outside the engine's callback context. The first event of a run
+wins: `emu_stop` takes effect at the end of the current translation block, so a later
+instruction of that block may still raise another event, which is ignored.
+
+Kernel virtual layout (upper half; every page here is U=0, so ring 3 and PKRU never
+reach it, and user page tables share it by reference as a non-KPTI kernel does):
+  KERNEL_TEXT        boot stubs: `sysretq`, the (hooked) syscall entry        r-x
+  KERNEL_STUBS       ring-0 stubs the machine runs for itself (calibration)   r-x
+  KERNEL_DATA        the GDT                                                  rw-
+The lower half belongs to guests.
+
+Invariants:
+  - Before the CPU runs, the emulated TLB is coherent with every page table: any page
+    table change, CR3 change or PKRU change since the last run triggers a full flush.
+  - A guest cannot crash the Python process: a CPU exception, an invalid instruction
+    or an engine error while guest code runs becomes an Exit carrying a Fault.
+  - Port I/O follows the SDM for IOPL 0 with no TSS I/O bitmap: #GP in ring 3 (the
+    engine itself lets every I/O instruction through). The refused instruction has no
+    effect and is the one reported; the instructions after it in the same translation
+    block still run with the guest's own ring-3 rights before the CPU stops, and the
+    kernel terminates the guest. (INS/OUTS touch memory before the engine's I/O hook,
+    so a bad buffer there is reported as #PF where hardware reports #GP.) There are
+    no devices: ring-0 IN reads all ones (a floating bus), OUT is discarded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from enum import Enum
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_ERR_INSN_INVALID,
+    UC_HOOK_BLOCK,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_MODE_64,
+    UC_TLB_CPU,
+    Uc,
+    UcError,
+)
+from unicorn.x86_const import (
+    UC_CPU_X86_SKYLAKE_SERVER,
+    UC_X86_INS_IN,
+    UC_X86_INS_OUT,
+    UC_X86_INS_SYSCALL,
+    UC_X86_REG_CR0,
+    UC_X86_REG_CR2,
+    UC_X86_REG_CR4,
+    UC_X86_REG_CS,
+    UC_X86_REG_R11,
+    UC_X86_REG_RAX,
+    UC_X86_REG_RCX,
+    UC_X86_REG_RIP,
+)
+
+from underbridge.errors import KernelBug
+from underbridge.machine import calibrate, faults, privilege
+from underbridge.machine.accounting import Accounting, Tally
+from underbridge.machine.context import ContextLayout, CpuContext, Reg
+from underbridge.machine.faults import Fault
+from underbridge.machine.paging import PageFlags, PageTable, VirtAddr
+from underbridge.machine.physmem import PAGE_SIZE, FrameAllocator, PhysMem
+
+KERNEL_TEXT = VirtAddr(0xFFFF_FFFF_8000_0000)
+KERNEL_STUBS = VirtAddr(KERNEL_TEXT + PAGE_SIZE)
+KERNEL_DATA = VirtAddr(0xFFFF_FFFF_8010_0000)
+SYSRETQ_AT = KERNEL_TEXT
+SYSCALL_ENTRY_AT = VirtAddr(KERNEL_TEXT + 0x10)
+STUB_HALT = b"\xf4"  # the machine runs its own stubs `until` this hlt
+USER_PROBE = VirtAddr(0x10000)  # mapped only during boot, to capture a ring-3 state
+
+KERNEL_CODE = PageFlags(executable=True)
+KERNEL_RW = PageFlags(writable=True)
+
+DEFAULT_MEMORY_MIB = 64
+UNLIMITED_COUNT = 1 << 62
+
+
+class ExitKind(Enum):
+    SYSCALL = "syscall"  # guest executed `syscall`; RIP is past it
+    FAULT = "fault"  # a CPU exception; the Fault says which
+    PREEMPTED = "preempted"  # the instruction budget ran out
+    HALTED = "halted"  # the CPU stopped on its own (ring-0 hlt)
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    kind: ExitKind
+    fault: Fault | None = None
+
+
+class Machine:
+    """One emulated computer. Many can live in one process; they share nothing."""
+
+    def __init__(self, *, memory_mib: int = DEFAULT_MEMORY_MIB, accounting: bool = True) -> None:
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.ctl_set_cpu_model(UC_CPU_X86_SKYLAKE_SERVER)
+        self.uc.ctl_set_tlb_mode(UC_TLB_CPU)
+        self.mem = PhysMem(self.uc, memory_mib << 20)
+        self.frames = FrameAllocator(self.mem)
+        self._page_tables: dict[int, PageTable] = {}
+        self._tlb_stale = True
+        self._loaded_cr3 = -1
+        self._loaded_pkru = -1
+        self._pending: tuple[ExitKind, int] | None = None
+        self._undo: dict[Reg, int] = {}  # registers to put back after a refused instruction
+        self._space: PageTable | None = None  # the page table of the running context
+        self.kernel_space = self.new_page_table(share_kernel_half=False)
+        self.accounting: Accounting | None = None
+        self._install_hooks(accounting)
+        self._map_kernel_pages()
+        privilege.configure(self.uc, cr3=self.kernel_space.root,
+                            gdt_vaddr=KERNEL_DATA, syscall_entry=SYSCALL_ENTRY_AT)
+        self._space = self.kernel_space
+        self.layout, self._templates = self._calibrate_and_capture_rings()
+        if self.accounting is not None:
+            self.accounting.reset()
+
+    # -- boot -----------------------------------------------------------------------
+
+    def _install_hooks(self, accounting: bool) -> None:
+        self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
+        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_port_in, None, 1, 0, UC_X86_INS_IN)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_port_out, None, 1, 0, UC_X86_INS_OUT)
+        if accounting:
+            self.accounting = Accounting(self._read_running_code)
+            self.uc.hook_add(UC_HOOK_BLOCK, self.accounting.on_block)
+
+    def _map_kernel_pages(self) -> None:
+        text = self._map_kernel_page(KERNEL_TEXT, KERNEL_CODE)
+        self.mem.write(text, bytes.fromhex("48 0f 07"))  # sysretq
+        self.mem.write(text + (SYSCALL_ENTRY_AT - KERNEL_TEXT), STUB_HALT)
+        self._map_kernel_page(KERNEL_STUBS, KERNEL_CODE)
+        gdt = self._map_kernel_page(KERNEL_DATA, KERNEL_RW)
+        self.mem.write(gdt, privilege.gdt_bytes())
+
+    def _map_kernel_page(self, vaddr: VirtAddr, flags: PageFlags) -> int:
+        frame = self.frames.alloc()
+        self.kernel_space.map(vaddr, frame, flags)
+        return frame
+
+    def save_blob(self) -> bytes:
+        context = self.uc.context_save()
+        address = ctypes.cast(context.context, ctypes.c_void_p).value
+        return ctypes.string_at(address, context.size)
+
+    def run_ring0_stub(self, code: bytes, *, rax: int = 0, pkru: int | None = None) -> int | None:
+        """Run machine-owned ring-0 code on the kernel page table (boot only).
+
+        The stub first loads PKRU (if given) with a real wrpkru, then RAX, then `code`.
+        Returns the vector of the exception the code raised, or None.
+        """
+        prologue = b"" if pkru is None else calibrate.wrpkru_stub(pkru)
+        prologue += b"\x48\xb8" + rax.to_bytes(8, "little")  # mov rax, imm64
+        stub = prologue + code
+        frame = self.kernel_space.translate(KERNEL_STUBS)
+        assert frame is not None
+        self.mem.write(frame, stub + STUB_HALT)
+        self.uc.ctl_flush_tb()
+        self.uc.context_restore(self._ring0_boot)
+        self._pending = None
+        self._flush_tlb()
+        self._emu_start(KERNEL_STUBS, KERNEL_STUBS + len(stub))
+        pending, self._pending = self._pending, None
+        return None if pending is None else pending[1]
+
+    def _calibrate_and_capture_rings(self) -> tuple[ContextLayout, dict[int, CpuContext]]:
+        self._ring0_boot = self.uc.context_save()
+        regs = calibrate.register_offsets(self)
+        pkru = calibrate.pkru_offset(self)
+        self.uc.context_restore(self._ring0_boot)
+        error_code, in_flight = calibrate.error_code_offsets(self, self._calibration_faults())
+        self.uc.context_restore(self._ring0_boot)
+        ring0_blob = self.save_blob()
+        ring3 = self._enter_ring3_for_real()
+        ring3_blob = self.save_blob()
+        cs = calibrate.cs_selector_offset(ring0_blob, ring3_blob, privilege.KERNEL_CS,
+                                          privilege.USER_CS)
+        layout = ContextLayout(size=len(ring0_blob), regs=regs, pkru=pkru,
+                               error_code=error_code, exception_in_flight=in_flight,
+                               cs_selector=cs)
+        self.uc.context_restore(self._ring0_boot)
+        ring0 = self.uc.context_save()
+        templates = {0: CpuContext(ring0, layout), 3: CpuContext(ring3, layout)}
+        for template in templates.values():
+            template.pkru = 0
+        return layout, templates
+
+    def _calibration_faults(self) -> list[tuple[int, bytes, int, int]]:
+        """Three real #PFs with SDM-fixed error codes (see calibrate.py)."""
+        read_only = VirtAddr(KERNEL_DATA + 2 * PAGE_SIZE)
+        keyed = VirtAddr(USER_PROBE + PAGE_SIZE)
+        self.kernel_space.map(read_only, self.frames.alloc(), PageFlags())
+        self.kernel_space.map(keyed, self.frames.alloc(), PageFlags(writable=True, user=True,
+                                                                    pkey=1))
+        not_present = VirtAddr(KERNEL_DATA + PAGE_SIZE)
+        return [
+            (0x2, calibrate.STORE_RCX_AT_RAX, not_present, 0),
+            (0x3, calibrate.STORE_RCX_AT_RAX, read_only, 0),
+            (0x21, calibrate.LOAD_RCX_FROM_RAX, keyed, 0b0100),  # AD for key 1
+        ]
+
+    def _enter_ring3_for_real(self) -> object:
+        """Execute a real sysretq into a ring-3 page that immediately does `syscall`."""
+        for vaddr in (VirtAddr(KERNEL_DATA + 2 * PAGE_SIZE), VirtAddr(USER_PROBE + PAGE_SIZE)):
+            self.frames.free(self.kernel_space.unmap(vaddr))  # type: ignore[arg-type]
+        probe = self.frames.alloc()
+        self.mem.write(probe, bytes.fromhex("0f 05 eb fe"))  # syscall; jmp $
+        self.kernel_space.map(USER_PROBE, probe, PageFlags(user=True, executable=True))
+        self.uc.context_restore(self._ring0_boot)
+        self.uc.reg_write(UC_X86_REG_RCX, USER_PROBE)
+        self.uc.reg_write(UC_X86_REG_R11, 0x202)
+        self._pending = None
+        self._flush_tlb()
+        self.uc.ctl_flush_tb()
+        self._emu_start(SYSRETQ_AT, 0)
+        if self._pending != (ExitKind.SYSCALL, 0):
+            raise KernelBug(f"boot: sysretq into ring 3 did not reach the probe ({self._pending})")
+        self._pending = None
+        ring3 = self.uc.context_save()
+        self.kernel_space.unmap(USER_PROBE)
+        self.frames.free(probe)
+        return ring3
+
+    # -- hooks (engine callback context: record and stop, nothing else) --------------
+
+    def _on_syscall(self, uc: Uc, _data: object) -> None:
+        self._record(uc, ExitKind.SYSCALL, 0)
+
+    def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
+        self._record(uc, ExitKind.FAULT, vector)
+
+    def _record(self, uc: Uc, kind: ExitKind, vector: int) -> None:
+        if self._pending is None:
+            self._pending = (kind, vector)
+        uc.emu_stop()
+
+    def _on_port_in(self, uc: Uc, _port: int, size: int, _data: object) -> int:
+        if uc.reg_read(UC_X86_REG_CS) & 3:
+            self._refuse_port_io(uc)
+            return uc.reg_read(UC_X86_REG_RAX) & ((1 << (8 * size)) - 1)
+        return (1 << (8 * size)) - 1
+
+    def _on_port_out(self, uc: Uc, _port: int, _size: int, _value: int, _data: object) -> None:
+        if uc.reg_read(UC_X86_REG_CS) & 3:
+            self._refuse_port_io(uc)
+
+    def _refuse_port_io(self, uc: Uc) -> None:
+        """#GP(0) at the I/O instruction, reported with RIP and RAX as they were."""
+        if self._pending is None:
+            self._undo = {Reg.RIP: uc.reg_read(UC_X86_REG_RIP),
+                          Reg.RAX: uc.reg_read(UC_X86_REG_RAX)}
+        self._record(uc, ExitKind.FAULT, faults.GENERAL_PROTECTION)
+
+    # -- address spaces -------------------------------------------------------------
+
+    def new_page_table(self, *, share_kernel_half: bool = True) -> PageTable:
+        table = PageTable(self.mem, self.frames, self._page_changed)
+        if share_kernel_half:
+            table.share_upper_half(self.kernel_space)
+        self._page_tables[table.root] = table
+        return table
+
+    def destroy_page_table(self, table: PageTable) -> None:
+        if table is self.kernel_space:
+            raise KernelBug("the kernel page table is never destroyed")
+        del self._page_tables[table.root]
+        if self.accounting is not None:
+            self.accounting.forget_space(table.root)
+        table.destroy()
+        self._tlb_stale = True
+
+    def _page_changed(self, _vaddr: VirtAddr) -> None:
+        self._tlb_stale = True
+
+    def code_changed(self, table: PageTable) -> None:
+        """Call after writing instructions into frames: drop translated and decoded code."""
+        self.uc.ctl_flush_tb()
+        if self.accounting is not None:
+            self.accounting.forget_space(table.root)
+
+    def read_virtual(self, table: PageTable, vaddr: int, length: int) -> bytes:
+        """Bytes at vaddr as `table` maps them, cut short at the first unmapped page."""
+        out = bytearray()
+        while len(out) < length:
+            physical = table.translate(vaddr + len(out))
+            if physical is None:
+                break
+            chunk = min(length - len(out), PAGE_SIZE - physical % PAGE_SIZE)
+            out += self.mem.read(physical, chunk)
+        return bytes(out)
+
+    def _read_running_code(self, vaddr: int, length: int) -> bytes:
+        space = self._space or self.kernel_space
+        return self.read_virtual(space, vaddr, length)
+
+    # -- threads --------------------------------------------------------------------
+
+    def new_context(self, *, ring: int, page_table: PageTable, rip: int, rsp: int,
+                    pkru: int = 0) -> CpuContext:
+        """A fresh thread state in `ring` (0 or 3): all registers zero but these."""
+        if ring not in self._templates:
+            raise ValueError(f"ring must be 0 or 3, not {ring}")
+        context = CpuContext(self.uc.context_save(), self.layout)
+        context.copy_from(self._templates[ring])
+        for reg in Reg:
+            context[reg] = 0
+        context[Reg.CR3] = page_table.root
+        context.rip = rip
+        context[Reg.RSP] = rsp
+        context.pkru = pkru
+        return context
+
+    def set_paging_controls(self, context: CpuContext, *, write_protect: bool,
+                            protection_keys: bool) -> None:
+        """Set CR0.WP and CR4.PKE in a saved context.
+
+        For the tests of the access rules only: every context the kernel creates keeps
+        both set, and the secure monitor treats clearing either as an attack.
+        """
+        self.uc.context_restore(context.uc_context)
+        cr0 = self.uc.reg_read(UC_X86_REG_CR0)
+        cr4 = self.uc.reg_read(UC_X86_REG_CR4)
+        cr0 = cr0 | privilege.CR0_WP if write_protect else cr0 & ~privilege.CR0_WP
+        cr4 = cr4 | privilege.CR4_PKE if protection_keys else cr4 & ~privilege.CR4_PKE
+        self.uc.reg_write(UC_X86_REG_CR0, cr0)
+        self.uc.reg_write(UC_X86_REG_CR4, cr4)
+        self.uc.context_update(context.uc_context)
+        self._tlb_stale = True
+
+    def run(self, context: CpuContext, *, budget: int = 0) -> Exit:
+        """Resume `context` until it enters the kernel, faults, or spends `budget`.
+
+        budget: at most that many instructions (0: no limit). On return the context
+        holds the thread's state at the exit (for a syscall, RIP is past it).
+        """
+        self._load(context)
+        self._pending = None
+        try:
+            self._emu_start(context.rip, 0, budget)
+        except UcError as error:
+            self._save(context)
+            return self._fault_exit(context, self._engine_error_fault(context, error))
+        self._save(context)
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return Exit(ExitKind.PREEMPTED if self._budget_spent(budget) else ExitKind.HALTED)
+        kind, vector = pending
+        if kind is ExitKind.SYSCALL:
+            return Exit(ExitKind.SYSCALL)
+        return self._fault_exit(context, self._decode_fault(context, vector))
+
+    def _emu_start(self, begin: int, until: int, budget: int = 0) -> None:
+        """The one call of emu_start.
+
+        Unicorn's `count` must be used on every run or on none: switching between the
+        two deletes its counting hook and flushes translations, which makes the engine
+        take a silent page fault at a stale address. So with accounting on, the block
+        hook enforces the budget and `count` is never used; with accounting off,
+        `count` is always passed.
+        """
+        if self.accounting is not None:
+            self.accounting.arm(budget)
+            self.uc.emu_start(begin, until)
+        else:
+            self.uc.emu_start(begin, until, count=budget or UNLIMITED_COUNT)
+
+    def _budget_spent(self, budget: int) -> bool:
+        if self.accounting is not None:
+            return self.accounting.deadline_reached
+        return budget > 0
+
+    def _save(self, context: CpuContext) -> None:
+        self.uc.context_update(context.uc_context)
+        if self._undo:
+            for reg, value in self._undo.items():
+                context[reg] = value
+            self._undo = {}
+        self._loaded_cr3 = context.cr3
+        self._loaded_pkru = context.pkru
+
+    def _fault_exit(self, context: CpuContext, fault: Fault) -> Exit:
+        context.end_exception()
+        return Exit(ExitKind.FAULT, fault)
+
+    def _load(self, context: CpuContext) -> None:
+        self.uc.context_restore(context.uc_context)
+        cr3 = context.cr3
+        if self._tlb_stale or cr3 != self._loaded_cr3 or context.pkru != self._loaded_pkru:
+            self._flush_tlb()
+        space = self._page_tables.get(cr3)
+        if space is None:
+            raise KernelBug(f"context runs on unknown page table {cr3:#x}")
+        if space is not self._space and self.accounting is not None:
+            self.accounting.select_space(cr3)
+        self._space = space
+
+    def _flush_tlb(self) -> None:
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._tlb_stale = False
+
+    # -- faults ---------------------------------------------------------------------
+
+    def _decode_fault(self, context: CpuContext, vector: int) -> Fault:
+        space = self._page_tables[context.cr3]
+        return faults.decode(
+            vector,
+            rip=context.rip,
+            cpl=context.cpl,
+            pkru=context.pkru,
+            error_code=context.error_code,
+            cr2=self.uc.reg_read(UC_X86_REG_CR2),
+            lookup=space.lookup,
+            read_code=lambda va, n: self.read_virtual(space, va, n),
+        )
+
+    def _engine_error_fault(self, context: CpuContext, error: UcError) -> Fault:
+        if error.errno == UC_ERR_INSN_INVALID:
+            return self._decode_fault(context, faults.INVALID_OPCODE)
+        # The engine refused something the hardware would turn into a machine check
+        # (e.g. a page-table entry pointing past the end of RAM).
+        space = self._page_tables[context.cr3]
+        code = self.read_virtual(space, context.rip, 15)
+        return Fault(18, context.rip, context.cpl, context.pkru,
+                     f"{faults.disassemble_one(code, context.rip)} (engine: {error})")
+
+    # -- accounting -----------------------------------------------------------------
+
+    def tally(self) -> Tally:
+        return Tally() if self.accounting is None else self.accounting.tally()
+
+    def charge(self, event: str, times: int = 1) -> None:
+        if self.accounting is not None:
+            self.accounting.charge(event, times)

@@ -1,0 +1,244 @@
+"""The Machine: boot, ring transitions, faults decoded, TLB coherence, preemption."""
+
+from __future__ import annotations
+
+import pytest
+
+from underbridge.machine import privilege
+from underbridge.machine.context import Reg
+from underbridge.machine.cpu import KERNEL_DATA, KERNEL_TEXT, ExitKind, Machine
+from underbridge.machine.faults import GENERAL_PROTECTION, INVALID_OPCODE, PAGE_FAULT
+from underbridge.machine.oracle import Access, Violation
+from underbridge.machine.paging import PageFlags
+
+from .conftest import CODE_VA, DATA_VA, USER_RW
+
+
+def test_boot_calibrates_a_layout_with_distinct_offsets(machine):
+    layout = machine.layout
+    offsets = [*layout.regs, layout.pkru, layout.error_code, layout.exception_in_flight,
+               layout.cs_selector]
+    assert len(set(offsets)) == len(offsets)
+    assert all(0 <= offset < layout.size for offset in offsets)
+
+
+def test_contexts_start_in_the_requested_ring(scratch):
+    assert scratch.context(ring=3).cpl == 3
+    assert scratch.context(ring=0).cpl == 0
+    with pytest.raises(ValueError):
+        scratch.context(ring=1)
+
+
+def test_control_registers_are_configured(machine):
+    regs = privilege.control_registers(machine.uc)
+    assert regs["cr0"] & privilege.CR0_WP and regs["cr0"] & privilege.CR0_PG
+    assert regs["cr4"] & privilege.CR4_PKE and regs["cr4"] & privilege.CR4_PAE
+    assert not regs["cr4"] & (privilege.CR4_SMEP | privilege.CR4_SMAP)
+    assert regs["efer"] & privilege.EFER_NXE and regs["efer"] & privilege.EFER_SCE
+
+
+def test_gdt_descriptors_match_the_selectors():
+    entries = privilege.GDT_ENTRIES
+    assert (entries[privilege.USER_CS >> 3] >> 45) & 3 == 3  # DPL 3
+    assert (entries[privilege.USER_CS >> 3] >> 53) & 1 == 1  # L: 64-bit code
+    assert (entries[privilege.KERNEL_CS >> 3] >> 45) & 3 == 0
+    assert privilege.STAR >> 48 == privilege.USER_CS - 16 - 3  # sysretq loads CS = base+16
+
+
+def test_syscall_exits_to_the_kernel_with_rip_past_it(scratch):
+    scratch.code("mov rax, 42\nmov rdi, 7\nsyscall\nnop")
+    context = scratch.context()
+    result = scratch.machine.run(context)
+    assert result.kind is ExitKind.SYSCALL
+    assert context[Reg.RAX] == 42 and context.syscall_args()[0] == 7
+    assert context.rip == CODE_VA + 7 + 7 + 2
+
+
+def test_kernel_can_return_a_value_and_resume(scratch):
+    scratch.code("syscall\nmov rbx, rax\nsyscall")
+    context = scratch.context()
+    scratch.machine.run(context)
+    context[Reg.RAX] = 1234
+    assert scratch.machine.run(context).kind is ExitKind.SYSCALL
+    assert context[Reg.RBX] == 1234
+
+
+@pytest.mark.parametrize("instruction", ["mov cr3, rax", "hlt", "wrmsr", "cli", "lgdt [rax]",
+                                         "in al, dx", "invlpg [rax]", "mov cr4, rax"])
+def test_privileged_instruction_in_ring3_is_gp_with_disassembly(scratch, instruction):
+    scratch.code(instruction)
+    result = scratch.machine.run(scratch.context())
+    assert result.kind is ExitKind.FAULT
+    assert result.fault.vector == GENERAL_PROTECTION
+    assert result.fault.mnemonic == "#GP"
+    assert result.fault.instruction.split()[0] == instruction.split()[0]
+    assert result.fault.rip == CODE_VA and result.fault.cpl == 3
+
+
+def test_invalid_opcode_is_ud(scratch):
+    scratch.code("ud2")
+    result = scratch.machine.run(scratch.context())
+    assert result.fault.vector == INVALID_OPCODE
+    assert result.fault.instruction == "ud2"
+
+
+def test_a_faulting_guest_does_not_stop_the_others(scratch):
+    scratch.code("mov cr3, rax", CODE_VA)
+    scratch.code("mov rax, 5\nsyscall", CODE_VA + 0x1000)
+    bad, good = scratch.context(rip=CODE_VA), scratch.context(rip=CODE_VA + 0x1000)
+    assert scratch.machine.run(bad).kind is ExitKind.FAULT
+    assert scratch.machine.run(good).kind is ExitKind.SYSCALL
+    assert good[Reg.RAX] == 5
+
+
+def test_repeated_faults_stay_page_faults(scratch):
+    """Regression: without end_exception the engine escalates to #DF and a silent halt."""
+    scratch.code("mov rax, [0x900000]")
+    context = scratch.context()
+    for _ in range(3):
+        context.rip = CODE_VA
+        result = scratch.machine.run(context)
+        assert result.fault.vector == PAGE_FAULT
+        assert result.fault.reason is Violation.NOT_PRESENT
+
+
+def test_ring3_cannot_touch_kernel_pages(scratch):
+    scratch.code(f"mov rbx, {KERNEL_DATA:#x}\nmov rax, [rbx]")
+    fault = scratch.machine.run(scratch.context()).fault
+    assert fault.reason is Violation.USER_TO_SUPERVISOR and fault.address == KERNEL_DATA
+
+
+def test_ring3_cannot_execute_kernel_text(scratch):
+    scratch.code(f"mov rbx, {KERNEL_TEXT:#x}\njmp rbx")
+    fault = scratch.machine.run(scratch.context()).fault
+    assert fault.access is Access.FETCH and fault.reason is Violation.USER_TO_SUPERVISOR
+
+
+def test_protect_takes_effect_at_once(scratch):
+    """TLB coherence: a permission change is seen by the very next run."""
+    scratch.page(DATA_VA, USER_RW)
+    scratch.code(f"mov qword ptr [{DATA_VA:#x}], 1\nsyscall")
+    context = scratch.context()
+    assert scratch.machine.run(context).kind is ExitKind.SYSCALL
+    scratch.table.protect(DATA_VA, PageFlags(user=True))
+    context.rip = CODE_VA
+    assert scratch.machine.run(context).fault.reason is Violation.WRITE_READ_ONLY
+    scratch.table.protect(DATA_VA, PageFlags(user=True, writable=True, pkey=3))
+    context.rip, context.pkru = CODE_VA, 0b11 << 6
+    assert scratch.machine.run(context).fault.reason is Violation.PKEY_ACCESS_DISABLED
+
+
+def test_unmap_and_remap_take_effect_at_once(scratch):
+    machine = scratch.machine
+    first = scratch.page(DATA_VA, USER_RW, (111).to_bytes(8, "little"))
+    scratch.code(f"mov rax, [{DATA_VA:#x}]\nsyscall")
+    context = scratch.context()
+    machine.run(context)
+    assert context[Reg.RAX] == 111
+    machine.frames.free(scratch.table.unmap(DATA_VA))
+    context.rip = CODE_VA
+    assert machine.run(context).fault.reason is Violation.NOT_PRESENT
+    scratch.page(DATA_VA, USER_RW, (222).to_bytes(8, "little"))
+    context.rip = CODE_VA
+    machine.run(context)
+    assert context[Reg.RAX] == 222
+    del first
+
+
+def test_switching_address_spaces_switches_translations(machine):
+    from .conftest import Scratch
+
+    spaces = [Scratch(machine, machine.new_page_table()) for _ in range(2)]
+    for value, space in enumerate(spaces, start=10):
+        space.page(DATA_VA, USER_RW, value.to_bytes(8, "little"))
+        space.code(f"mov rax, [{DATA_VA:#x}]\nsyscall")
+    for _ in range(2):
+        for value, space in enumerate(spaces, start=10):
+            context = space.context()
+            machine.run(context)
+            assert context[Reg.RAX] == value
+
+
+def test_budget_preempts_a_spinning_guest_and_it_resumes(scratch):
+    scratch.code("spin: inc rbx\ncmp rbx, 100000\njne spin\nsyscall")
+    context = scratch.context()
+    result = scratch.machine.run(context, budget=1000)
+    assert result.kind is ExitKind.PREEMPTED
+    assert 0 < context[Reg.RBX] < 100000
+    while (result := scratch.machine.run(context, budget=50_000)).kind is ExitKind.PREEMPTED:
+        pass
+    assert result.kind is ExitKind.SYSCALL and context[Reg.RBX] == 100000
+
+
+def test_budget_with_accounting_stops_at_the_first_block_past_it(scratch):
+    scratch.code("spin: inc rbx\njmp spin")  # one block of two instructions
+    context = scratch.context()
+    machine = scratch.machine
+    before = machine.tally().instructions
+    assert machine.run(context, budget=1001).kind is ExitKind.PREEMPTED
+    assert context[Reg.RBX] == 501  # 501 whole blocks reach 1002 >= 1001
+    assert machine.tally().instructions - before == 1002
+
+
+def test_budget_without_accounting_uses_exact_counts():
+    from .conftest import Scratch
+
+    machine = Machine(accounting=False)
+    scratch = Scratch(machine, machine.new_page_table())
+    scratch.code("spin: inc rbx\njmp spin")
+    context = scratch.context()
+    assert machine.run(context, budget=1001).kind is ExitKind.PREEMPTED
+    assert context[Reg.RBX] == 501
+    assert machine.run(context, budget=1000).kind is ExitKind.PREEMPTED
+    assert context[Reg.RBX] == 1001
+
+
+def test_ring0_guest_runs_on_a_user_page_under_pkru(scratch):
+    """The UnderBridge shape: ring-0 code on U=1 pages, its data fenced by PKRU."""
+    scratch.page(DATA_VA, PageFlags(user=True, writable=True, pkey=5), b"\x07" + b"\0" * 7)
+    scratch.code(f"mov rax, [{DATA_VA:#x}]\nsyscall")
+    context = scratch.context(ring=0)
+    assert scratch.machine.run(context).kind is ExitKind.SYSCALL
+    assert context[Reg.RAX] == 7 and context.cpl == 0
+    denied = scratch.context(ring=0, pkru=1 << 10)
+    fault = scratch.machine.run(denied).fault
+    assert fault.reason is Violation.PKEY_ACCESS_DISABLED and fault.cpl == 0
+
+
+def test_page_table_pointing_past_ram_is_a_fault_not_a_crash(scratch):
+    beyond = scratch.machine.mem.size + 0x10_0000
+    scratch.table.map(DATA_VA, beyond, USER_RW)
+    scratch.code(f"mov rax, [{DATA_VA:#x}]")
+    result = scratch.machine.run(scratch.context())
+    assert result.kind is ExitKind.FAULT
+
+
+def test_two_machines_in_one_process_are_independent():
+    from .conftest import Scratch
+
+    machines = [Machine(), Machine()]
+    for value, machine in enumerate(machines, start=1):
+        scratch = Scratch(machine, machine.new_page_table())
+        scratch.code(f"mov rax, {value}\nsyscall")
+        context = scratch.context()
+        machine.run(context)
+        assert context[Reg.RAX] == value
+
+
+@pytest.mark.parametrize("instruction", ["in al, dx", "out dx, al", "in eax, 0x70", "outsb"])
+def test_port_io_in_ring3_has_no_effect(scratch, instruction):
+    scratch.page(DATA_VA, USER_RW)
+    scratch.code(instruction)
+    context = scratch.context()
+    context[Reg.RSI] = DATA_VA
+    context[Reg.RAX] = 0x1122_3344_5566_7788
+    fault = scratch.machine.run(context).fault
+    assert fault.vector == GENERAL_PROTECTION and fault.rip == CODE_VA
+    assert context.rip == CODE_VA and context[Reg.RAX] == 0x1122_3344_5566_7788
+
+
+def test_port_io_in_ring0_reads_a_floating_bus(scratch):
+    scratch.code("mov dx, 0x60\nin al, dx\nsyscall")
+    context = scratch.context(ring=0)
+    assert scratch.machine.run(context).kind is ExitKind.SYSCALL
+    assert context[Reg.RAX] & 0xFF == 0xFF
