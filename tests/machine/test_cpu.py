@@ -91,17 +91,6 @@ def test_a_faulting_guest_does_not_stop_the_others(scratch):
     assert good[Reg.RAX] == 5
 
 
-def test_repeated_faults_stay_page_faults(scratch):
-    """Regression: without end_exception the engine escalates to #DF and a silent halt."""
-    scratch.code("mov rax, [0x900000]")
-    context = scratch.context()
-    for _ in range(3):
-        context.rip = CODE_VA
-        result = scratch.machine.run(context)
-        assert result.fault.vector == PAGE_FAULT
-        assert result.fault.reason is Violation.NOT_PRESENT
-
-
 def test_ring3_cannot_touch_kernel_pages(scratch):
     scratch.code(f"mov rbx, {KERNEL_DATA:#x}\nmov rax, [rbx]")
     fault = scratch.machine.run(scratch.context()).fault

@@ -1,5 +1,7 @@
 """The ELF loader: turns a guest binary into segments, then maps them into an address space.
 
+Who may call map_image: kernel.process, when it builds a process image.
+
 Parsing (`parse_elf`) accepts only static x86-64 executables and raises nothing but
 ElfError on any other input, however malformed: pyelftools only decodes the ELF header
 and program headers, and every exception it raises on garbage is translated. All
@@ -27,6 +29,9 @@ from typing import TypeVar
 from elftools.elf.elffile import ELFFile
 
 from underbridge.errors import ElfError
+from underbridge.machine.cpu import Machine
+from underbridge.machine.paging import PageFlags, PageTable
+from underbridge.machine.physmem import PhysAddr
 
 PAGE_SIZE = 0x1000
 MIN_VADDR = 0x10000  # page zero and the rest of the first 64 KiB stay unmapped
@@ -248,4 +253,32 @@ def _page_up(address: int) -> int:
 
 
 # ---- mapping into an address space -------------------------------------------------
-# (to come: maps an ElfImage's segments through the machine's page tables)
+
+
+def map_image(machine: Machine, table: PageTable, image: ElfImage, *, pkey: int = 0
+              ) -> list[PhysAddr]:
+    """Map every segment of `image` into `table` as user pages tagged with `pkey`.
+
+    Each page gets a fresh zeroed frame holding its share of the file bytes; code
+    pages are read-execute, data pages read-only or read-write (never W+X, as
+    parse_elf guarantees). Returns the frames, which now belong to the caller.
+    """
+    frames: list[PhysAddr] = []
+    for segment in image.segments:
+        flags = PageFlags(writable=segment.writable, user=True,
+                          executable=segment.executable, pkey=pkey)
+        for page in range(_page_down(segment.vaddr), _page_up(segment.end), PAGE_SIZE):
+            frame = machine.frames.alloc()
+            frames.append(frame)
+            _copy_segment_bytes(machine, frame, page, segment)
+            table.map(page, frame, flags)
+    machine.code_changed(table)
+    return frames
+
+
+def _copy_segment_bytes(machine: Machine, frame: PhysAddr, page: int, segment: Segment) -> None:
+    start = max(page, segment.vaddr)
+    end = min(page + PAGE_SIZE, segment.vaddr + len(segment.data))
+    if start < end:
+        offset = start - segment.vaddr
+        machine.mem.write(frame + (start - page), segment.data[offset : offset + end - start])

@@ -95,7 +95,7 @@ def decode_pte(entry: int) -> Mapping | None:
 
 
 def is_canonical(vaddr: int) -> bool:
-    return vaddr < (1 << 47) or (1 << 64) - (1 << 47) <= vaddr < (1 << 64)
+    return 0 <= vaddr < (1 << 47) or (1 << 64) - (1 << 47) <= vaddr < (1 << 64)
 
 
 def _indices(vaddr: int) -> tuple[int, int, int, int]:

@@ -1,0 +1,1 @@
+"""Benchmarks: wall-time and simulated-cycle measurements (`underbridge bench ...`)."""

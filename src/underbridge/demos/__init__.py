@@ -1,0 +1,1 @@
+"""Small guided runs that show one hardware fact each (`underbridge demo ...`)."""

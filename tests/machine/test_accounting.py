@@ -1,0 +1,71 @@
+"""Simulated cycles: per-block instruction counts, costed instructions, determinism."""
+
+from __future__ import annotations
+
+import pytest
+
+from underbridge.asm import assemble
+from underbridge.machine.accounting import block_cost, instruction_event, is_mov_to_cr3
+from underbridge.machine.costs import COSTS, REFERENCE, cycles
+from underbridge.machine.cpu import ExitKind, Machine
+
+from .conftest import Scratch
+
+
+@pytest.mark.parametrize(("source", "event"), [
+    ("wrpkru", "wrpkru"), ("vmfunc", "vmfunc"), ("syscall", "syscall"), ("sysretq", "sysret"),
+    (".byte 0x0f, 0x07", "sysret"), ("swapgs", "swapgs"), ("mov cr3, rax", "cr3_write"),
+    ("mov cr3, r12", "cr3_write"), ("mov cr4, rax", None), ("mov rax, cr3", None),
+    ("nop", None), ("rdpkru", None),
+])
+def test_costed_instructions_are_recognised_by_encoding(source, event):
+    assert instruction_event(assemble(source)) == event
+
+
+def test_mov_to_cr11_is_not_cr3():
+    assert not is_mov_to_cr3(bytes.fromhex("44 0f 22 d8"))  # REX.R: cr11
+
+
+def test_block_cost_adds_primitives_instead_of_one_cycle():
+    code = assemble("mov eax, 0\nxor ecx, ecx\nxor edx, edx\nwrpkru\nsyscall")
+    cost = block_cost(code, 0)
+    assert cost.instructions == 5
+    assert cost.cycles == 3 + cycles("wrpkru") + cycles("syscall")
+    assert cost.events == ("wrpkru", "syscall")
+
+
+def test_every_cost_row_cites_a_source():
+    for name, cost in {**COSTS, **REFERENCE}.items():
+        assert cost.cycles > 0 and len(cost.source) > 10, name
+
+
+def test_loop_is_counted_exactly_and_deterministically():
+    counts = []
+    for _ in range(2):
+        machine = Machine()
+        scratch = Scratch(machine, machine.new_page_table())
+        scratch.code("mov rcx, 1000\nl: add rax, 1\ndec rcx\njnz l\nsyscall")
+        assert machine.run(scratch.context()).kind is ExitKind.SYSCALL
+        counts.append(machine.tally())
+    assert counts[0] == counts[1]
+    assert counts[0].instructions == 1 + 3 * 1000 + 1
+    assert counts[0].cycles == 1 + 3 * 1000 + cycles("syscall")
+
+
+def test_accounting_off_counts_nothing():
+    machine = Machine(accounting=False)
+    scratch = Scratch(machine, machine.new_page_table())
+    scratch.code("nop\nsyscall")
+    machine.run(scratch.context())
+    machine.charge("sysret")
+    assert machine.tally().cycles == 0
+
+
+def test_charged_events_are_added_and_tallies_subtract():
+    machine = Machine()
+    before = machine.tally()
+    machine.charge("swapgs", 2)
+    machine.charge("sysret")
+    delta = machine.tally() - before
+    assert delta.cycles == 2 * cycles("swapgs") + cycles("sysret")
+    assert delta.events == {"swapgs": 2, "sysret": 1}

@@ -1,0 +1,69 @@
+"""The `underbridge` command, end to end (in-process through click's runner)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from underbridge.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_run_hello_prints_greeting_and_summary():
+    result = invoke("run", "hello")
+    assert result.exit_code == 0
+    assert "Hello from ring 3 of the underbridge machine!" in result.output
+    assert "simulated cycles" in result.output and "guest instructions" in result.output
+
+
+def test_run_hello_json_is_deterministic():
+    first, second = (json.loads(invoke("run", "hello", "--json").output) for _ in range(2))
+    assert first["status"] == "exited" and first["exit_status"] == 0
+    assert first["sim_cycles"] == second["sim_cycles"] > 0
+    assert first["guest_instructions"] == second["guest_instructions"]
+
+
+def test_run_own_c_file_with_arguments(tmp_path):
+    source = tmp_path / "echo.c"
+    source.write_text('#include "ub.h"\nint main(int argc, char **argv)'
+                      '{ ub_printf("%d:%s\\n", argc, argv[argc - 1]); return 5; }\n')
+    result = invoke("run", "--c", str(source), "one", "two")
+    assert "3:two" in result.output and result.exit_code == 5
+
+
+def test_faulting_program_is_reported(tmp_path):
+    source = tmp_path / "crash.c"
+    source.write_text("int main(void){ return *(volatile int *)0x10; }\n")
+    report = json.loads(invoke("run", "--c", str(source), "--json").output)
+    assert report["status"] == "faulted"
+    assert report["fault"]["exception"] == "#PF" and report["fault"]["reason"] == "not_present"
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.c"
+    bad.write_text("int main(void) { return nope; }\n")
+    for args in (["run", "--c", str(bad)], ["run", "no_such_program"], ["run"]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_demo_pku_shows_the_blocked_access_and_exits_0():
+    result = invoke("demo", "pku", "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.output)
+    assert report["isolation_held"] is True
+    reasons = [g["fault"]["reason"] for g in report["guests"] if g["fault"]]
+    assert reasons == ["pkey_access_disabled", "pkey_access_disabled"]
+    assert all(g["fault"]["cpl"] == 0 for g in report["guests"] if g["fault"])
+
+
+def test_bench_machine_json_reports_every_figure():
+    report = json.loads(invoke("bench", "machine", "--scale", "0.01", "--json").output)
+    for key in ("mips_accounting_on", "mips_accounting_off", "syscall_roundtrip_wall_us",
+                "wrpkru_pair_wall_us"):
+        assert report[key] > 0
+    assert report["mips_accounting_off"] > report["mips_accounting_on"]
