@@ -7,7 +7,7 @@ import pytest
 from underbridge.machine import privilege
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import KERNEL_DATA, KERNEL_TEXT, ExitKind, Machine
-from underbridge.machine.faults import GENERAL_PROTECTION, INVALID_OPCODE, PAGE_FAULT
+from underbridge.machine.faults import GENERAL_PROTECTION, INVALID_OPCODE
 from underbridge.machine.oracle import Access, Violation
 from underbridge.machine.paging import PageFlags
 
