@@ -358,3 +358,21 @@ def test_fuzz_garbage_after_elf_ident(tail):
     except ElfError:
         return
     assert_consistent(image)
+
+
+def test_map_image_keeps_segment_permissions_and_bytes(hello_elf):
+    from underbridge.kernel.loader import map_image
+    from underbridge.machine.cpu import Machine
+
+    image = parse_elf(hello_elf.read_bytes(), name="hello")
+    machine = Machine(accounting=False)
+    table = machine.new_page_table()
+    frames = map_image(machine, table, image, pkey=4)
+    assert len(frames) == sum(len(range(s.vaddr & ~0xFFF, s.end, 0x1000)) for s in image.segments)
+    for segment in image.segments:
+        mapping = table.lookup(segment.vaddr & ~0xFFF)
+        assert mapping.flags.user and mapping.flags.pkey == 4
+        assert mapping.flags.executable == segment.executable
+        assert mapping.flags.writable == segment.writable
+        assert not (mapping.flags.writable and mapping.flags.executable)
+        assert machine.read_virtual(table, segment.vaddr, len(segment.data)) == segment.data
