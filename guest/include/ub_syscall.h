@@ -2,13 +2,87 @@
 #ifndef UB_SYSCALL_H
 #define UB_SYSCALL_H
 
-/* exit(long status): terminate the calling process */
+/* exit(long status): end the calling cap group (all its threads). RAX: 0 or -errno */
 #define UB_SYS_EXIT 0
-/* write(const char *buf, unsigned long len): append len bytes at buf to the console; returns len */
+/* write(const void *buf, unsigned long len): append len bytes at buf to the console. RAX: len or -errno */
 #define UB_SYS_WRITE 1
+/* yield(): give up the rest of this time slice. RAX: 0 or -errno */
+#define UB_SYS_YIELD 2
+/* spawn(const char *name, unsigned long name_len, const char *args, unsigned long args_len): start the named program with NUL-separated args. RAX: slot of a cap-group cap (READ|GRANT) or -errno */
+#define UB_SYS_SPAWN 3
+/* wait(long group_slot, struct ub_exit_info *info): block until the cap group ends; write how it ended to *info. RAX: 0 or -errno */
+#define UB_SYS_WAIT 4
+/* cap_copy(long slot, unsigned long rights_mask): copy a cap in the caller's own table with rights & mask. RAX: new slot or -errno */
+#define UB_SYS_CAP_COPY 5
+/* cap_grant(long group_slot, long slot, unsigned long rights_mask): copy a GRANT cap into another cap group (needs GRANT on both caps). RAX: the slot in the other group or -errno */
+#define UB_SYS_CAP_GRANT 6
+/* cap_delete(long slot): empty a slot of the caller's table. RAX: 0 or -errno */
+#define UB_SYS_CAP_DELETE 7
+/* cap_info(long slot): the type and rights of a cap. RAX: (type << 16) | rights or -errno */
+#define UB_SYS_CAP_INFO 8
+/* pmo_create(unsigned long size): allocate a zeroed memory object of size bytes (rounded up to pages). RAX: slot (READ|WRITE|GRANT) or -errno */
+#define UB_SYS_PMO_CREATE 9
+/* pmo_map(long pmo_slot, unsigned long vaddr, unsigned long prot): map the whole memory object at vaddr (page aligned) with UB_PROT_* bits. RAX: 0 or -errno */
+#define UB_SYS_PMO_MAP 10
+/* pmo_unmap(unsigned long vaddr): unmap the memory object mapped at vaddr. RAX: 0 or -errno */
+#define UB_SYS_PMO_UNMAP 11
+/* thread_create(unsigned long entry, unsigned long stack_top, unsigned long arg): start a thread at entry(arg) on the given stack. RAX: slot of a thread cap or -errno */
+#define UB_SYS_THREAD_CREATE 12
+/* thread_exit(): end the calling thread (the cap group ends with its last thread, status 0). RAX: 0 or -errno */
+#define UB_SYS_THREAD_EXIT 13
+/* notif_create(): create a notification (a counting semaphore). RAX: slot (SIGNAL|WAIT|GRANT) or -errno */
+#define UB_SYS_NOTIF_CREATE 14
+/* notif_signal(long slot): add one to the count, waking one waiter. RAX: 0 or -errno */
+#define UB_SYS_NOTIF_SIGNAL 15
+/* notif_wait(long slot): block until the count is positive, take one. RAX: 0 or -errno */
+#define UB_SYS_NOTIF_WAIT 16
+/* ipc_register(const char *name, unsigned long name_len): offer a service under name; the caller's threads receive on it. RAX: slot of the service cap (RECV) or -errno */
+#define UB_SYS_IPC_REGISTER 17
+/* ipc_connect(const char *name, unsigned long name_len): connect to a service; the kernel maps a fresh shared buffer into both sides at the same address and gives the connection an unforgeable badge. RAX: connection slot (CALL) or -errno; RDI: buffer address; RSI: its size */
+#define UB_SYS_IPC_CONNECT 18
+/* ipc_call(long conn_slot, long mr0, long mr1, long mr2, long mr3): send 4 message registers and block for the reply. RAX: 0 or -errno; RSI, RDX, R10, R8: reply mr0..mr3 */
+#define UB_SYS_IPC_CALL 19
+/* ipc_reply_wait(long service_slot, long mr0, long mr1, long mr2, long mr3): reply to the last caller (if any), then block for the next call. RAX: 0 or -errno; RDI: badge; RSI: shared buffer address; RDX, R10, R8, R9: mr0..mr3 */
+#define UB_SYS_IPC_REPLY_WAIT 20
 
-#define UB_EINVAL 22
+/* errors */
+#define UB_EPERM 1
+#define UB_ESRCH 3
 #define UB_EFAULT 14
+#define UB_EBUSY 16
+#define UB_EEXIST 17
+#define UB_EINVAL 22
+#define UB_ENOSPC 28
 #define UB_ENOSYS 38
+#define UB_ENOMEM 12
+#define UB_EBADCAP 77
+#define UB_EWRONGTYPE 78
+#define UB_EPIPE 32
+
+/* rights */
+#define UB_RIGHT_READ 1
+#define UB_RIGHT_WRITE 2
+#define UB_RIGHT_CALL 4
+#define UB_RIGHT_RECV 8
+#define UB_RIGHT_SIGNAL 16
+#define UB_RIGHT_WAIT 32
+#define UB_RIGHT_GRANT 64
+
+/* object types */
+#define UB_OBJ_CAP_GROUP 1
+#define UB_OBJ_THREAD 2
+#define UB_OBJ_PMO 3
+#define UB_OBJ_SERVICE 4
+#define UB_OBJ_CONNECTION 5
+#define UB_OBJ_NOTIFICATION 6
+
+/* PMO_MAP protection */
+#define UB_PROT_READ 1
+#define UB_PROT_WRITE 2
+
+/* WAIT: how a cap group ended */
+#define UB_EXIT_NORMAL 0
+#define UB_EXIT_FAULT 1
+struct ub_exit_info { long how; long value; /* status, or fault vector */ };
 
 #endif

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from underbridge.errors import UserError
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.process import Process, State
+from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.machine.cpu import Machine
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,8 +54,8 @@ def main() -> None:
 # -- run ----------------------------------------------------------------------------
 
 
-def _exit_code(process: Process) -> int:
-    if process.state is State.FAULTED:
+def _exit_code(process: CapGroup) -> int:
+    if process.state is GroupState.FAULTED:
         return 128 + (process.fault.vector if process.fault else 0)
     return (process.exit_status or 0) & 0xFF
 
@@ -88,7 +88,7 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
     elf = build_program(source, base=RUN_BASE)
     name = Path(source).stem if c_file is not None else str(program)
 
-    def stream(_process: Process, data: bytes) -> None:
+    def stream(_process: CapGroup, data: bytes) -> None:
         if not as_json:
             sys.stdout.write(data.decode(errors="replace"))
             sys.stdout.flush()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.process import State, initial_stack
+from underbridge.kernel.objects.capgroup import GroupState
+from underbridge.kernel.process import initial_stack
 from underbridge.machine.cpu import Machine
 from underbridge.machine.faults import GENERAL_PROTECTION
 from underbridge.toolchain import build_program, guest_root
@@ -19,7 +20,7 @@ def kernel() -> Kernel:
 def test_hello_prints_and_exits(kernel, hello_elf):
     process = kernel.spawn(hello_elf)
     kernel.run()
-    assert process.state is State.EXITED and process.exit_status == 0
+    assert process.state is GroupState.EXITED and process.exit_status == 0
     assert bytes(process.console) == b"Hello from ring 3 of the underbridge machine!\n"
 
 
@@ -43,12 +44,12 @@ def test_privileged_instruction_kills_only_its_process(kernel, hello_elf, which,
     bystanders = [kernel.spawn(hello_elf, name=f"hello{i}") for i in range(2)]
     attacker = kernel.spawn(attack, ["ring3_privileged", which])
     kernel.run()
-    assert attacker.state is State.FAULTED
+    assert attacker.state is GroupState.FAULTED
     assert attacker.fault.vector == GENERAL_PROTECTION and attacker.fault.cpl == 3
     assert attacker.fault.instruction.startswith(mnemonic)
     assert bytes(attacker.console) == f"trying {which}\n".encode()
     for process in bystanders:
-        assert process.state is State.EXITED and process.exit_status == 0
+        assert process.state is GroupState.EXITED and process.exit_status == 0
     assert kernel.machine.frames.free_frames > 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.process import Process, State
+from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.machine.cpu import Machine
 from underbridge.machine.oracle import Violation
 from underbridge.machine.physmem import PAGE_SIZE
@@ -38,13 +38,13 @@ GUESTS = (GuestSpec("A", 0x1000_0000, 1, 1111), GuestSpec("B", 0x2000_0000, 2, 2
 
 @dataclass(frozen=True, slots=True)
 class PkuDemoResult:
-    attackers: tuple[Process, ...]
-    victims: tuple[Process, ...]
-    survivor: Process
+    attackers: tuple[CapGroup, ...]
+    victims: tuple[CapGroup, ...]
+    survivor: CapGroup
 
     @property
     def isolation_held(self) -> bool:
-        blocked = all(a.state is State.FAULTED and a.fault is not None
+        blocked = all(a.state is GroupState.FAULTED and a.fault is not None
                       and a.fault.reason is Violation.PKEY_ACCESS_DISABLED and a.fault.cpl == 0
                       for a in self.attackers)
         own_access = all(b"read it back" in bytes(g.console)
@@ -68,7 +68,7 @@ def run_pku_demo(machine: Machine | None = None) -> PkuDemoResult:
     binaries = {g.name: build_program("pku_neighbor", base=g.base) for g in GUESTS}
     secrets = {name: symbol_address(elf, "secret") for name, elf in binaries.items()}
 
-    def spawn(spec: GuestSpec, role: str, target: str) -> Process:
+    def spawn(spec: GuestSpec, role: str, target: str) -> CapGroup:
         argv = ["pku_neighbor", spec.name, role, str(spec.value), hex(secrets[target])]
         return kernel.spawn(binaries[spec.name], argv, name=f"guest {spec.name} ({role})",
                             ring=0, table=shared, pkey=spec.pkey,
@@ -79,7 +79,7 @@ def run_pku_demo(machine: Machine | None = None) -> PkuDemoResult:
     for attacker_spec, victim_spec in (GUESTS, tuple(reversed(GUESTS))):
         victim = spawn(victim_spec, "hold", attacker_spec.name)
         attacker = spawn(attacker_spec, "attack", victim_spec.name)
-        kernel.run(until=lambda a=attacker: not a.alive)
+        kernel.run(until=lambda a=attacker: not a.running)
         kernel.kill(victim)
         attackers.append(attacker)
         victims.append(victim)

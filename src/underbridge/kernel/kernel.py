@@ -1,14 +1,18 @@
-"""The kernel's run loop: schedule processes, enter Python on syscalls and faults.
+"""The microkernel: cap groups, threads, the run loop, and what each kernel entry costs.
 
-Round-robin over runnable processes, each run for at most `quantum` guest instructions
-(deterministic: preemption points depend only on instruction counts). A syscall is
-dispatched and its result written to RAX; a fault terminates only the process that
-raised it, which is reported with the decoded fault, and the others go on.
+The run loop asks the scheduler for a thread, resumes it on the machine, and handles
+the exit: a syscall goes to the dispatch table, a fault ends only the faulting cap
+group (reported with the decoded fault), a spent budget rotates the ready queue.
 
-Cost model of the Python kernel path: the guest's `syscall` instruction is charged by
-the machine's block accounting; the kernel charges the return path a real kernel runs
-(swapgs on entry and on exit, sysret). The kernel's own handler instructions are not
-charged yet: they are the per-path costs the IPC designs add with their own citations.
+Cost model of a kernel entry (everything a real kernel does in machine code here runs
+in Python, so it is charged by name, never zero, never tuned):
+  - the guest's `syscall` instruction: charged by the machine's block accounting;
+  - swapgs on entry and on exit, and the sysret back to user space, on every entry;
+  - with KPTI, a CR3 write on entry and one on exit;
+  - a CR3 write whenever the CPU next runs a thread of another address space;
+  - the kernel's own instructions on an IPC path: the IPC design's cited per-path
+    count (kernel/ipc/). Other syscalls are slow paths the benchmarks do not time;
+    their handler work is not charged.
 """
 
 from __future__ import annotations
@@ -16,97 +20,184 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from underbridge.errors import KernelBug
+from underbridge.errors import KernelBug, SyscallError, UserError
 from underbridge.kernel import dispatch
+from underbridge.kernel.ipc import IpcDesign, design_named
 from underbridge.kernel.loader import parse_elf
-from underbridge.kernel.process import (
-    USER_STACK_TOP,
-    Process,
-    State,
-    create_process,
-    destroy_process,
-)
+from underbridge.kernel.objects.capgroup import CapGroup, Ending, GroupState
+from underbridge.kernel.objects.connection import Service
+from underbridge.kernel.objects.thread import Thread, ThreadState
+from underbridge.kernel.objects.vmspace import VmSpace
+from underbridge.kernel.process import USER_STACK_TOP, build_image
+from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
+from underbridge.kernel.syscalls import Errno
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import Fault
 from underbridge.machine.paging import PageTable
 
-DEFAULT_QUANTUM = 200_000
-MAX_CONSOLE_BYTES = 1 << 20
-
-ConsoleSink = Callable[[Process, bytes], None]
+ConsoleSink = Callable[[CapGroup, bytes], None]
 
 
 class Kernel:
-    def __init__(self, machine: Machine, *, quantum: int = DEFAULT_QUANTUM,
+    def __init__(self, machine: Machine, *, ipc: str = "sel4", quantum: int = DEFAULT_QUANTUM,
                  console: ConsoleSink | None = None) -> None:
         self.machine = machine
-        self.quantum = quantum
-        self.processes: dict[int, Process] = {}
+        self.sched = Scheduler(quantum)
+        self.ipc: IpcDesign = design_named(ipc)
+        self.groups: dict[int, CapGroup] = {}
+        self.services: dict[str, Service] = {}
+        self.programs: dict[str, Path] = {}
         self._console = console
         self._next_pid = 1
+        self._next_tid = 1
+        self._next_badge = 1
+        self._last_space: VmSpace | None = None
 
-    def spawn(self, elf: Path | bytes, argv: list[str] | None = None, *, name: str = "",
+    # -- creating things -----------------------------------------------------------
+
+    def register_program(self, name: str, elf: Path) -> None:
+        """Make an ELF file spawnable by guests under `name` (the boot image)."""
+        self.programs[name] = elf
+
+    def spawn(self, elf: Path | bytes | str, argv: list[str] | None = None, *, name: str = "",
               ring: int = 3, table: PageTable | None = None, pkey: int = 0, pkru: int = 0,
-              stack_top: int = USER_STACK_TOP) -> Process:
-        """Create a process from an ELF file (path or bytes); it runs on `run`."""
+              stack_top: int = USER_STACK_TOP) -> CapGroup:
+        """Create a cap group from an ELF file, bytes, or a registered program name."""
+        if isinstance(elf, str):
+            if elf not in self.programs:
+                raise UserError(f"no program named {elf!r} is registered")
+            name, elf = name or elf, self.programs[elf]
         data = elf.read_bytes() if isinstance(elf, Path) else elf
         name = name or (elf.stem if isinstance(elf, Path) else "guest")
         image = parse_elf(data, name=name)
-        process = create_process(self.machine, self._next_pid, name, image,
-                                 argv if argv is not None else [name], ring=ring, table=table,
-                                 pkey=pkey, pkru=pkru, stack_top=stack_top)
-        self.processes[process.pid] = process
+        vmspace = VmSpace(self.machine, table=table, pkey=pkey)
+        group = CapGroup(self._next_pid, name, vmspace)
         self._next_pid += 1
-        return process
+        entry, rsp = build_image(self.machine, vmspace, image,
+                                 argv if argv is not None else [name], stack_top)
+        self.groups[group.pid] = group
+        self.add_thread(group, ring=ring, rip=entry, rsp=rsp, pkru=pkru)
+        return group
+
+    def add_thread(self, group: CapGroup, *, ring: int, rip: int, rsp: int, pkru: int = 0,
+                   arg: int = 0) -> Thread:
+        context = self.machine.new_context(ring=ring, page_table=group.vmspace.table, rip=rip,
+                                           rsp=rsp, pkru=pkru)
+        context[Reg.RDI] = arg
+        thread = Thread(self._next_tid, group, context)
+        self._next_tid += 1
+        group.threads.append(thread)
+        self.sched.add(thread)
+        return thread
+
+    def new_badge(self) -> int:
+        badge = self._next_badge
+        self._next_badge += 1
+        return badge
+
+    # -- the run loop --------------------------------------------------------------
 
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
-        """Run until no process is runnable, or `until()` holds after a time slice."""
-        while runnable := [p for p in self.processes.values() if p.alive]:
-            for process in runnable:
-                if process.alive:
-                    self._run_slice(process)
-                if until():
-                    return
+        """Run until no thread is ready, or `until()` holds after a kernel event."""
+        while (thread := self.sched.pick()) is not None:
+            self._resume(thread)
+            if until():
+                return
 
-    def _run_slice(self, process: Process) -> None:
-        result = self.machine.run(process.context, budget=self.quantum)
+    def _resume(self, thread: Thread) -> None:
+        space = thread.group.vmspace
+        if self._last_space is not None and space is not self._last_space:
+            self.machine.charge("cr3_write")
+        self._last_space = space
+        result = self.machine.run(thread.context, budget=self.sched.quantum)
         if result.kind is ExitKind.SYSCALL:
-            self._syscall(process)
+            self._syscall(thread)
         elif result.kind is ExitKind.FAULT:
             assert result.fault is not None
-            self.terminate(process, result.fault)
-        elif result.kind is ExitKind.HALTED:
-            raise KernelBug(f"{process.name}: CPU halted outside any kernel event")
+            self.end_group(thread.group, Ending(GroupState.FAULTED, fault=result.fault))
+        elif result.kind is ExitKind.PREEMPTED:
+            self.sched.preempt()
+        else:
+            raise KernelBug(f"{thread.name}: the CPU halted outside any kernel event")
 
-    def _syscall(self, process: Process) -> None:
-        context = process.context
-        number = context[Reg.RAX]
-        result = dispatch.dispatch(self, process, number, context.syscall_args())
-        if process.alive:
+    def _syscall(self, thread: Thread) -> None:
+        self.sched.entered_kernel()
+        self.charge_entry_and_exit()
+        context = thread.context
+        result = dispatch.dispatch(self, thread, context[Reg.RAX], context.syscall_args())
+        if result is not None and thread.state is ThreadState.RUNNING:
             context[Reg.RAX] = result
-            self.machine.charge("swapgs", 2)
-            self.machine.charge("sysret")
 
-    # -- process lifetime (called by handlers and the loop) ---------------------------
+    def charge_entry_and_exit(self) -> None:
+        self.machine.charge("swapgs", 2)
+        self.machine.charge("sysret")
+        if self.ipc.kpti:
+            self.machine.charge("cr3_write", 2)
 
-    def exit(self, process: Process, status: int) -> None:
-        process.state = State.EXITED
-        process.exit_status = status - (1 << 64) if status >= 1 << 63 else status
-        destroy_process(self.machine, process)
+    # -- ending things -------------------------------------------------------------
 
-    def terminate(self, process: Process, fault: Fault) -> None:
-        process.state = State.FAULTED
-        process.fault = fault
-        destroy_process(self.machine, process)
+    def end_group(self, group: CapGroup, ending: Ending) -> None:
+        """End a cap group: threads, owned objects, address space; wake its waiters."""
+        if not group.running:
+            return
+        group.ending = ending  # the group stays a valid object (a zombie) for WAIT
+        for thread in group.threads:
+            self.sched.remove(thread)
+            thread.mark_destroyed()
+        for obj in reversed(group.owned):
+            self.destroy_object(obj)
+        group.vmspace.destroy()
+        if self._last_space is group.vmspace:
+            self._last_space = None
+        for waiter, info_address in group.waiters:
+            dispatch.finish_wait(self, waiter, group, info_address)
+        group.waiters.clear()
 
-    def kill(self, process: Process) -> None:
-        """End a process from outside (it exits with status -9)."""
-        if process.alive:
-            self.exit(process, -9)
+    def destroy_object(self, obj: object) -> None:
+        if isinstance(obj, Service):
+            self.ipc.close_service(self, obj)
+            self.services.pop(obj.name, None)
+            for conn in obj.connections:
+                conn.close()  # unmaps the shared buffer from both sides
+        destroy = getattr(obj, "destroy", None) or getattr(obj, "close", None)
+        if destroy is not None:
+            destroy()
+        else:
+            obj.mark_destroyed()  # type: ignore[attr-defined]
 
-    def console_write(self, process: Process, data: bytes) -> None:
-        room = MAX_CONSOLE_BYTES - len(process.console)
-        process.console += data[:room]
-        if self._console is not None:
-            self._console(process, data[:room])
+    def thread_exit(self, thread: Thread) -> None:
+        self.sched.remove(thread)
+        thread.mark_destroyed()
+        if all(t.state is ThreadState.DEAD for t in thread.group.threads):
+            self.end_group(thread.group, Ending(GroupState.EXITED, 0))
+
+    def exit(self, group: CapGroup, status: int) -> None:
+        status = status - (1 << 64) if status >= 1 << 63 else status
+        self.end_group(group, Ending(GroupState.EXITED, status))
+
+    def kill(self, group: CapGroup) -> None:
+        """End a cap group from outside (it exits with status -9)."""
+        self.exit(group, -9)
+
+    def terminate(self, group: CapGroup, fault: Fault) -> None:
+        self.end_group(group, Ending(GroupState.FAULTED, fault=fault))
+
+    # -- console -------------------------------------------------------------------
+
+    def console_write(self, group: CapGroup, data: bytes) -> None:
+        kept = group.append_console(data)
+        if self._console is not None and kept:
+            self._console(group, kept)
+
+    def wake_with(self, thread: Thread, result: int) -> None:
+        """Wake a blocked thread, returning `result` from the syscall it blocked in."""
+        thread.context[Reg.RAX] = result & 0xFFFF_FFFF_FFFF_FFFF
+        self.sched.wake(thread)
+
+    def fail_blocked(self, thread: Thread, errno: Errno) -> None:
+        if thread.alive and thread.state is ThreadState.BLOCKED:
+            self.wake_with(thread, -errno)
+
+
+__all__ = ["Kernel", "SyscallError"]

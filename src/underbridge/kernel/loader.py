@@ -1,6 +1,6 @@
 """The ELF loader: turns a guest binary into segments, then maps them into an address space.
 
-Who may call map_image: kernel.process, when it builds a process image.
+Who may call image_pages / map_image: kernel.process, when it builds a process image.
 
 Parsing (`parse_elf`) accepts only static x86-64 executables and raises nothing but
 ElfError on any other input, however malformed: pyelftools only decodes the ELF header
@@ -255,23 +255,27 @@ def _page_up(address: int) -> int:
 # ---- mapping into an address space -------------------------------------------------
 
 
-def map_image(machine: Machine, table: PageTable, image: ElfImage, *, pkey: int = 0
-              ) -> list[PhysAddr]:
-    """Map every segment of `image` into `table` as user pages tagged with `pkey`.
+def image_pages(machine: Machine, image: ElfImage) -> Iterator[tuple[int, PhysAddr, PageFlags]]:
+    """(vaddr, fresh frame holding the page's bytes, flags) for every page of the image.
 
-    Each page gets a fresh zeroed frame holding its share of the file bytes; code
-    pages are read-execute, data pages read-only or read-write (never W+X, as
-    parse_elf guarantees). Returns the frames, which now belong to the caller.
+    Code pages are read-execute, data pages read-only or read-write (never W+X, as
+    parse_elf guarantees). The frames belong to the caller.
     """
-    frames: list[PhysAddr] = []
     for segment in image.segments:
-        flags = PageFlags(writable=segment.writable, user=True,
-                          executable=segment.executable, pkey=pkey)
+        flags = PageFlags(writable=segment.writable, user=True, executable=segment.executable)
         for page in range(_page_down(segment.vaddr), _page_up(segment.end), PAGE_SIZE):
             frame = machine.frames.alloc()
-            frames.append(frame)
             _copy_segment_bytes(machine, frame, page, segment)
-            table.map(page, frame, flags)
+            yield page, frame, flags
+
+
+def map_image(machine: Machine, table: PageTable, image: ElfImage, *, pkey: int = 0
+              ) -> list[PhysAddr]:
+    """Map every page of `image` into `table` tagged with `pkey`; returns the frames."""
+    frames: list[PhysAddr] = []
+    for vaddr, frame, flags in image_pages(machine, image):
+        table.map(vaddr, frame, PageFlags(flags.writable, True, flags.executable, pkey))
+        frames.append(frame)
     machine.code_changed(table)
     return frames
 

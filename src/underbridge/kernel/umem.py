@@ -39,6 +39,11 @@ def _chunks(table: PageTable, vaddr: int, length: int, *, write: bool
     return pieces
 
 
+def check_writable(table: PageTable, vaddr: int, length: int) -> None:
+    """EFAULT unless the guest may write all of [vaddr, vaddr+length)."""
+    _chunks(table, vaddr, length, write=True)
+
+
 def copy_in(machine: Machine, table: PageTable, vaddr: int, length: int) -> bytes:
     """The guest's bytes at [vaddr, vaddr+length); EFAULT if any is not its to read."""
     return b"".join(machine.mem.read(pa, n) for pa, n in _chunks(table, vaddr, length,

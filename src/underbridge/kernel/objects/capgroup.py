@@ -1,0 +1,78 @@
+"""Cap groups (processes): a capability table, an address space, threads, a console.
+
+Invariants:
+  - A cap group ends exactly once (exit, last thread gone, or a fault); ending it kills
+    its threads, destroys the objects it created (revoking every cap to them,
+    anywhere), tears down its address space, and wakes the threads waiting for it.
+  - `owned` lists the objects this group created; it is their only owner.
+  - An ended group stays a live object (a zombie: its `ending` says how it ended), so
+    caps to it still work for WAIT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from underbridge.kernel.cap import CapTable
+from underbridge.kernel.objects.base import KernelObject
+from underbridge.kernel.objects.thread import Thread
+from underbridge.kernel.objects.vmspace import VmSpace
+from underbridge.kernel.syscalls import ObjType
+from underbridge.machine.faults import Fault
+
+MAX_CONSOLE_BYTES = 1 << 20
+
+
+class GroupState(Enum):
+    RUNNING = "running"
+    EXITED = "exited"
+    FAULTED = "faulted"
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    state: GroupState
+    status: int = 0
+    fault: Fault | None = None
+
+
+class CapGroup(KernelObject):
+    obj_type = ObjType.CAP_GROUP
+
+    def __init__(self, pid: int, name: str, vmspace: VmSpace) -> None:
+        super().__init__()
+        self.pid = pid
+        self.name = name
+        self.caps = CapTable()
+        self.vmspace = vmspace
+        self.threads: list[Thread] = []
+        self.owned: list[KernelObject] = []
+        self.ending: Ending | None = None
+        self.waiters: list[tuple[Thread, int]] = []  # (thread, address of its exit info)
+        self.console = bytearray()
+
+    @property
+    def state(self) -> GroupState:
+        return GroupState.RUNNING if self.ending is None else self.ending.state
+
+    @property
+    def running(self) -> bool:
+        return self.ending is None
+
+    @property
+    def exit_status(self) -> int | None:
+        return None if self.ending is None else self.ending.status
+
+    @property
+    def fault(self) -> Fault | None:
+        return None if self.ending is None else self.ending.fault
+
+    def append_console(self, data: bytes) -> bytes:
+        """Append what fits under the cap and return that part."""
+        kept = data[: MAX_CONSOLE_BYTES - len(self.console)]
+        self.console += kept
+        return kept
+
+    def __repr__(self) -> str:
+        return f"<CapGroup {self.pid} {self.name} {self.state.value}>"

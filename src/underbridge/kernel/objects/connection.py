@@ -1,0 +1,60 @@
+"""IPC services and connections (ChCore's shape, seL4's vocabulary).
+
+A Service is what a server registers under a name; its threads receive on it. A
+Connection joins one client cap group to one service: it carries the client's badge
+(assigned by the kernel, never by the client, so the server can trust it) and a shared
+buffer PMO mapped at the same address in the client and the server.
+
+Invariants:
+  - A badge is unique over the kernel's lifetime and known only to the kernel and the
+    server that receives it.
+  - The shared buffer is mapped into exactly the two cap groups of its connection;
+    closing the connection destroys the buffer, unmapping it from both.
+  - `pending` holds callers blocked because no server thread was receiving, oldest first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from underbridge.kernel.objects.base import KernelObject
+from underbridge.kernel.objects.pmo import Pmo
+from underbridge.kernel.syscalls import ObjType
+
+if TYPE_CHECKING:
+    from underbridge.kernel.objects.capgroup import CapGroup
+    from underbridge.kernel.objects.thread import Thread
+
+Message = tuple[int, int, int, int]
+
+
+class Service(KernelObject):
+    obj_type = ObjType.SERVICE
+
+    def __init__(self, name: str, server: CapGroup, handler: int) -> None:
+        super().__init__()
+        self.name = name
+        self.server = server
+        self.handler = handler
+        self.receivers: deque[Thread] = deque()
+        self.pending: deque[tuple[Thread, Connection, Message]] = deque()
+        self.connections: list[Connection] = []
+
+
+class Connection(KernelObject):
+    obj_type = ObjType.CONNECTION
+
+    def __init__(self, service: Service, client: CapGroup, badge: int, buffer: Pmo,
+                 buffer_vaddr: int) -> None:
+        super().__init__()
+        self.service = service
+        self.client = client
+        self.badge = badge
+        self.buffer = buffer
+        self.buffer_vaddr = buffer_vaddr
+
+    def close(self) -> None:
+        if self.alive:
+            self.mark_destroyed()
+            self.buffer.destroy()

@@ -1,0 +1,87 @@
+"""Address spaces: a page table plus what is mapped in it and who owns those frames.
+
+Two kinds of memory live in a VmSpace: private pages (the ELF image and thread stacks,
+whose frames the VmSpace owns) and PMO mappings (frames the PMO owns). Every mapped
+page is a user page; `pkey` tags all of them (0 for ordinary processes).
+
+Invariants:
+  - Mappings never overlap: a map that would touch a present page fails with EBUSY.
+  - Only page-aligned ranges inside [USER_MIN, USER_END) are mapped for guests.
+  - Destroying the VmSpace unmaps every PMO (which stay alive for their other holders)
+    and frees the private frames and the page table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from underbridge.errors import SyscallError
+from underbridge.kernel.objects.pmo import Pmo
+from underbridge.kernel.syscalls import Errno, Prot
+from underbridge.machine.cpu import Machine
+from underbridge.machine.paging import PageFlags, PageTable
+from underbridge.machine.physmem import PAGE_SIZE, PhysAddr
+
+USER_MIN = 0x10000
+USER_END = 1 << 47
+
+
+@dataclass(frozen=True, slots=True)
+class PmoMapping:
+    pmo: Pmo
+    prot: Prot
+
+
+class VmSpace:
+    def __init__(self, machine: Machine, *, table: PageTable | None = None, pkey: int = 0
+                 ) -> None:
+        self.machine = machine
+        self.owns_table = table is None
+        self.table = machine.new_page_table() if table is None else table
+        self.pkey = pkey
+        self.private_frames: list[PhysAddr] = []
+        self.private_pages: list[int] = []
+        self.pmo_mappings: dict[int, PmoMapping] = {}
+
+    def _check_range(self, vaddr: int, size: int) -> None:
+        if vaddr % PAGE_SIZE or size <= 0 or vaddr < USER_MIN or vaddr + size > USER_END:
+            raise SyscallError(Errno.EINVAL, f"bad mapping range {vaddr:#x}+{size:#x}")
+        for page in range(vaddr, vaddr + size, PAGE_SIZE):
+            if self.table.lookup(page) is not None:
+                raise SyscallError(Errno.EBUSY, f"{page:#x} is already mapped")
+
+    def map_private(self, vaddr: int, frame: PhysAddr, flags: PageFlags) -> None:
+        """Map a frame this VmSpace now owns (image and stack pages)."""
+        self.table.map(vaddr, frame, PageFlags(flags.writable, True, flags.executable,
+                                               self.pkey))
+        self.private_frames.append(frame)
+        self.private_pages.append(vaddr)
+
+    def map_pmo(self, pmo: Pmo, vaddr: int, prot: Prot) -> None:
+        self._check_range(vaddr, pmo.size)
+        flags = PageFlags(writable=bool(prot & Prot.WRITE), user=True, pkey=self.pkey)
+        for index, frame in enumerate(pmo.frames):
+            self.table.map(vaddr + index * PAGE_SIZE, frame, flags)
+        self.pmo_mappings[vaddr] = PmoMapping(pmo, prot)
+        pmo.mappings.append((self, vaddr))
+
+    def unmap_pmo(self, vaddr: int) -> None:
+        mapping = self.pmo_mappings.pop(vaddr, None)
+        if mapping is None:
+            raise SyscallError(Errno.EINVAL, f"no memory object is mapped at {vaddr:#x}")
+        for index in range(len(mapping.pmo.frames)):
+            self.table.unmap(vaddr + index * PAGE_SIZE)
+        mapping.pmo.mappings.remove((self, vaddr))
+
+    def destroy(self) -> None:
+        for vaddr in list(self.pmo_mappings):
+            self.unmap_pmo(vaddr)
+        if self.owns_table:
+            self.machine.destroy_page_table(self.table)
+        else:
+            for page in self.private_pages:
+                self.table.unmap(page)
+        for frame in self.private_frames:
+            self.machine.frames.free(frame)
+        self.private_frames.clear()
+        self.private_pages.clear()
