@@ -1,5 +1,6 @@
 """The guest toolchain, with the real gcc: layout, caching and error reporting."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,51 @@ def test_key_covers_every_guest_header():
     labels = [label for label, _ in toolchain._key_inputs([guest_root() / "apps" / "hello.c"])]
     assert "include:ub.h" in labels
     assert "include:ub_syscall.h" in labels
+
+
+@pytest.fixture
+def guest_copy(tmp_path, monkeypatch) -> Path:
+    """A private copy of guest/ that the toolchain uses instead of the real one."""
+    root = tmp_path / "guest"
+    shutil.copytree(guest_root(), root)
+    monkeypatch.setattr(toolchain, "guest_root", lambda: root)
+    return root
+
+
+def test_servers_are_found_by_name():
+    assert toolchain._resolve_source("echo") == guest_root() / "servers" / "echo" / "echo.c"
+    assert {"echo", "hello", "pingpong"} <= set(toolchain.list_programs())
+
+
+def test_every_program_links_the_ipc_runtime(hello_elf):
+    with hello_elf.open("rb") as stream:
+        symbols = ELFFile(stream).get_section_by_name(".symtab")
+        assert symbols.get_symbol_by_name("ub_ipc_call")
+
+
+def test_server_header_is_in_the_key(fresh_cache, gcc_runs, guest_copy):
+    server = guest_copy / "servers" / "fake"
+    server.mkdir()
+    (server / "fake.c").write_text(
+        '#include "ub.h"\n#include "fake_proto.h"\nint main(void) { return FAKE_OP; }\n'
+    )
+    (server / "helper.c").write_text("int not_a_program;\n")  # only <dir>/<dir>.c counts
+    header = server / "fake_proto.h"
+    header.write_text("#define FAKE_OP 1\n")
+    assert "fake" in toolchain.list_programs()
+    assert "helper" not in toolchain.list_programs()
+    before = build_program("fake", base=0x400000)
+    header.write_text("#define FAKE_OP 2\n")
+    after = build_program("fake", base=0x400000)
+    assert before.parent != after.parent
+    assert len(gcc_runs) == 2
+
+
+def test_a_name_in_apps_and_servers_is_refused(guest_copy):
+    (guest_copy / "servers" / "hello").mkdir()
+    (guest_copy / "servers" / "hello" / "hello.c").write_text("int main(void) { return 0; }\n")
+    with pytest.raises(ToolchainError, match="two bundled programs are named 'hello'"):
+        build_program("hello", base=0x400000)
 
 
 def test_missing_gcc(fresh_cache, tmp_path, monkeypatch):

@@ -36,7 +36,7 @@
 #define UB_SYS_NOTIF_SIGNAL 15
 /* notif_wait(long slot): block until the count is positive, take one. RAX: 0 or -errno */
 #define UB_SYS_NOTIF_WAIT 16
-/* ipc_register(const char *name, unsigned long name_len): offer a service under name; the caller's threads receive on it. RAX: slot of the service cap (RECV) or -errno */
+/* ipc_register(const char *name, unsigned long name_len, unsigned long handler): offer a service under name; the caller's threads receive on it. handler is the address of the server's void handler(struct ub_msg *), recorded so that a later placement can enter it directly through a gate. RAX: slot of the service cap (RECV) or -errno */
 #define UB_SYS_IPC_REGISTER 17
 /* ipc_connect(const char *name, unsigned long name_len): connect to a service; the kernel maps a fresh shared buffer into both sides at the same address and gives the connection an unforgeable badge. RAX: connection slot (CALL) or -errno; RDI: buffer address; RSI: its size */
 #define UB_SYS_IPC_CONNECT 18
@@ -79,6 +79,11 @@
 /* PMO_MAP protection */
 #define UB_PROT_READ 1
 #define UB_PROT_WRITE 2
+
+/* limits */
+#define UB_NAME_MAX 64
+#define UB_SPAWN_ARGS_MAX 4096
+#define UB_IPC_BUFFER_SIZE 16384
 
 /* WAIT: how a cap group ended */
 #define UB_EXIT_NORMAL 0

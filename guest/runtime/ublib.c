@@ -5,6 +5,7 @@
  * compiling them into calls to themselves.
  */
 #include "ub.h"
+#include "ub_sys.h"
 
 /* ---- process and console ----------------------------------------------------- */
 
@@ -22,6 +23,23 @@ long ub_write(const void *buf, unsigned long len)
 void ub_puts(const char *s)
 {
     ub_write(s, strlen(s));
+}
+
+/* Pack argv into the NUL-separated block SPAWN takes ("a\0bc\0"), on the stack so
+ * concurrent threads need no lock. */
+long ub_spawn(const char *name, const char *const argv[])
+{
+    char block[UB_SPAWN_ARGS_MAX];
+    unsigned long len = 0;
+
+    for (; argv && *argv; argv++) { /* NULL argv: no arguments */
+        unsigned long n = strlen(*argv) + 1; /* with its NUL */
+        if (n > sizeof(block) - len)
+            return -UB_EINVAL;
+        memcpy(block + len, *argv, n);
+        len += n;
+    }
+    return ub_spawn_raw(name, strlen(name), block, len);
 }
 
 /* ---- printf -------------------------------------------------------------------

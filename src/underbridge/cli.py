@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from underbridge.errors import UserError
+from underbridge.kernel.ipc import DESIGNS
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.machine.cpu import Machine
@@ -169,6 +170,37 @@ def demo_pku(as_json: bool) -> None:
 @main.group()
 def bench() -> None:
     """Measurements: wall time and simulated cycles."""
+
+
+@bench.command("ipc")
+@click.option("--mode", type=click.Choice(DESIGNS), default="sel4", show_default=True,
+              help="The IPC design the kernel uses.")
+@click.option("--rounds", type=click.IntRange(min=3), default=10_000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def bench_ipc(mode: str, rounds: int, as_json: bool) -> None:
+    """IPC round trips between the echo server and the pingpong client, per path."""
+    from rich.progress import Progress
+
+    from underbridge.bench import ipc as ipc_bench
+
+    with Progress(console=errors, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"{mode} round trips", total=rounds * len(ipc_bench.PATHS))
+        result = ipc_bench.run(mode, rounds, progress=lambda n: bar.advance(task, n))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    table = Table(title=f"underbridge bench ipc --mode {mode} ({rounds:,} rounds, medians)")
+    table.add_column("path")
+    table.add_column("simulated cycles / round trip", justify="right")
+    table.add_column("wall us / round trip", justify="right")
+    for row in result.results:
+        table.add_row(row.path, f"{row.sim_cycles_per_rtt:,.0f}", f"{row.wall_us_per_rtt:.1f}")
+    console.print(table)
+    for row in result.results:
+        events = ", ".join(f"{name} x{count:g}"
+                           for name, count in sorted(row.events_per_rtt.items()))
+        console.print(f"[dim]{row.path} hardware events per round trip: {events}[/]")
 
 
 @bench.command("machine")

@@ -1,7 +1,9 @@
 """Builds guest C programs into static x86-64 ELF executables with the system gcc.
 
 A program is its source file compiled together with the guest runtime
-(guest/runtime/crt0.S and ublib.c) against guest/include, in one gcc invocation.
+(guest/runtime/crt0.S, ublib.c and ipc.c) against guest/include, in one gcc invocation.
+Bundled programs are found by name: guest/apps/<name>.c, or guest/servers/<name>/<name>.c
+for a system server (one per directory, with its private headers beside it).
 
 Invariants:
   - Every output is a static, freestanding, non-PIE ET_EXEC whose first PT_LOAD starts
@@ -110,9 +112,26 @@ def cache_root() -> Path:
     return Path(override) if override else repo_root() / ".underbridge-cache"
 
 
+def _bundled_programs() -> dict[str, Path]:
+    """Every bundled program by name: guest/apps/<name>.c and guest/servers/<name>/<name>.c."""
+    root = guest_root()
+    paths = [*(root / "apps").glob("*.c"), *(root / "servers").glob("*/*.c")]
+    found: dict[str, Path] = {}
+    for path in sorted(paths):
+        if path.parent.parent.name == "servers" and path.stem != path.parent.name:
+            continue  # a server's other source files are not programs
+        if path.stem in found:
+            raise ToolchainError(
+                f"two bundled programs are named {path.stem!r}: {found[path.stem]} and {path}",
+                hint="rename one of them",
+            )
+        found[path.stem] = path
+    return found
+
+
 def list_programs() -> list[str]:
-    """Names of the bundled programs in guest/apps, sorted."""
-    return sorted(path.stem for path in (guest_root() / "apps").glob("*.c"))
+    """Names of the bundled programs (guest/apps and guest/servers), sorted."""
+    return sorted(_bundled_programs())
 
 
 def _find_gcc() -> str:
@@ -140,14 +159,14 @@ def _gcc_version(gcc: str) -> str:
 def _resolve_source(source: Path | str) -> Path:
     """A bundled program name ("hello") or a path to a user's .c file, as a path."""
     if isinstance(source, str) and _PROGRAM_NAME.fullmatch(source):
-        path = guest_root() / "apps" / f"{source}.c"
-        if not path.is_file():
+        programs = _bundled_programs()
+        if source not in programs:
             raise ToolchainError(
                 f"no guest program named {source!r}",
-                hint=f"bundled programs: {', '.join(list_programs())}; "
+                hint=f"bundled programs: {', '.join(sorted(programs))}; "
                 "or pass the path of a .c file",
             )
-        return path
+        return programs[source]
     return _existing_file(Path(source), suffixes=(".c",))
 
 
@@ -163,8 +182,9 @@ def _existing_file(path: Path, *, suffixes: Sequence[str]) -> Path:
 
 
 def _runtime_sources() -> tuple[Path, ...]:
+    """crt0.S first (its _start leads .text), then the runtime C files every program links."""
     runtime = guest_root() / "runtime"
-    return (runtime / "crt0.S", runtime / "ublib.c")
+    return (runtime / "crt0.S", runtime / "ublib.c", runtime / "ipc.c")
 
 
 def _key_inputs(sources: Sequence[Path]) -> list[tuple[str, Path]]:
@@ -282,15 +302,16 @@ def _command(gcc: str, args: Sequence[str], sources: Sequence[Path], output: Pat
 def build_program(source: Path | str, *, base: int, extra_sources: Sequence[Path] = ()) -> Path:
     """Build a guest program linked at `base`; return the path of its (cached) ELF.
 
-    `source` is a bundled program name ("hello" is guest/apps/hello.c) or the path of a
-    .c file; `extra_sources` (.c or .S) are compiled and linked in as well.
+    `source` is a bundled program name ("hello" is guest/apps/hello.c, "echo" is
+    guest/servers/echo/echo.c) or the path of a .c file; `extra_sources` (.c or .S) are
+    compiled and linked in as well.
     Raises ValueError for a bad base, ToolchainError when gcc is missing or fails.
     """
     _check_base(base)
     main_source = _resolve_source(source)
     extras = [_existing_file(Path(p), suffixes=(".c", ".S")) for p in extra_sources]
-    runtime = _runtime_sources()
-    sources = [runtime[0], main_source, *extras, runtime[1]]
+    crt0, *runtime = _runtime_sources()
+    sources = [crt0, main_source, *extras, *runtime]
 
     gcc = _find_gcc()
     args = gcc_args(base)

@@ -25,7 +25,7 @@ from underbridge.kernel import dispatch
 from underbridge.kernel.ipc import IpcDesign, design_named
 from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, Ending, GroupState
-from underbridge.kernel.objects.connection import Service
+from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.objects.vmspace import VmSpace
 from underbridge.kernel.process import USER_STACK_TOP, build_image
@@ -37,6 +37,7 @@ from underbridge.machine.faults import Fault
 from underbridge.machine.paging import PageTable
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
+CallObserver = Callable[[Thread, Connection], None]
 
 
 class Kernel:
@@ -53,6 +54,7 @@ class Kernel:
         self._next_tid = 1
         self._next_badge = 1
         self._last_space: VmSpace | None = None
+        self.call_observers: list[CallObserver] = []  # benchmarks: see each IPC call
 
     # -- creating things -----------------------------------------------------------
 

@@ -18,6 +18,14 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 
+class Limit(IntEnum):
+    """Sizes the kernel enforces, published to guests in the generated header."""
+
+    NAME_MAX = 64  # service and program names, bytes
+    SPAWN_ARGS_MAX = 4096  # SPAWN's NUL-separated argument block, bytes
+    IPC_BUFFER_SIZE = 16 * 1024  # a connection's shared buffer, bytes
+
+
 class Sys(IntEnum):
     """Syscall numbers (the wire values guests put in RAX)."""
 
@@ -137,8 +145,11 @@ SYSCALLS: tuple[SyscallSpec, ...] = (
                 "RAX: slot (SIGNAL|WAIT|GRANT) or -errno"),
     SyscallSpec(Sys.NOTIF_SIGNAL, ("long slot",), "add one to the count, waking one waiter"),
     SyscallSpec(Sys.NOTIF_WAIT, ("long slot",), "block until the count is positive, take one"),
-    SyscallSpec(Sys.IPC_REGISTER, ("const char *name", "unsigned long name_len"),
-                "offer a service under name; the caller's threads receive on it",
+    SyscallSpec(Sys.IPC_REGISTER, ("const char *name", "unsigned long name_len",
+                                   "unsigned long handler"),
+                "offer a service under name; the caller's threads receive on it. handler "
+                "is the address of the server's void handler(struct ub_msg *), recorded so "
+                "that a later placement can enter it directly through a gate",
                 "RAX: slot of the service cap (RECV) or -errno"),
     SyscallSpec(Sys.IPC_CONNECT, ("const char *name", "unsigned long name_len"),
                 "connect to a service; the kernel maps a fresh shared buffer into both "
@@ -167,7 +178,8 @@ def render_header() -> str:
         lines.append(f"#define UB_SYS_{spec.number.name} {int(spec.number)}")
     for title, enum, prefix in (("errors", Errno, "UB_"), ("rights", Rights, "UB_RIGHT_"),
                                 ("object types", ObjType, "UB_OBJ_"),
-                                ("PMO_MAP protection", Prot, "UB_PROT_")):
+                                ("PMO_MAP protection", Prot, "UB_PROT_"),
+                                ("limits", Limit, "UB_")):
         lines += ["", f"/* {title} */"]
         for member in enum:  # type: ignore[attr-defined]
             lines.append(f"#define {prefix}{member.name} {int(member)}")

@@ -14,13 +14,12 @@ from underbridge.kernel.handlers.process import read_name
 from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.pmo import Pmo
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Errno, Prot, Rights
+from underbridge.kernel.syscalls import Errno, Limit, Prot, Rights
 from underbridge.machine.context import Reg
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel
 
-IPC_BUFFER_SIZE = 16 * 1024
 # Every connection's buffer gets its own system-wide address, the same in client and
 # server, so a server can be moved between address spaces without remapping it.
 IPC_WINDOW = 0x5000_0000_0000
@@ -47,7 +46,7 @@ def sys_ipc_connect(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int
     badge = kernel.new_badge()
     vaddr = IPC_WINDOW + badge * IPC_SLOT_SPACING
     try:
-        buffer = Pmo(kernel.machine.frames, IPC_BUFFER_SIZE)
+        buffer = Pmo(kernel.machine.frames, Limit.IPC_BUFFER_SIZE)
     except OutOfMemory as error:
         raise SyscallError(Errno.ENOMEM, str(error)) from error
     client = thread.group
@@ -63,7 +62,7 @@ def sys_ipc_connect(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int
     client.owned.append(conn)
     slot = client.caps.insert(Cap(conn, Rights.CALL))
     thread.context[Reg.RDI] = vaddr
-    thread.context[Reg.RSI] = IPC_BUFFER_SIZE
+    thread.context[Reg.RSI] = Limit.IPC_BUFFER_SIZE
     return slot
 
 
@@ -72,6 +71,8 @@ def sys_ipc_call(kernel: Kernel, thread: Thread, conn_slot: int, mr0: int, mr1: 
     conn = thread.group.caps.lookup(conn_slot, Connection, Rights.CALL)
     if not conn.service.alive:
         raise SyscallError(Errno.EPIPE, f"service {conn.service.name!r} is gone")
+    for observe in kernel.call_observers:
+        observe(thread, conn)
     kernel.ipc.call(kernel, thread, conn, (mr0, mr1, mr2, mr3))
 
 

@@ -11,19 +11,17 @@ from underbridge.kernel.cap import Cap
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import Thread
 from underbridge.kernel.objects.vmspace import USER_END, USER_MIN
-from underbridge.kernel.syscalls import Errno, Rights
+from underbridge.kernel.syscalls import Errno, Limit, Rights
 from underbridge.machine.context import Reg
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel
 
-MAX_NAME = 64
-MAX_ARGS = 4096
 EXIT_INFO = struct.Struct("<qq")
 
 
 def read_name(kernel: Kernel, thread: Thread, address: int, length: int) -> str:
-    if not 0 < length <= MAX_NAME:
+    if not 0 < length <= Limit.NAME_MAX:
         raise SyscallError(Errno.EINVAL, f"name length {length}")
     raw = umem.copy_in(kernel.machine, thread.group.vmspace.table, address, length)
     try:
@@ -51,7 +49,7 @@ def sys_yield(kernel: Kernel, thread: Thread, *_: int) -> int:
 def sys_spawn(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int, args_ptr: int,
               args_len: int, *_: int) -> int:
     name = read_name(kernel, thread, name_ptr, name_len)
-    if not 0 <= args_len <= MAX_ARGS:
+    if not 0 <= args_len <= Limit.SPAWN_ARGS_MAX:
         raise SyscallError(Errno.EINVAL, f"argument block of {args_len} bytes")
     raw = umem.copy_in(kernel.machine, thread.group.vmspace.table, args_ptr, args_len)
     args = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
