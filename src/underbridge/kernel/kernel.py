@@ -7,12 +7,13 @@ group (reported with the decoded fault), a spent budget rotates the ready queue.
 Cost model of a kernel entry (everything a real kernel does in machine code here runs
 in Python, so it is charged by name, never zero, never tuned):
   - the guest's `syscall` instruction: charged by the machine's block accounting;
-  - swapgs on entry and on exit, and the sysret back to user space, on every entry;
-  - with KPTI, a CR3 write on entry and one on exit;
-  - a CR3 write whenever the CPU next runs a thread of another address space;
-  - the kernel's own instructions on an IPC path: the IPC design's cited per-path
-    count (kernel/ipc/). Other syscalls are slow paths the benchmarks do not time;
-    their handler work is not charged.
+  - IPC_CALL and IPC_REPLY_WAIT: the IPC design charges its whole kernel path (for
+    sel4, the measured instructions of seL4's fastpath, its CR3 writes and sysret);
+  - any other syscall: swapgs on entry and exit and the sysret (the primitives of a
+    no-op syscall); with KPTI a CR3 write on entry and one on exit. Their handler work
+    is a slow path no benchmark times, and is not charged;
+  - without KPTI, a CR3 write whenever the CPU next runs a thread of another address
+    space (with KPTI the exit path's CR3 write is that switch).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.objects.vmspace import VmSpace
 from underbridge.kernel.process import USER_STACK_TOP, build_image
 from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
-from underbridge.kernel.syscalls import Errno
+from underbridge.kernel.syscalls import Errno, Sys
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import Fault
 from underbridge.machine.paging import PageTable
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
+FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
 CallObserver = Callable[[Thread, Connection], None]
 
 
@@ -109,7 +111,7 @@ class Kernel:
 
     def _resume(self, thread: Thread) -> None:
         space = thread.group.vmspace
-        if self._last_space is not None and space is not self._last_space:
+        if self._last_space is not None and space is not self._last_space and not self.ipc.kpti:
             self.machine.charge("cr3_write")
         self._last_space = space
         result = self.machine.run(thread.context, budget=self.sched.quantum)
@@ -125,9 +127,11 @@ class Kernel:
 
     def _syscall(self, thread: Thread) -> None:
         self.sched.entered_kernel()
-        self.charge_entry_and_exit()
         context = thread.context
-        result = dispatch.dispatch(self, thread, context[Reg.RAX], context.syscall_args())
+        number = context[Reg.RAX]
+        if number not in FASTPATH_SYSCALLS:
+            self.charge_entry_and_exit()
+        result = dispatch.dispatch(self, thread, number, context.syscall_args())
         if result is not None and thread.state is ThreadState.RUNNING:
             context[Reg.RAX] = result
 

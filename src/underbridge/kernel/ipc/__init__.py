@@ -20,7 +20,11 @@ class IpcDesign(Protocol):
     kpti: bool
 
     def call(self, kernel: Kernel, client: Thread, conn: Connection, msg: Message) -> None:
-        """Deliver a call; the client thread blocks until its reply."""
+        """Deliver a call; the client thread blocks until its reply.
+
+        The design charges the whole kernel path of the call (the kernel charges nothing
+        generic for IPC_CALL and IPC_REPLY_WAIT).
+        """
 
     def reply_wait(self, kernel: Kernel, server: Thread, service: Service,
                    reply: Message) -> None:
