@@ -195,6 +195,26 @@ def test_pmo_create_reports_exhausted_memory(kernel, guest):
         frames.free(frame)
 
 
+def test_exhausted_memory_is_enomem_and_leaks_nothing(kernel, hello_elf):
+    frames = kernel.machine.frames
+    baseline = frames.free_frames
+    guest = Guest(kernel, hello_elf, "alice")
+    kernel.register_program("hello", hello_elf)
+    pmo = guest.sys(Sys.PMO_CREATE, 4096)
+    outcomes = set()
+    for keep in (0, 1, 2, 5, 12):  # run out at different points of the work
+        hoard = [frames.alloc() for _ in range(frames.free_frames - keep)]
+        assert guest.sys(Sys.SPAWN, guest.put(b"hello"), 5, SCRATCH, 0) == err(Errno.ENOMEM)
+        outcomes.add(guest.sys(Sys.PMO_MAP, pmo, FREE_VA + keep * 0x10_0000_0000, Prot.READ))
+        for frame in hoard:
+            frames.free(frame)
+    assert outcomes == {0, err(Errno.ENOMEM)}  # both the failing and the working path ran
+    assert guest.sys(Sys.SPAWN, guest.put(b"hello"), 5, SCRATCH, 0) >= 0
+    for group in list(kernel.groups.values()):
+        kernel.kill(group)
+    assert frames.free_frames == baseline  # everything came back
+
+
 # -- spawn / wait / threads -----------------------------------------------------------
 
 def test_spawn_and_wait(kernel, guest, hello_elf):

@@ -76,10 +76,14 @@ class Kernel:
         name = name or (elf.stem if isinstance(elf, Path) else "guest")
         image = parse_elf(data, name=name)
         vmspace = VmSpace(self.machine, table=table, pkey=pkey)
+        try:
+            entry, rsp = build_image(self.machine, vmspace, image,
+                                     argv if argv is not None else [name], stack_top)
+        except BaseException:
+            vmspace.destroy()  # give back whatever was built before the failure
+            raise
         group = CapGroup(self._next_pid, name, vmspace)
         self._next_pid += 1
-        entry, rsp = build_image(self.machine, vmspace, image,
-                                 argv if argv is not None else [name], stack_top)
         self.groups[group.pid] = group
         self.add_thread(group, ring=ring, rip=entry, rsp=rsp, pkru=pkru)
         return group

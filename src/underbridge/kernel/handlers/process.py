@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from underbridge.errors import SyscallError, UserError
+from underbridge.errors import OutOfMemory, SyscallError, UserError
 from underbridge.kernel import umem
 from underbridge.kernel.cap import Cap
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
@@ -59,6 +59,8 @@ def sys_spawn(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int, args
         child = kernel.spawn(name, [name, *args])
     except UserError as error:
         raise SyscallError(Errno.EINVAL, str(error)) from error
+    except OutOfMemory as error:
+        raise SyscallError(Errno.ENOMEM, str(error)) from error
     return thread.group.caps.insert(Cap(child, Rights.READ | Rights.GRANT))
 
 

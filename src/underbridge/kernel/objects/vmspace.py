@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from underbridge.errors import SyscallError
+from underbridge.errors import OutOfMemory, SyscallError
 from underbridge.kernel.objects.pmo import Pmo
 from underbridge.kernel.syscalls import Errno, Prot
 from underbridge.machine.cpu import Machine
@@ -51,17 +51,28 @@ class VmSpace:
                 raise SyscallError(Errno.EBUSY, f"{page:#x} is already mapped")
 
     def map_private(self, vaddr: int, frame: PhysAddr, flags: PageFlags) -> None:
-        """Map a frame this VmSpace now owns (image and stack pages)."""
+        """Map a frame this VmSpace now owns (image and stack pages).
+
+        Ownership comes first, so the frame is freed with the VmSpace even if mapping it
+        fails for want of a page-table frame.
+        """
+        self.private_frames.append(frame)
         self.table.map(vaddr, frame, PageFlags(flags.writable, True, flags.executable,
                                                self.pkey))
-        self.private_frames.append(frame)
         self.private_pages.append(vaddr)
 
     def map_pmo(self, pmo: Pmo, vaddr: int, prot: Prot) -> None:
         self._check_range(vaddr, pmo.size)
         flags = PageFlags(writable=bool(prot & Prot.WRITE), user=True, pkey=self.pkey)
-        for index, frame in enumerate(pmo.frames):
-            self.table.map(vaddr + index * PAGE_SIZE, frame, flags)
+        mapped = 0
+        try:
+            for frame in pmo.frames:
+                self.table.map(vaddr + mapped * PAGE_SIZE, frame, flags)
+                mapped += 1
+        except OutOfMemory:  # no frame for a page-table level: undo, all or nothing
+            for index in range(mapped):
+                self.table.unmap(vaddr + index * PAGE_SIZE)
+            raise SyscallError(Errno.ENOMEM, "no memory for page tables") from None
         self.pmo_mappings[vaddr] = PmoMapping(pmo, prot)
         pmo.mappings.append((self, vaddr))
 
