@@ -67,3 +67,11 @@ def test_bench_machine_json_reports_every_figure():
                 "wrpkru_pair_wall_us"):
         assert report[key] > 0
     assert report["mips_accounting_off"] > report["mips_accounting_on"]
+
+
+def test_bench_ipc_json_has_the_documented_shape():
+    report = json.loads(invoke("bench", "ipc", "--mode", "sel4", "--rounds", "20", "--json").output)
+    assert report["mode"] == "sel4" and report["rounds"] == 20
+    assert [r["path"] for r in report["results"]] == ["app-server", "server-server"]
+    for row in report["results"]:
+        assert 600 <= row["sim_cycles_per_rtt"] <= 1500 and row["wall_us_per_rtt"] > 0
