@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml tools/bootstrap.sh | sha2
 .PHONY: run test lint clean
 
 run: $(STAMP)
-	$(VENV)/bin/underbridge run hello
+	$(VENV)/bin/underbridge reproduce --quick --out out
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests

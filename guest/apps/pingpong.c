@@ -7,6 +7,11 @@
  * "pingpong: ROUNDS rounds ok". With --as-server it first registers a service of its
  * own (never served), so its calls are server-to-server calls. Exit status: 0 if every
  * reply was right, 1 if not, 2 for bad usage.
+ *
+ * Timing markers for the benchmark: a zero-length write (no output) right before the
+ * ECHO_REGS loop, one right after it, and one more straight after that; the kernel sees
+ * each as a syscall whatever the IPC placement, and the third measures the marker's own
+ * cost (bench/ipc.py).
  */
 #include "ub.h"
 #include "ub_ipc.h"
@@ -144,7 +149,11 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    if (regs_rounds(&conn, rounds) || buf_round(&conn, rounds))
+    ub_write("", 0);
+    int failed = regs_rounds(&conn, rounds);
+    ub_write("", 0);
+    ub_write("", 0);
+    if (failed || buf_round(&conn, rounds))
         return 1;
     ub_printf("pingpong: %ld rounds ok\n", rounds);
     return 0;

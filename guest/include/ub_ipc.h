@@ -35,6 +35,7 @@ struct ub_conn {
     long slot;              /* connection cap (CALL) */
     void *buf;              /* the shared buffer */
     unsigned long buf_size; /* its size in bytes */
+    unsigned long gate;     /* the kernel-generated gate to call, or 0: use IPC_CALL */
 };
 
 /* Connect to the service called `name`; fills *conn. Returns 0, or -UB_Exxx

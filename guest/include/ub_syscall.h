@@ -16,7 +16,7 @@
 #define UB_SYS_CAP_COPY 5
 /* cap_grant(long group_slot, long slot, unsigned long rights_mask): copy a GRANT cap into another cap group (needs GRANT on both caps). RAX: the slot in the other group or -errno */
 #define UB_SYS_CAP_GRANT 6
-/* cap_delete(long slot): empty a slot of the caller's table. RAX: 0 or -errno */
+/* cap_delete(long slot): empty a slot of the caller's table; deleting a connection cap closes the connection. RAX: 0 or -errno */
 #define UB_SYS_CAP_DELETE 7
 /* cap_info(long slot): the type and rights of a cap. RAX: (type << 16) | rights or -errno */
 #define UB_SYS_CAP_INFO 8
@@ -38,7 +38,7 @@
 #define UB_SYS_NOTIF_WAIT 16
 /* ipc_register(const char *name, unsigned long name_len, unsigned long handler): offer a service under name; the caller's threads receive on it. handler is the address of the server's void handler(struct ub_msg *), recorded so that a later placement can enter it directly through a gate. RAX: slot of the service cap (RECV) or -errno */
 #define UB_SYS_IPC_REGISTER 17
-/* ipc_connect(const char *name, unsigned long name_len): connect to a service; the kernel maps a fresh shared buffer into both sides at the same address and gives the connection an unforgeable badge. RAX: connection slot (CALL) or -errno; RDI: buffer address; RSI: its size */
+/* ipc_connect(const char *name, unsigned long name_len): connect to a service; the kernel maps a fresh shared buffer into both sides at the same address and gives the connection an unforgeable badge. RAX: connection slot (CALL) or -errno; RDI: buffer address; RSI: its size; RDX: the connection's gate, or 0 to call with IPC_CALL */
 #define UB_SYS_IPC_CONNECT 18
 /* ipc_call(long conn_slot, long mr0, long mr1, long mr2, long mr3): send 4 message registers and block for the reply. RAX: 0 or -errno; RSI, RDX, R10, R8: reply mr0..mr3 */
 #define UB_SYS_IPC_CALL 19
@@ -58,6 +58,8 @@
 #define UB_EBADCAP 77
 #define UB_EWRONGTYPE 78
 #define UB_EPIPE 32
+#define UB_EDEADLK 35
+#define UB_ENOKEY 126
 
 /* rights */
 #define UB_RIGHT_READ 1

@@ -227,5 +227,40 @@ def bench_machine(scale: float, as_json: bool) -> None:
     console.print(table)
 
 
+# -- reproduce ----------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="200 rounds per path instead of 2,000.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("out"), show_default=True,
+              help="Directory for ipc.json and ipc_cycles.png (created).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON instead of the table.")
+@user_errors
+def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
+    """Every IPC design's round trip beside the published figures, as a table and a chart.
+
+    \b
+    Writes OUT/ipc.json (every result, the published figures, the ratios) and
+    OUT/ipc_cycles.png (simulated cycles per round trip, published figures marked).
+    """
+    from rich.progress import Progress
+
+    from underbridge.bench import reproduce as reproduction
+
+    rounds = reproduction.QUICK_ROUNDS if quick else reproduction.ROUNDS
+    with Progress(console=errors, transient=True, disable=as_json) as bar:
+        task = bar.add_task("IPC round trips", total=reproduction.total_round_trips(rounds))
+        result = reproduction.run(rounds, out_dir, progress=lambda mode, n: bar.update(
+            task, advance=n, description=f"{mode} round trips"))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    console.print(reproduction.comparison_table(result))
+    console.print(reproduction.paper_table())
+    console.print(reproduction.ratio_table(result))
+    console.print(f"[dim]wrote {escape(str(result.json_path))} and "
+                  f"{escape(str(result.plot_path))}[/]")
+
 if __name__ == "__main__":
     main()

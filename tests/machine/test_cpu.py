@@ -91,16 +91,36 @@ def test_a_faulting_guest_does_not_stop_the_others(scratch):
     assert good[Reg.RAX] == 5
 
 
-def test_ring3_cannot_touch_kernel_pages(scratch):
+def test_kernel_pages_are_absent_from_user_page_tables(scratch):
     scratch.code(f"mov rbx, {KERNEL_DATA:#x}\nmov rax, [rbx]")
     fault = scratch.machine.run(scratch.context()).fault
-    assert fault.reason is Violation.USER_TO_SUPERVISOR and fault.address == KERNEL_DATA
+    assert fault.reason is Violation.NOT_PRESENT and fault.address == KERNEL_DATA
+    scratch.code(f"mov rbx, {KERNEL_TEXT:#x}\njmp rbx", CODE_VA + 0x1000)
+    fault = scratch.machine.run(scratch.context(rip=CODE_VA + 0x1000)).fault
+    assert fault.access is Access.FETCH and fault.reason is Violation.NOT_PRESENT
 
 
-def test_ring3_cannot_execute_kernel_text(scratch):
-    scratch.code(f"mov rbx, {KERNEL_TEXT:#x}\njmp rbx")
-    fault = scratch.machine.run(scratch.context()).fault
-    assert fault.access is Access.FETCH and fault.reason is Violation.USER_TO_SUPERVISOR
+def test_kernel_pages_are_fenced_by_key_0_in_ring0(machine):
+    """On the kernel page table, ring-0 code whose PKRU denies key 0 cannot read them."""
+    from underbridge.machine.pkru import pkru_allowing
+
+    from .conftest import Scratch
+
+    scratch = Scratch(machine, machine.kernel_space)
+    scratch.code(f"mov rbx, {KERNEL_DATA:#x}\nmov rax, [rbx]", 0x7100_0000)
+    denied = scratch.context(ring=0, rip=0x7100_0000, pkru=pkru_allowing(read_write=[5]))
+    fault = machine.run(denied).fault
+    assert fault.reason is Violation.PKEY_ACCESS_DISABLED and fault.cpl == 0
+    machine.frames.free(machine.kernel_space.unmap(0x7100_0000))
+
+
+def test_stop_at_returns_control_before_that_address(scratch):
+    scratch.code("mov rax, 5\ncall target\nnop\ntarget: mov rbx, 6\nret")
+    scratch.page(0x7E_F000, USER_RW)
+    context = scratch.context(ring=0)
+    result = scratch.machine.run(context, stop_at=CODE_VA + 12)
+    assert result.kind is ExitKind.RETURNED and context.rip == CODE_VA + 12
+    assert context[Reg.RAX] == 5 and context[Reg.RBX] == 6
 
 
 def test_protect_takes_effect_at_once(scratch):

@@ -39,7 +39,7 @@ from underbridge.machine.paging import PageTable
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
-CallObserver = Callable[[Thread, Connection], None]
+SyscallObserver = Callable[[Thread, int, tuple[int, ...]], None]
 
 
 class Kernel:
@@ -56,7 +56,7 @@ class Kernel:
         self._next_tid = 1
         self._next_badge = 1
         self._last_space: VmSpace | None = None
-        self.call_observers: list[CallObserver] = []  # benchmarks: see each IPC call
+        self.syscall_observers: list[SyscallObserver] = []  # benchmarks: see each entry
 
     # -- creating things -----------------------------------------------------------
 
@@ -66,8 +66,13 @@ class Kernel:
 
     def spawn(self, elf: Path | bytes | str, argv: list[str] | None = None, *, name: str = "",
               ring: int = 3, table: PageTable | None = None, pkey: int = 0, pkru: int = 0,
-              stack_top: int = USER_STACK_TOP) -> CapGroup:
-        """Create a cap group from an ELF file, bytes, or a registered program name."""
+              stack_top: int = USER_STACK_TOP, in_kernel: bool = False) -> CapGroup:
+        """Create a cap group from an ELF file, bytes, or a registered program name.
+
+        in_kernel: place it in kernel space, in an execution domain of its own (needs an
+        IPC design with domains, i.e. underbridge); ring, table, pkey, pkru and
+        stack_top then follow from the domain.
+        """
         if isinstance(elf, str):
             if elf not in self.programs:
                 raise UserError(f"no program named {elf!r} is registered")
@@ -75,16 +80,29 @@ class Kernel:
         data = elf.read_bytes() if isinstance(elf, Path) else elf
         name = name or (elf.stem if isinstance(elf, Path) else "guest")
         image = parse_elf(data, name=name)
+        domain = None
+        if in_kernel:
+            admit = getattr(self.ipc, "admit", None)
+            if admit is None:
+                raise UserError(f"the {self.ipc.name} design cannot place servers in the kernel",
+                                hint="use --mode underbridge")
+            base = image.segments[0].vaddr
+            domain, stack_top = admit(name, base)
+            ring, table, pkey, pkru = 0, self.machine.kernel_space, domain.key, domain.pkru
         vmspace = VmSpace(self.machine, table=table, pkey=pkey)
         try:
             entry, rsp = build_image(self.machine, vmspace, image,
                                      argv if argv is not None else [name], stack_top)
         except BaseException:
             vmspace.destroy()  # give back whatever was built before the failure
+            if domain is not None:
+                self.ipc.keys.release(domain.key)  # type: ignore[attr-defined]
             raise
         group = CapGroup(self._next_pid, name, vmspace)
         self._next_pid += 1
         self.groups[group.pid] = group
+        if domain is not None:
+            self.ipc.adopt(group, domain, image.segments[0].vaddr)  # type: ignore[attr-defined]
         self.add_thread(group, ring=ring, rip=entry, rsp=rsp, pkru=pkru)
         return group
 
@@ -125,7 +143,8 @@ class Kernel:
             assert result.fault is not None
             self.end_group(thread.group, Ending(GroupState.FAULTED, fault=result.fault))
         elif result.kind is ExitKind.PREEMPTED:
-            self.sched.preempt()
+            if not self.ipc.in_gate(thread.context.rip):  # gates run "with interrupts off"
+                self.sched.preempt()
         else:
             raise KernelBug(f"{thread.name}: the CPU halted outside any kernel event")
 
@@ -133,6 +152,12 @@ class Kernel:
         self.sched.entered_kernel()
         context = thread.context
         number = context[Reg.RAX]
+        for observe in self.syscall_observers:
+            observe(thread, number, context.syscall_args())
+        if self.ipc.foreign(thread):  # inside a call into another domain
+            self.charge_entry_and_exit()
+            context[Reg.RAX] = -Errno.EDEADLK & 0xFFFF_FFFF_FFFF_FFFF
+            return
         if number not in FASTPATH_SYSCALLS:
             self.charge_entry_and_exit()
         result = dispatch.dispatch(self, thread, number, context.syscall_args())
@@ -158,6 +183,7 @@ class Kernel:
         for obj in reversed(group.owned):
             self.destroy_object(obj)
         group.vmspace.destroy()
+        self.ipc.ended(self, group)
         if self._last_space is group.vmspace:
             self._last_space = None
         for waiter, info_address in group.waiters:
@@ -169,12 +195,21 @@ class Kernel:
             self.ipc.close_service(self, obj)
             self.services.pop(obj.name, None)
             for conn in obj.connections:
-                conn.close()  # unmaps the shared buffer from both sides
+                self.close_connection(conn)
+        if isinstance(obj, Connection):
+            self.close_connection(obj)
+            return
         destroy = getattr(obj, "destroy", None) or getattr(obj, "close", None)
         if destroy is not None:
             destroy()
         else:
             obj.mark_destroyed()  # type: ignore[attr-defined]
+
+    def close_connection(self, conn: Connection) -> None:
+        """Close a connection: its gate and keys first, then its buffer (both sides)."""
+        if conn.alive:
+            self.ipc.closed(self, conn)
+            conn.close()
 
     def thread_exit(self, thread: Thread) -> None:
         self.sched.remove(thread)

@@ -67,6 +67,8 @@ class Errno(IntEnum):
     EBADCAP = 77  # empty slot, out-of-range slot, or a revoked capability
     EWRONGTYPE = 78  # the capability names an object of another type
     EPIPE = 32  # the other side of the connection is gone
+    EDEADLK = 35  # the call would block inside a migrated (gate) call
+    ENOKEY = 126  # all protection keys are in use
 
 
 class Rights(IntFlag):
@@ -125,7 +127,8 @@ SYSCALLS: tuple[SyscallSpec, ...] = (
     SyscallSpec(Sys.CAP_GRANT, ("long group_slot", "long slot", "unsigned long rights_mask"),
                 "copy a GRANT cap into another cap group (needs GRANT on both caps)",
                 "RAX: the slot in the other group or -errno"),
-    SyscallSpec(Sys.CAP_DELETE, ("long slot",), "empty a slot of the caller's table"),
+    SyscallSpec(Sys.CAP_DELETE, ("long slot",), "empty a slot of the caller's table; "
+                "deleting a connection cap closes the connection"),
     SyscallSpec(Sys.CAP_INFO, ("long slot",), "the type and rights of a cap",
                 "RAX: (type << 16) | rights or -errno"),
     SyscallSpec(Sys.PMO_CREATE, ("unsigned long size",),
@@ -154,7 +157,8 @@ SYSCALLS: tuple[SyscallSpec, ...] = (
     SyscallSpec(Sys.IPC_CONNECT, ("const char *name", "unsigned long name_len"),
                 "connect to a service; the kernel maps a fresh shared buffer into both "
                 "sides at the same address and gives the connection an unforgeable badge",
-                "RAX: connection slot (CALL) or -errno; RDI: buffer address; RSI: its size"),
+                "RAX: connection slot (CALL) or -errno; RDI: buffer address; RSI: its size; "
+                "RDX: the connection's gate, or 0 to call with IPC_CALL"),
     SyscallSpec(Sys.IPC_CALL, ("long conn_slot", "long mr0", "long mr1", "long mr2",
                                "long mr3"),
                 "send 4 message registers and block for the reply",

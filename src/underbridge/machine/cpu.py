@@ -6,12 +6,13 @@ after `run` returns, outside the engine's callback context. The first event of a
 wins: `emu_stop` takes effect at the end of the current translation block, so a later
 instruction of that block may still raise another event, which is ignored.
 
-Kernel virtual layout (upper half; every page here is U=0, so ring 3 and PKRU never
-reach it, and user page tables share it by reference as a non-KPTI kernel does):
+Kernel virtual layout, in the kernel page table only (user page tables map none of it):
   KERNEL_TEXT        boot stubs: `sysretq`, the (hooked) syscall entry        r-x
   KERNEL_STUBS       ring-0 stubs the machine runs for itself (calibration)   r-x
   KERNEL_DATA        the GDT                                                  rw-
-The lower half belongs to guests.
+These pages are U=1 with protection key 0, the kernel's domain: ring-0 code whose PKRU
+denies key 0 (an in-kernel server) can neither read nor write them, and ring-3 code
+never runs on this page table. The lower half belongs to guests.
 
 Invariants:
   - Before the CPU runs, the emulated TLB is coherent with every page table: any page
@@ -77,8 +78,8 @@ SYSCALL_ENTRY_AT = VirtAddr(KERNEL_TEXT + 0x10)
 STUB_HALT = b"\xf4"  # the machine runs its own stubs `until` this hlt
 USER_PROBE = VirtAddr(0x10000)  # mapped only during boot, to capture a ring-3 state
 
-KERNEL_CODE = PageFlags(executable=True)
-KERNEL_RW = PageFlags(writable=True)
+KERNEL_CODE = PageFlags(user=True, executable=True, pkey=0)
+KERNEL_RW = PageFlags(user=True, writable=True, pkey=0)
 
 DEFAULT_MEMORY_MIB = 64
 UNLIMITED_COUNT = 1 << 62
@@ -87,6 +88,7 @@ UNLIMITED_COUNT = 1 << 62
 class ExitKind(Enum):
     SYSCALL = "syscall"  # guest executed `syscall`; RIP is past it
     FAULT = "fault"  # a CPU exception; the Fault says which
+    RETURNED = "returned"  # execution reached the `stop_at` address
     PREEMPTED = "preempted"  # the instruction budget ran out
     HALTED = "halted"  # the CPU stopped on its own (ring-0 hlt)
 
@@ -113,7 +115,7 @@ class Machine:
         self._pending: tuple[ExitKind, int] | None = None
         self._undo: dict[Reg, int] = {}  # registers to put back after a refused instruction
         self._space: PageTable | None = None  # the page table of the running context
-        self.kernel_space = self.new_page_table(share_kernel_half=False)
+        self.kernel_space = self.new_page_table()
         self.accounting: Accounting | None = None
         self._install_hooks(accounting)
         self._map_kernel_pages()
@@ -263,10 +265,9 @@ class Machine:
 
     # -- address spaces -------------------------------------------------------------
 
-    def new_page_table(self, *, share_kernel_half: bool = True) -> PageTable:
+    def new_page_table(self) -> PageTable:
+        """An empty page table (the kernel's pages are mapped in kernel_space only)."""
         table = PageTable(self.mem, self.frames, self._page_changed)
-        if share_kernel_half:
-            table.share_upper_half(self.kernel_space)
         self._page_tables[table.root] = table
         return table
 
@@ -337,22 +338,27 @@ class Machine:
         self.uc.context_update(context.uc_context)
         self._tlb_stale = True
 
-    def run(self, context: CpuContext, *, budget: int = 0) -> Exit:
+    def run(self, context: CpuContext, *, budget: int = 0, stop_at: int = 0) -> Exit:
         """Resume `context` until it enters the kernel, faults, or spends `budget`.
 
-        budget: at most that many instructions (0: no limit). On return the context
-        holds the thread's state at the exit (for a syscall, RIP is past it).
+        budget: at most that many instructions (0: no limit). stop_at: an address at
+        which to stop before executing it (RETURNED), e.g. the return address of ring-0
+        code the kernel called; keep it off the first byte of a page (the engine reads
+        the byte before a stop address, faulting if that page is unmapped). On return
+        the context holds the thread's state at the exit (for a syscall, RIP is past it).
         """
         self._load(context)
         self._pending = None
         try:
-            self._emu_start(context.rip, 0, budget)
+            self._emu_start(context.rip, stop_at, budget)
         except UcError as error:
             self._save(context)
             return self._fault_exit(context, self._engine_error_fault(context, error))
         self._save(context)
         pending, self._pending = self._pending, None
         if pending is None:
+            if stop_at and context.rip == stop_at:
+                return Exit(ExitKind.RETURNED)
             return Exit(ExitKind.PREEMPTED if self._budget_spent(budget) else ExitKind.HALTED)
         kind, vector = pending
         if kind is ExitKind.SYSCALL:

@@ -12,8 +12,6 @@ Invariants:
     owner can keep the emulated TLB coherent (the machine flushes before the CPU runs).
   - Table frames belong to their PageTable and are freed by `destroy`; leaf frames
     belong to whoever mapped them and are never freed here.
-  - `share_upper_half` copies PML4 entries 256-511 (the kernel half) by reference, as a
-    non-KPTI kernel does; callers must keep only U=0 pages in that half.
 """
 
 from __future__ import annotations
@@ -214,11 +212,6 @@ class PageTable:
             raise KernelBug(f"protect of unmapped page {vaddr:#x}")
         self._mem.write_u64(slot, encode_pte(mapping.frame, flags))
         self._on_change(VirtAddr(vaddr))
-
-    def share_upper_half(self, kernel: PageTable) -> None:
-        """Reference the kernel's upper-half PML4 entries (its U=0 pages) from this table."""
-        for index in range(ENTRIES // 2, ENTRIES):
-            self._mem.write_u64(self.root + 8 * index, self._mem.read_u64(kernel.root + 8 * index))
 
     def destroy(self) -> None:
         """Free this table's own frames (not the frames it maps)."""

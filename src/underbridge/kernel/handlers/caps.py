@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from underbridge.errors import SyscallError
 from underbridge.kernel.objects.capgroup import CapGroup
+from underbridge.kernel.objects.connection import Connection
 from underbridge.kernel.objects.thread import Thread
 from underbridge.kernel.syscalls import Errno, Rights
 
@@ -38,7 +39,10 @@ def sys_cap_grant(kernel: Kernel, thread: Thread, group_slot: int, slot: int,
 
 
 def sys_cap_delete(kernel: Kernel, thread: Thread, slot: int, *_: int) -> int:
+    cap = thread.group.caps.get(slot)
     thread.group.caps.delete(slot)
+    if isinstance(cap.obj, Connection):
+        kernel.close_connection(cap.obj)  # its buffer leaves both address spaces
     return 0
 
 

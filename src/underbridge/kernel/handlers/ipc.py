@@ -14,7 +14,7 @@ from underbridge.kernel.handlers.process import read_name
 from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.pmo import Pmo
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Errno, Limit, Prot, Rights
+from underbridge.kernel.syscalls import Errno, Limit, Rights
 from underbridge.machine.context import Reg
 
 if TYPE_CHECKING:
@@ -50,19 +50,18 @@ def sys_ipc_connect(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int
     except OutOfMemory as error:
         raise SyscallError(Errno.ENOMEM, str(error)) from error
     client = thread.group
+    conn = Connection(service, client, badge, buffer, vaddr)
     try:
-        client.vmspace.map_pmo(buffer, vaddr, Prot.READ | Prot.WRITE)
-        if service.server is not client:
-            service.server.vmspace.map_pmo(buffer, vaddr, Prot.READ | Prot.WRITE)
-    except SyscallError:
+        gate = kernel.ipc.connect(kernel, conn)
+    except BaseException:
         buffer.destroy()
         raise
-    conn = Connection(service, client, badge, buffer, vaddr)
     service.connections.append(conn)
     client.owned.append(conn)
     slot = client.caps.insert(Cap(conn, Rights.CALL))
     thread.context[Reg.RDI] = vaddr
     thread.context[Reg.RSI] = Limit.IPC_BUFFER_SIZE
+    thread.context[Reg.RDX] = gate
     return slot
 
 
@@ -71,8 +70,6 @@ def sys_ipc_call(kernel: Kernel, thread: Thread, conn_slot: int, mr0: int, mr1: 
     conn = thread.group.caps.lookup(conn_slot, Connection, Rights.CALL)
     if not conn.service.alive:
         raise SyscallError(Errno.EPIPE, f"service {conn.service.name!r} is gone")
-    for observe in kernel.call_observers:
-        observe(thread, conn)
     kernel.ipc.call(kernel, thread, conn, (mr0, mr1, mr2, mr3))
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel
+    from underbridge.kernel.objects.capgroup import CapGroup
     from underbridge.kernel.objects.connection import Connection, Message, Service
     from underbridge.kernel.objects.thread import Thread
 
@@ -33,14 +34,31 @@ class IpcDesign(Protocol):
     def close_service(self, kernel: Kernel, service: Service) -> None:
         """The service is going away: fail every caller still waiting on it."""
 
+    def connect(self, kernel: Kernel, conn: Connection) -> int:
+        """Map a new connection's buffer where its parties need it; its gate or 0."""
+
+    def closed(self, kernel: Kernel, conn: Connection) -> None:
+        """A connection is being closed: release what the design set up for it."""
+
+    def ended(self, kernel: Kernel, group: CapGroup) -> None:
+        """A cap group has ended."""
+
+    def in_gate(self, rip: int) -> bool:
+        """Is rip inside gate code (where a thread must not be preempted)?"""
+
+    def foreign(self, thread: Thread) -> bool:
+        """Is the thread executing another domain's code, inside a call it made?"""
+
 
 def design_named(name: str) -> IpcDesign:
     from underbridge.kernel.ipc.sel4 import Sel4Ipc
+    from underbridge.kernel.ipc.underbridge import UnderbridgeIpc
 
-    designs: dict[str, IpcDesign] = {"sel4": Sel4Ipc(kpti=False), "sel4-kpti": Sel4Ipc(kpti=True)}
-    if name not in designs:
-        raise ValueError(f"unknown IPC design {name!r}; known: {', '.join(designs)}")
-    return designs[name]
+    makers = {"sel4": lambda: Sel4Ipc(kpti=False), "sel4-kpti": lambda: Sel4Ipc(kpti=True),
+              "underbridge": UnderbridgeIpc}
+    if name not in makers:
+        raise ValueError(f"unknown IPC design {name!r}; known: {', '.join(makers)}")
+    return makers[name]()  # type: ignore[no-any-return]
 
 
-DESIGNS = ("sel4", "sel4-kpti")
+DESIGNS = ("sel4", "sel4-kpti", "underbridge")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
-from underbridge.kernel.syscalls import Errno
+from underbridge.kernel.syscalls import Errno, Prot
 from underbridge.machine.context import Reg
 
 if TYPE_CHECKING:
@@ -99,6 +99,26 @@ class Sel4Ipc:
         service.receivers.append(server)
         if replied:
             kernel.sched.switch_to(caller)
+
+    def connect(self, kernel: Kernel, conn: Connection) -> int:
+        """Map the buffer into both parties' address spaces; no gate."""
+        client, server = conn.client.vmspace, conn.service.server.vmspace
+        client.map_pmo(conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE)
+        if server is not client:
+            server.map_pmo(conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE)
+        return 0
+
+    def closed(self, kernel: Kernel, conn: Connection) -> None:
+        """Nothing beyond what closing the connection itself does."""
+
+    def ended(self, kernel: Kernel, group: object) -> None:
+        """No per-group state."""
+
+    def in_gate(self, rip: int) -> bool:
+        return False
+
+    def foreign(self, thread: Thread) -> bool:
+        return False
 
     def close_service(self, kernel: Kernel, service: Service) -> None:
         for client, _conn, _msg in service.pending:

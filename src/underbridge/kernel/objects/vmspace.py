@@ -61,9 +61,11 @@ class VmSpace:
                                                self.pkey))
         self.private_pages.append(vaddr)
 
-    def map_pmo(self, pmo: Pmo, vaddr: int, prot: Prot) -> None:
+    def map_pmo(self, pmo: Pmo, vaddr: int, prot: Prot, *, pkey: int | None = None) -> None:
+        """Map the whole PMO at vaddr, tagged with this space's key unless told another."""
         self._check_range(vaddr, pmo.size)
-        flags = PageFlags(writable=bool(prot & Prot.WRITE), user=True, pkey=self.pkey)
+        flags = PageFlags(writable=bool(prot & Prot.WRITE), user=True,
+                          pkey=self.pkey if pkey is None else pkey)
         mapped = 0
         try:
             for frame in pmo.frames:

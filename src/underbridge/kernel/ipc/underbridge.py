@@ -1,0 +1,299 @@
+"""UnderBridge IPC: in-kernel servers in execution domains, connected by generated gates.
+
+Placement: a server spawned in kernel space gets an execution domain (bridge/domain.py
+states the isolation rules) and runs in ring 0 on the kernel page table in its own
+16 MiB virtual-address region. Its service is passive: its main thread's REPLY_WAIT
+blocks for good, and callers' threads run its handler through gates (thread migration).
+
+A connection to an in-kernel server gets a shared key for its buffer and control page,
+a save area in the client's domain, a server stack in the server's domain, and a gate
+(bridge/gate.py) in key-0 pages. IPC_CONNECT returns the gate's address:
+  - an in-kernel client calls the gate directly: a round trip is the gate's machine
+    code and the handler's, never Python;
+  - an application calls IPC_CALL: the kernel switches to the kernel page table and
+    calls the gate itself, from key-0 state, then returns to the application.
+Connections to servers in user space, and everything for user-space servers, go through
+the seL4 design.
+
+Hardware events of one round trip:
+  server-server: [gate: rdpkru, wrpkru, handler, wrpkru] - machine code only
+  app-server:    syscall, swapgs, [kernel Call fastpath], CR3 write (kernel page
+                 table), [gate], CR3 write (back), swapgs, sysret
+The kernel's decode-and-dispatch work on the app-server path is charged as seL4's Call
+fastpath, the closest measured kernel IPC path (costs.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from underbridge.bridge import gate as gates
+from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
+from underbridge.errors import SyscallError
+from underbridge.kernel.ipc.sel4 import Sel4Ipc
+from underbridge.kernel.objects.capgroup import CapGroup
+from underbridge.kernel.objects.connection import Connection, Message, Service
+from underbridge.kernel.objects.thread import Thread
+from underbridge.kernel.syscalls import Errno, Prot
+from underbridge.machine.context import Reg
+from underbridge.machine.cpu import ExitKind
+from underbridge.machine.paging import PageFlags
+from underbridge.machine.physmem import PAGE_SIZE, PhysAddr
+
+if TYPE_CHECKING:
+    from underbridge.kernel.kernel import Kernel
+
+REGION_SIZE = 16 << 20  # each in-kernel server's system-wide virtual-address region
+SERVER_STACK_PAGES = 16
+CALL_STACK_PAGES = 4  # a server's stack for one connection's calls
+GATE_WINDOW = 0x6000_0000_0000  # key 0, r-x: one page per connection
+# Gates address these two with absolute 32-bit addresses: they stay below 2 GiB, as do
+# the regions of in-kernel servers (which hold the save areas of their own calls).
+CONTROL_WINDOW = 0x7000_0000  # shared key: a connection's tokens, one page each
+KERNEL_SAVE_WINDOW = 0x7800_0000  # key 0: save areas of the kernel's own calls
+LOW_LIMIT = CONTROL_WINDOW  # in-kernel server regions end below this
+KERNEL_CALL_STACK = 0x6300_0000_0000  # key 0: the stack the kernel calls gates on
+KERNEL_RETURN_PAGE = 0x6300_0001_0000  # key 0, r-x
+KERNEL_RETURN = KERNEL_RETURN_PAGE + 0x800  # where a kernel-called gate returns to
+MAX_UPCALL_SLICES = 1000  # a handler the kernel called that runs longer is killed
+
+REPLY_TO_APP = (Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)  # IPC_CALL's reply registers
+GATE_REGS = (Reg.RSI, Reg.RDI, Reg.R8, Reg.R9)  # the gate's mr0..mr3
+
+
+@dataclass(eq=False)
+class DomainState:
+    domain: Domain
+    group: CapGroup
+    base: int
+    next_free: int  # bump allocator for per-connection pages, growing down
+    frames: list[PhysAddr] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class GateState:
+    conn: Connection
+    shared_key: int
+    address: int
+    control: int
+    save_area: int
+    stack_top: int
+    client: DomainState | None  # None: an application (the kernel calls for it)
+    server: DomainState
+    pages: list[int] = field(default_factory=list)  # kernel_space pages to unmap
+
+
+class UnderbridgeIpc:
+    name = "underbridge"
+    kpti = False
+
+    def __init__(self) -> None:
+        self.keys = KeyAllocator()
+        self.domains: dict[CapGroup, DomainState] = {}
+        self.gates: dict[Connection, GateState] = {}
+        self._sel4 = Sel4Ipc(kpti=False)
+        self._kernel_pages_ready = False
+
+    # -- placement ------------------------------------------------------------------
+
+    def admit(self, name: str, base: int) -> tuple[Domain, int]:
+        """A new in-kernel server: its domain and its initial stack top."""
+        if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
+            raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
+                             f"below {LOW_LIMIT:#x}")
+        domain = Domain(name, self.keys.allocate(name))
+        return domain, base + REGION_SIZE - PAGE_SIZE
+
+    def adopt(self, group: CapGroup, domain: Domain, base: int) -> None:
+        stack_floor = base + REGION_SIZE - PAGE_SIZE * (SERVER_STACK_PAGES + 1)
+        self.domains[group] = DomainState(domain, group, base, stack_floor - PAGE_SIZE)
+
+    def ended(self, kernel: Kernel, group: CapGroup) -> None:
+        state = self.domains.pop(group, None)
+        if state is not None:
+            for frame in state.frames:
+                kernel.machine.frames.free(frame)
+            self.keys.release(state.domain.key)
+
+    # -- connections ------------------------------------------------------------------
+
+    def connect(self, kernel: Kernel, conn: Connection) -> int:
+        server = self.domains.get(conn.service.server)
+        if server is None:
+            return self._sel4.connect(kernel, conn)
+        self._ensure_kernel_pages(kernel)
+        key = self.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
+        client = self.domains.get(conn.client)
+        try:
+            # The buffer: once on the kernel page table under the shared key, and in
+            # an application client's own page table.
+            server.group.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr,
+                                         Prot.READ | Prot.WRITE, pkey=key)
+            if client is None:
+                conn.client.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr,
+                                            Prot.READ | Prot.WRITE)
+            state = self._build(kernel, conn, key, client, server)
+        except BaseException:
+            self.keys.release(key)
+            raise
+        self.gates[conn] = state
+        for party in (client, server):
+            if party is not None:
+                party.domain.shared_keys.add(key)
+                self._refresh(kernel, party)
+        self._emit_gate(kernel, state)
+        # Only an in-kernel client may call the gate itself: an application's page table
+        # does not map it, and the kernel calls it on the application's behalf.
+        return state.address if client is not None else 0
+
+    def _build(self, kernel: Kernel, conn: Connection, key: int, client: DomainState | None,
+               server: DomainState) -> GateState:
+        gate_at = GATE_WINDOW + conn.badge * PAGE_SIZE
+        control = CONTROL_WINDOW + conn.badge * PAGE_SIZE
+        pages = [gate_at, control]
+        self._map(kernel, gate_at, PageFlags(user=True, executable=True, pkey=KERNEL_KEY))
+        self._map(kernel, control, PageFlags(user=True, writable=True, pkey=key))
+        if client is None:
+            save_area = KERNEL_SAVE_WINDOW + conn.badge * PAGE_SIZE
+            self._map(kernel, save_area, PageFlags(user=True, writable=True, pkey=KERNEL_KEY))
+            pages.append(save_area)
+        else:
+            save_area = self._domain_pages(kernel, client, 1)
+        stack_top = self._domain_pages(kernel, server, CALL_STACK_PAGES) + \
+            CALL_STACK_PAGES * PAGE_SIZE
+        return GateState(conn, key, gate_at, control, save_area, stack_top, client, server,
+                         pages)
+
+    def _map(self, kernel: Kernel, vaddr: int, flags: PageFlags) -> PhysAddr:
+        frame = kernel.machine.frames.alloc()
+        kernel.machine.kernel_space.map(vaddr, frame, flags)
+        return frame
+
+    def _domain_pages(self, kernel: Kernel, state: DomainState, count: int) -> int:
+        """`count` fresh pages in a domain's region, under its key; their lowest address."""
+        low = state.next_free - (count - 1) * PAGE_SIZE
+        if low < state.base + REGION_SIZE // 2:
+            raise SyscallError(Errno.ENOMEM, f"{state.domain.name}'s region is full")
+        flags = PageFlags(user=True, writable=True, pkey=state.domain.key)
+        for index in range(count):
+            state.frames.append(self._map(kernel, low + index * PAGE_SIZE, flags))
+        state.next_free = low - 2 * PAGE_SIZE  # a guard page between allocations
+        return low
+
+    def _ensure_kernel_pages(self, kernel: Kernel) -> None:
+        if self._kernel_pages_ready:
+            return
+        self._map(kernel, KERNEL_CALL_STACK, PageFlags(user=True, writable=True))
+        ret = self._map(kernel, KERNEL_RETURN_PAGE, PageFlags(user=True, executable=True))
+        kernel.machine.mem.write(ret, b"\xf4" * PAGE_SIZE)  # never run: run() stops first
+        self._kernel_pages_ready = True
+
+    def _refresh(self, kernel: Kernel, state: DomainState) -> None:
+        """A domain's PKRU changed: its threads and every gate that names it follow."""
+        pkru = state.domain.pkru
+        for thread in state.group.threads:
+            thread.context.pkru = pkru
+        for gate in self.gates.values():
+            if state in (gate.client, gate.server):
+                self._emit_gate(kernel, gate)
+
+    def _emit_gate(self, kernel: Kernel, state: GateState) -> None:
+        client_pkru = (kernel_call_pkru(state.shared_key) if state.client is None
+                       else state.client.domain.pkru)
+        spec = gates.GateSpec(
+            address=state.address, client_pkru=client_pkru,
+            server_pkru=state.server.domain.pkru, save_area=state.save_area,
+            control=state.control, stack_top=state.stack_top,
+            handler=state.conn.service.handler, badge=state.conn.badge,
+            buffer=state.conn.buffer_vaddr)
+        frame = kernel.machine.kernel_space.translate(state.address)
+        assert frame is not None
+        kernel.machine.mem.zero(frame)
+        kernel.machine.mem.write(frame, gates.generate(spec))
+        kernel.machine.code_changed(kernel.machine.kernel_space)
+
+    def closed(self, kernel: Kernel, conn: Connection) -> None:
+        state = self.gates.pop(conn, None)
+        if state is None:
+            return
+        space = kernel.machine.kernel_space
+        for vaddr in state.pages:
+            frame = space.unmap(vaddr)
+            if frame is not None:
+                kernel.machine.frames.free(frame)
+        for party in (state.client, state.server):
+            if party is not None and party.group in self.domains:
+                party.domain.shared_keys.discard(state.shared_key)
+                self._refresh(kernel, party)
+        self.keys.release(state.shared_key)
+
+    def in_gate(self, rip: int) -> bool:
+        return GATE_WINDOW <= rip < GATE_WINDOW + (1 << 32)
+
+    def foreign(self, thread: Thread) -> bool:
+        """Is this thread executing in another domain (inside a call it made)?"""
+        state = self.domains.get(thread.group)
+        return state is not None and thread.context.pkru != state.domain.pkru
+
+    # -- calls ----------------------------------------------------------------------
+
+    def call(self, kernel: Kernel, client: Thread, conn: Connection, msg: Message) -> None:
+        state = self.gates.get(conn)
+        if state is None:
+            self._sel4.call(kernel, client, conn, msg)
+            return
+        machine = kernel.machine
+        machine.charge("swapgs", 2)
+        machine.charge("sel4_fastpath_call")
+        machine.charge("cr3_write")  # to the kernel page table
+        status, reply = self._call_gate(kernel, state, msg)
+        machine.charge("cr3_write")  # back to the application's
+        machine.charge("sysret")
+        context = client.context
+        context[Reg.RAX] = status & 0xFFFF_FFFF_FFFF_FFFF
+        for reg, value in zip(REPLY_TO_APP, reply, strict=True):
+            context[reg] = value
+
+    def _call_gate(self, kernel: Kernel, state: GateState, msg: Message
+                   ) -> tuple[int, Message]:
+        """Call a gate from key-0 kernel state; run the server's handler to completion."""
+        machine = kernel.machine
+        context = machine.new_context(ring=0, page_table=machine.kernel_space,
+                                      rip=state.address, rsp=KERNEL_CALL_STACK + PAGE_SIZE - 8,
+                                      pkru=kernel_call_pkru(state.shared_key))
+        stack = machine.kernel_space.translate(KERNEL_CALL_STACK + PAGE_SIZE - 8)
+        assert stack is not None
+        machine.mem.write_u64(stack, KERNEL_RETURN)
+        for reg, value in zip(GATE_REGS, msg, strict=True):
+            context[reg] = value
+        server = state.server.group
+        for _ in range(MAX_UPCALL_SLICES):
+            result = machine.run(context, budget=kernel.sched.quantum, stop_at=KERNEL_RETURN)
+            if result.kind is ExitKind.RETURNED:
+                mr0, mr1, mr2, mr3 = (context[reg] for reg in GATE_REGS)
+                return signed(context[Reg.RAX]), (mr0, mr1, mr2, mr3)
+            if result.kind is ExitKind.FAULT:
+                assert result.fault is not None
+                kernel.terminate(server, result.fault)
+                return -Errno.EPIPE, (0, 0, 0, 0)
+            if result.kind is ExitKind.SYSCALL:
+                context[Reg.RAX] = -Errno.EDEADLK & 0xFFFF_FFFF_FFFF_FFFF
+        kernel.kill(server)  # a handler that never returns to the kernel
+        return -Errno.EPIPE, (0, 0, 0, 0)
+
+    def reply_wait(self, kernel: Kernel, server: Thread, service: Service,
+                   reply: Message) -> None:
+        if service.server not in self.domains:
+            self._sel4.reply_wait(kernel, server, service, reply)
+            return
+        kernel.machine.charge("swapgs", 2)
+        kernel.machine.charge("sysret")
+        kernel.sched.block(server, f"serving {service.name} through gates")
+
+    def close_service(self, kernel: Kernel, service: Service) -> None:
+        self._sel4.close_service(kernel, service)
+
+
+def signed(value: int) -> int:
+    return value - (1 << 64) if value >> 63 else value
