@@ -133,7 +133,7 @@ def test_servers_are_found_by_name():
 def test_every_program_links_the_ipc_runtime(hello_elf):
     with hello_elf.open("rb") as stream:
         symbols = ELFFile(stream).get_section_by_name(".symtab")
-        assert symbols.get_symbol_by_name("ub_ipc_call")
+        assert symbols.get_symbol_by_name("ub_ipc_connect")
 
 
 def test_server_header_is_in_the_key(fresh_cache, gcc_runs, guest_copy):

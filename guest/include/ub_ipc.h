@@ -43,7 +43,48 @@ struct ub_conn {
 long ub_ipc_connect(const char *name, struct ub_conn *conn);
 
 /* Send mr[0..3] and block for the reply. Returns 0 with the reply in mr[0..3], or
- * -UB_Exxx with mr[] untouched (-UB_EPIPE if the server is gone). */
-long ub_ipc_call(const struct ub_conn *conn, long mr[4]);
+ * -UB_Exxx with mr[] untouched (-UB_EPIPE if the server is gone).
+ * Inline, like seL4's seL4_Call: the fast path is a few register moves and one
+ * `call *gate` (an in-kernel caller of an in-kernel server) or one `syscall`; the same
+ * binary takes whichever the kernel set up at connect time. */
+static inline long ub_ipc_call(const struct ub_conn *conn, long mr[4])
+{
+    long ret;
+    if (conn->gate) {
+        /* The gate's convention (bridge/gate.py): mr in RSI/RDI/R8/R9 both ways;
+         * it preserves RBX, RBP, R12-R15 and RSP and zeroes R10/R11. */
+        register long rsi __asm__("rsi") = mr[0];
+        register long rdi __asm__("rdi") = mr[1];
+        register long r8 __asm__("r8") = mr[2];
+        register long r9 __asm__("r9") = mr[3];
+        __asm__ volatile("call *%[gate]"
+                         : "=a"(ret), "+r"(rsi), "+r"(rdi), "+r"(r8), "+r"(r9)
+                         : [gate] "r"(conn->gate)
+                         : "rcx", "rdx", "r10", "r11", "memory", "cc");
+        if (ret < 0)
+            return ret;
+        mr[0] = rsi;
+        mr[1] = rdi;
+        mr[2] = r8;
+        mr[3] = r9;
+        return 0;
+    }
+    /* IPC_CALL: mr in RSI/RDX/R10/R8 both ways. */
+    long rsi = mr[0];
+    long rdx = mr[1];
+    register long r10 __asm__("r10") = mr[2];
+    register long r8 __asm__("r8") = mr[3];
+    __asm__ volatile("syscall"
+                     : "=a"(ret), "+S"(rsi), "+d"(rdx), "+r"(r10), "+r"(r8)
+                     : "a"(UB_SYS_IPC_CALL), "D"(conn->slot)
+                     : "rcx", "r11", "memory");
+    if (ret < 0)
+        return ret;
+    mr[0] = rsi;
+    mr[1] = rdx;
+    mr[2] = r10;
+    mr[3] = r8;
+    return 0;
+}
 
 #endif

@@ -29,27 +29,6 @@ static long sys_ipc_connect(const char *name, unsigned long len, void **buf,
     return ret;
 }
 
-/* A call through the connection's gate (an in-kernel caller of an in-kernel server):
- * mr[] in RSI/RDI/R8/R9 both ways; the gate preserves RBX, RBP, R12-R15 and RSP. */
-static long gate_call(unsigned long gate, long mr[4])
-{
-    long ret;
-    register long rsi __asm__("rsi") = mr[0];
-    register long rdi __asm__("rdi") = mr[1];
-    register long r8 __asm__("r8") = mr[2];
-    register long r9 __asm__("r9") = mr[3];
-    __asm__ volatile("call *%[gate]"
-                     : "=a"(ret), "+r"(rsi), "+r"(rdi), "+r"(r8), "+r"(r9)
-                     : [gate] "r"(gate)
-                     : "rcx", "rdx", "r10", "r11", "memory", "cc");
-    if (ret < 0)
-        return ret;
-    mr[0] = rsi;
-    mr[1] = rdi;
-    mr[2] = r8;
-    mr[3] = r9;
-    return 0;
-}
 
 /* The request a REPLY_WAIT brings back: RDI badge, RSI buffer, RDX/R10/R8/R9 mr. */
 static long sys_ipc_reply_wait(long service, struct ub_msg *msg)
@@ -111,30 +90,5 @@ long ub_ipc_connect(const char *name, struct ub_conn *conn)
     conn->buf = buf;
     conn->buf_size = size;
     conn->gate = gate;
-    return 0;
-}
-
-/* The fast path: through the gate when the kernel gave one (this caller and the server
- * share the kernel page table), else one syscall, mr[] in RSI/RDX/R10/R8 and the reply
- * back in the same four registers. The same binary works in every placement. */
-long ub_ipc_call(const struct ub_conn *conn, long mr[4])
-{
-    if (conn->gate)
-        return gate_call(conn->gate, mr);
-    long ret;
-    long rsi = mr[0];
-    long rdx = mr[1];
-    register long r10 __asm__("r10") = mr[2];
-    register long r8 __asm__("r8") = mr[3];
-    __asm__ volatile("syscall"
-                     : "=a"(ret), "+S"(rsi), "+d"(rdx), "+r"(r10), "+r"(r8)
-                     : "a"(UB_SYS_IPC_CALL), "D"(conn->slot)
-                     : "rcx", "r11", "memory");
-    if (ret < 0)
-        return ret;
-    mr[0] = rsi;
-    mr[1] = rdx;
-    mr[2] = r10;
-    mr[3] = r8;
     return 0;
 }

@@ -21,9 +21,11 @@ What the gate checks, in order:
   3. In the server's PKRU it checks and clears the call token: a jump past step 1 onto
      the legitimate switch finds no token (or faults writing it) and stops at `ud2`.
   4. It saves the caller's RSP and callee-saved registers in the caller's own domain,
-     runs the registered handler on the server's stack with a struct ub_msg, and comes
-     back the same way: return token written under the server's PKRU, switch back with
-     an immediate and a check, token checked, caller state restored, `ret`.
+     zeroes every register that is not part of the message (no value crosses the
+     boundary but the four message registers, in either direction), runs the
+     registered handler on the server's stack with a struct ub_msg, and comes back the
+     same way: return token written under the server's PKRU, switch back with an
+     immediate and a check, token checked, caller state restored, `ret`.
 Threads are never preempted inside a gate (kernel/ipc/underbridge.py), as a gate would
 run with interrupts off, so no other thread can observe a token between write and check.
 """
@@ -37,6 +39,7 @@ from underbridge.kernel.syscalls import Errno
 
 MSG_SIZE = 48  # struct ub_msg: badge, buf, mr[4]
 SAVED_REGS = ("rsp", "rbx", "rbp", "r12", "r13", "r14", "r15")
+SCRUBBED = ("ebx", "ebp", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d")
 SAVE_AREA_SIZE = 8 * len(SAVED_REGS)
 CALL_TOKEN = 0  # offsets in the control page
 RETURN_TOKEN = 8
@@ -56,20 +59,24 @@ class GateSpec:
     buffer: int
 
 
-def _switch_pkru(value: int, abort: str) -> list[str]:
-    return ["xor ecx, ecx", "xor edx, edx", f"mov eax, {value:#x}", "wrpkru",
-            f"cmp eax, {value:#x}", f"jne {abort}"]
+def _switch_pkru(value: int, abort: str, *, zero_ecx_edx: bool = True) -> list[str]:
+    """A checked switch: wrpkru with an immediate, then compare EAX with it (ERIM)."""
+    zero = ["xor ecx, ecx", "xor edx, edx"] if zero_ecx_edx else []
+    return [*zero, f"mov eax, {value:#x}", "wrpkru", f"cmp eax, {value:#x}", f"jne {abort}"]
 
 
 def gate_source(spec: GateSpec) -> str:
     """The gate's assembly (Intel syntax), every value an immediate.
 
-    The save area and the control page lie below 2 GiB, so the gate names them with
-    absolute 32-bit addresses: no register a caller could have set is ever used.
+    The gate, its save area, its control page and the handler lie below 2 GiB, so the
+    gate names them with absolute 32-bit addresses and calls the handler directly: no
+    register a caller could have set is ever used for an address.
     """
-    for name in ("save_area", "control"):
+    for name in ("address", "save_area", "control", "handler"):
         if getattr(spec, name) + PAGE_SPAN > 1 << 31:
             raise ValueError(f"a gate's {name} must lie below 2 GiB")
+    if spec.badge >= 1 << 31:
+        raise ValueError("badges beyond 2**31 do not fit the gate's immediate")
     save = [f"mov qword ptr [{spec.save_area + 8 * i:#x}], {reg}"
             for i, reg in enumerate(SAVED_REGS)]
     restore = [f"mov {reg}, qword ptr [{spec.save_area + 8 * i:#x}]"
@@ -80,22 +87,26 @@ def gate_source(spec: GateSpec) -> str:
         # 1. only the connection's client domain may pass
         "xor ecx, ecx", "rdpkru", f"cmp eax, {spec.client_pkru:#x}", "jne .Ldeny",
         *save, f"mov {call_token}, 1",
-        # 2. switch to the server's domain, checked
-        *_switch_pkru(spec.server_pkru, ".Labort"),
+        # the server sees nothing of the caller's registers but the message
+        *(f"xor {reg}, {reg}" for reg in SCRUBBED),
+        # 2. switch to the server's domain, checked. ECX and EDX are still zero from
+        # rdpkru; a jump here with other values takes #GP at wrpkru, which is no bypass.
+        *_switch_pkru(spec.server_pkru, ".Labort", zero_ecx_edx=False),
         # 3. the call token proves the caller came through step 1
         f"cmp {call_token}, 1", "jne .Labort", f"mov {call_token}, 0",
         # 4. the handler, on the server's stack
         f"mov rsp, {spec.stack_top - MSG_SIZE:#x}",
-        f"mov rax, {spec.badge:#x}", "mov [rsp], rax",
+        f"mov qword ptr [rsp], {spec.badge:#x}",
         f"mov rax, {spec.buffer:#x}", "mov [rsp + 8], rax",
         "mov [rsp + 16], rsi", "mov [rsp + 24], rdi", "mov [rsp + 32], r8", "mov [rsp + 40], r9",
-        "mov rdi, rsp", f"mov rax, {spec.handler:#x}", "call rax",
+        "mov rdi, rsp", f"call {spec.handler:#x}",
         "mov rsi, [rsp + 16]", "mov rdi, [rsp + 24]", "mov r8, [rsp + 32]", "mov r9, [rsp + 40]",
         # back to the client's domain, the same way
         f"mov {return_token}, 1",
         *_switch_pkru(spec.client_pkru, ".Labort"),
         f"cmp {return_token}, 1", "jne .Labort", f"mov {return_token}, 0",
-        *restore,
+        # nor does the caller see the server's: the rest is restored or zero
+        "xor r10d, r10d", "xor r11d, r11d", *restore,
         "xor eax, eax", "ret",
         ".Ldeny:", f"mov rax, {-int(Errno.EPERM)}", "ret",
         ".Labort:", "ud2",

@@ -47,12 +47,13 @@ if TYPE_CHECKING:
 REGION_SIZE = 16 << 20  # each in-kernel server's system-wide virtual-address region
 SERVER_STACK_PAGES = 16
 CALL_STACK_PAGES = 4  # a server's stack for one connection's calls
-GATE_WINDOW = 0x6000_0000_0000  # key 0, r-x: one page per connection
-# Gates address these two with absolute 32-bit addresses: they stay below 2 GiB, as do
-# the regions of in-kernel servers (which hold the save areas of their own calls).
+# Gates use absolute 32-bit addresses, so everything they name stays below 2 GiB: the
+# gates themselves, their control pages and save areas, and the regions of in-kernel
+# servers (which hold their handlers, stacks and the save areas of their own calls).
+GATE_WINDOW = 0x6000_0000  # key 0, r-x: one page per connection
 CONTROL_WINDOW = 0x7000_0000  # shared key: a connection's tokens, one page each
 KERNEL_SAVE_WINDOW = 0x7800_0000  # key 0: save areas of the kernel's own calls
-LOW_LIMIT = CONTROL_WINDOW  # in-kernel server regions end below this
+LOW_LIMIT = GATE_WINDOW  # in-kernel server regions end below this
 KERNEL_CALL_STACK = 0x6300_0000_0000  # key 0: the stack the kernel calls gates on
 KERNEL_RETURN_PAGE = 0x6300_0001_0000  # key 0, r-x
 KERNEL_RETURN = KERNEL_RETURN_PAGE + 0x800  # where a kernel-called gate returns to
@@ -68,7 +69,8 @@ class DomainState:
     group: CapGroup
     base: int
     next_free: int  # bump allocator for per-connection pages, growing down
-    frames: list[PhysAddr] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)  # pages of live allocations
+    reusable: dict[int, list[int]] = field(default_factory=dict)  # page count -> lows
 
 
 @dataclass(eq=False)
@@ -82,6 +84,7 @@ class GateState:
     client: DomainState | None  # None: an application (the kernel calls for it)
     server: DomainState
     pages: list[int] = field(default_factory=list)  # kernel_space pages to unmap
+    borrowed: list[tuple[DomainState, int, int]] = field(default_factory=list)
 
 
 class UnderbridgeIpc:
@@ -112,9 +115,16 @@ class UnderbridgeIpc:
     def ended(self, kernel: Kernel, group: CapGroup) -> None:
         state = self.domains.pop(group, None)
         if state is not None:
-            for frame in state.frames:
-                kernel.machine.frames.free(frame)
+            self._unmap_and_free(kernel, state.pages)  # unmapped before their frames go
             self.keys.release(state.domain.key)
+
+    def _unmap_and_free(self, kernel: Kernel, pages: list[int]) -> None:
+        space = kernel.machine.kernel_space
+        for vaddr in pages:
+            frame = space.unmap(vaddr)
+            if frame is not None:
+                kernel.machine.frames.free(frame)
+        pages.clear()
 
     # -- connections ------------------------------------------------------------------
 
@@ -154,16 +164,19 @@ class UnderbridgeIpc:
         pages = [gate_at, control]
         self._map(kernel, gate_at, PageFlags(user=True, executable=True, pkey=KERNEL_KEY))
         self._map(kernel, control, PageFlags(user=True, writable=True, pkey=key))
+        borrowed = []
         if client is None:
             save_area = KERNEL_SAVE_WINDOW + conn.badge * PAGE_SIZE
             self._map(kernel, save_area, PageFlags(user=True, writable=True, pkey=KERNEL_KEY))
             pages.append(save_area)
         else:
             save_area = self._domain_pages(kernel, client, 1)
-        stack_top = self._domain_pages(kernel, server, CALL_STACK_PAGES) + \
-            CALL_STACK_PAGES * PAGE_SIZE
-        return GateState(conn, key, gate_at, control, save_area, stack_top, client, server,
-                         pages)
+            borrowed.append((client, save_area, 1))
+        stack_low = self._domain_pages(kernel, server, CALL_STACK_PAGES)
+        borrowed.append((server, stack_low, CALL_STACK_PAGES))
+        return GateState(conn, key, gate_at, control, save_area,
+                         stack_low + CALL_STACK_PAGES * PAGE_SIZE, client, server, pages,
+                         borrowed)
 
     def _map(self, kernel: Kernel, vaddr: int, flags: PageFlags) -> PhysAddr:
         frame = kernel.machine.frames.alloc()
@@ -171,15 +184,30 @@ class UnderbridgeIpc:
         return frame
 
     def _domain_pages(self, kernel: Kernel, state: DomainState, count: int) -> int:
-        """`count` fresh pages in a domain's region, under its key; their lowest address."""
-        low = state.next_free - (count - 1) * PAGE_SIZE
-        if low < state.base + REGION_SIZE // 2:
-            raise SyscallError(Errno.ENOMEM, f"{state.domain.name}'s region is full")
+        """`count` fresh pages in a domain's region, under its key; their lowest address.
+
+        Addresses given back by `_return_pages` are reused; otherwise the region's free
+        part shrinks downwards, with an unmapped guard page after each allocation.
+        """
+        if state.reusable.get(count):
+            low = state.reusable[count].pop()
+        else:
+            low = state.next_free - (count - 1) * PAGE_SIZE
+            if low < state.base + REGION_SIZE // 2:
+                raise SyscallError(Errno.ENOMEM, f"{state.domain.name}'s region is full")
+            state.next_free = low - 2 * PAGE_SIZE
         flags = PageFlags(user=True, writable=True, pkey=state.domain.key)
         for index in range(count):
-            state.frames.append(self._map(kernel, low + index * PAGE_SIZE, flags))
-        state.next_free = low - 2 * PAGE_SIZE  # a guard page between allocations
+            self._map(kernel, low + index * PAGE_SIZE, flags)
+            state.pages.append(low + index * PAGE_SIZE)
         return low
+
+    def _return_pages(self, kernel: Kernel, state: DomainState, low: int, count: int) -> None:
+        pages = [low + index * PAGE_SIZE for index in range(count)]
+        for vaddr in pages:
+            state.pages.remove(vaddr)
+        self._unmap_and_free(kernel, pages)
+        state.reusable.setdefault(count, []).append(low)
 
     def _ensure_kernel_pages(self, kernel: Kernel) -> None:
         if self._kernel_pages_ready:
@@ -217,11 +245,10 @@ class UnderbridgeIpc:
         state = self.gates.pop(conn, None)
         if state is None:
             return
-        space = kernel.machine.kernel_space
-        for vaddr in state.pages:
-            frame = space.unmap(vaddr)
-            if frame is not None:
-                kernel.machine.frames.free(frame)
+        self._unmap_and_free(kernel, state.pages)
+        for owner, low, count in state.borrowed:
+            if owner.group in self.domains:  # else its whole region is already gone
+                self._return_pages(kernel, owner, low, count)
         for party in (state.client, state.server):
             if party is not None and party.group in self.domains:
                 party.domain.shared_keys.discard(state.shared_key)
@@ -229,7 +256,7 @@ class UnderbridgeIpc:
         self.keys.release(state.shared_key)
 
     def in_gate(self, rip: int) -> bool:
-        return GATE_WINDOW <= rip < GATE_WINDOW + (1 << 32)
+        return GATE_WINDOW <= rip < CONTROL_WINDOW
 
     def foreign(self, thread: Thread) -> bool:
         """Is this thread executing in another domain (inside a call it made)?"""

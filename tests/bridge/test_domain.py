@@ -1,0 +1,130 @@
+"""Protection keys and the isolation rules of bridge/domain.py, checked on real tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
+from underbridge.bridge.domain import KeyAllocator, kernel_call_pkru
+from underbridge.errors import SyscallError
+from underbridge.kernel.ipc.underbridge import REGION_SIZE
+from underbridge.kernel.kernel import Kernel
+from underbridge.kernel.syscalls import Errno
+from underbridge.machine.cpu import Machine
+from underbridge.machine.pkru import access_disabled, write_disabled
+from underbridge.toolchain import build_program
+
+
+def test_keys_are_1_to_15_and_exhaustion_is_a_clear_error():
+    keys = KeyAllocator()
+    taken = [keys.allocate(f"server{i}") for i in range(15)]
+    assert sorted(taken) == list(range(1, 16))
+    with pytest.raises(SyscallError) as error:
+        keys.allocate("one too many")
+    assert error.value.errno == Errno.ENOKEY and "one too many" in str(error.value)
+    keys.release(7)
+    assert keys.allocate("again") == 7
+
+
+def test_kernel_call_pkru_opens_key_0_and_the_buffer_only():
+    pkru = kernel_call_pkru(9)
+    assert not access_disabled(pkru, 0) and not write_disabled(pkru, 9)
+    assert all(access_disabled(pkru, k) for k in range(16) if k not in (0, 9))
+
+
+@pytest.fixture(scope="module")
+def system():
+    """echo in the kernel, pingpong in the kernel (connected), and an application."""
+    machine = Machine(accounting=False)
+    kernel = Kernel(machine, ipc="underbridge")
+    echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=True)
+    kernel.run(until=lambda: "echo" in kernel.services)
+    relay = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE),
+                         ["pingpong", "5", "echo", "--as-server"], in_kernel=True)
+    app = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE), ["pingpong", "5", "echo"])
+    kernel.run(until=lambda: not relay.running and not app.running)
+    assert relay.exit_status == 0 and app.exit_status == 0
+    relay2 = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE),
+                          ["pingpong", "100000000", "echo", "--as-server"], in_kernel=True)
+    kernel.run(until=lambda: any(g.client is kernel.ipc.domains.get(relay2)
+                                 for g in kernel.ipc.gates.values()))
+    return kernel, echo, relay2
+
+
+def test_every_page_of_the_kernel_page_table_is_user_and_keyed(system):
+    """Rule 2: no U=0 page for a ring-0 server to reach around PKRU."""
+    kernel, _echo, _relay = system
+    for _vaddr, mapping in kernel.machine.kernel_space.mappings():
+        assert mapping.flags.user
+
+
+def test_each_server_region_carries_its_own_key_only(system):
+    """Rule 4: a server's pages carry its key; nobody else's PKRU opens it."""
+    kernel, echo, relay = system
+    ipc = kernel.ipc
+    for group, base in ((echo, ECHO_BASE), (relay, PINGPONG_BASE)):
+        key = ipc.domains[group].domain.key
+        region = [m for va, m in kernel.machine.kernel_space.mappings()
+                  if base <= va < base + REGION_SIZE]
+        assert region and all(m.flags.pkey == key for m in region)
+        for other in ipc.domains.values():
+            if other.group is not group:
+                assert access_disabled(other.domain.pkru, key)
+
+
+def test_key_0_is_closed_to_every_server_and_gates_are_not_writable(system):
+    """Rule 3."""
+    kernel, _echo, _relay = system
+    for state in kernel.ipc.domains.values():
+        assert access_disabled(state.domain.pkru, 0)
+    for gate in kernel.ipc.gates.values():
+        mapping = kernel.machine.kernel_space.lookup(gate.address)
+        assert mapping.flags.pkey == 0 and mapping.flags.executable
+        assert not mapping.flags.writable
+
+
+def test_shared_keys_are_opened_by_exactly_the_two_parties(system):
+    """Rule 5."""
+    kernel, echo, relay = system
+    gate = next(g for g in kernel.ipc.gates.values() if g.client is not None
+                and g.client.group is relay)
+    openers = [s.group for s in kernel.ipc.domains.values()
+               if not access_disabled(s.domain.pkru, gate.shared_key)]
+    assert set(openers) == {echo, relay}
+    buffer = kernel.machine.kernel_space.lookup(gate.conn.buffer_vaddr)
+    assert buffer.flags.pkey == gate.shared_key
+
+
+def test_application_page_tables_map_nothing_of_the_kernel_or_servers(system):
+    """Rule 1."""
+    kernel, _echo, _relay = system
+    for group in kernel.groups.values():
+        if group in kernel.ipc.domains or not group.running:
+            continue
+        for vaddr, _mapping in group.vmspace.table.mappings():
+            assert not ECHO_BASE <= vaddr < ECHO_BASE + REGION_SIZE
+            assert kernel.machine.kernel_space.lookup(vaddr) is None \
+                or vaddr >= 0x5000_0000_0000  # only shared IPC buffers coincide
+
+
+def test_ending_everything_returns_every_frame_page_and_key():
+    machine = Machine(accounting=False)
+    kernel = Kernel(machine, ipc="underbridge")
+    echo_elf = build_program("echo", base=ECHO_BASE)
+    pingpong_elf = build_program("pingpong", base=PINGPONG_BASE)
+    kernel.spawn(echo_elf, ["echo"], in_kernel=True)  # maps the kernel's gate-call pages
+    kernel.run(until=lambda: "echo" in kernel.services)
+    kernel.spawn(pingpong_elf, ["pingpong", "1", "echo"])
+    warm = kernel.spawn(pingpong_elf, ["pingpong", "1", "echo", "--as-server"], in_kernel=True)
+    kernel.run(until=lambda: not warm.running)  # page-table levels of its region stay
+    frames, pages = machine.frames.free_frames, len(list(machine.kernel_space.mappings()))
+    keys = kernel.ipc.keys.available
+    for _ in range(3):  # in-kernel and application clients come and go
+        relay = kernel.spawn(pingpong_elf, ["pingpong", "5", "echo", "--as-server"],
+                             in_kernel=True)
+        app = kernel.spawn(pingpong_elf, ["pingpong", "5", "echo"])
+        kernel.run(until=lambda r=relay, a=app: not r.running and not a.running)
+        assert relay.exit_status == 0 and app.exit_status == 0
+    assert machine.frames.free_frames == frames
+    assert len(list(machine.kernel_space.mappings())) == pages
+    assert kernel.ipc.keys.available == keys
