@@ -35,11 +35,11 @@ class Guest:
         return dispatch(self.kernel, self.thread, number, padded)
 
     def put(self, data: bytes, offset: int = 0) -> int:
-        copy_out(self.kernel.machine, self.group.vmspace.table, SCRATCH + offset, data)
+        copy_out(self.kernel.machine, self.group.vmspace.table, SCRATCH + offset, data, pkru=0)
         return SCRATCH + offset
 
     def get(self, vaddr: int, length: int) -> bytes:
-        return copy_in(self.kernel.machine, self.group.vmspace.table, vaddr, length)
+        return copy_in(self.kernel.machine, self.group.vmspace.table, vaddr, length, pkru=0)
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_pmo_create_map_share_unmap(guest, other, kernel, hello_elf):
     assert dispatch(kernel, child_thread, Sys.PMO_MAP, (given, FREE_VA, Prot.READ, 0, 0, 0)) == 0
     assert dispatch(kernel, child_thread, Sys.PMO_MAP,
                     (given, FREE_VA + 0x10000, Prot.WRITE, 0, 0, 0)) == err(Errno.EPERM)
-    assert copy_in(kernel.machine, child_group.vmspace.table, FREE_VA + 4096, 2) == b"xy"
+    assert copy_in(kernel.machine, child_group.vmspace.table, FREE_VA + 4096, 2, pkru=0) == b"xy"
     assert not child_group.vmspace.table.lookup(FREE_VA).flags.writable
     assert guest.sys(Sys.PMO_UNMAP, FREE_VA) == 0
     assert guest.group.vmspace.table.lookup(FREE_VA) is None

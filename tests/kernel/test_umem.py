@@ -22,14 +22,28 @@ def space():
                           (0x2000, PageFlags(user=True)),
                           (0x3000, PageFlags(writable=True))):  # supervisor page
         table.map(BASE + offset, machine.frames.alloc(), flags)
+    table.map(BASE + 0x8000, machine.frames.alloc(), PageFlags(user=True, writable=True, pkey=6))
     return machine, table
+
+
+def test_a_page_under_a_key_the_caller_cannot_open_is_efault(space):
+    """The confused-deputy rule: the kernel copies only what the caller could touch."""
+    machine, table = space
+    keyed = BASE + 0x8000
+    assert copy_in(machine, table, keyed, 8, pkru=0) == bytes(8)
+    for pkru in (1 << 12, 3 << 12):  # AD for key 6, or AD and WD
+        with pytest.raises(SyscallError):
+            copy_in(machine, table, keyed, 8, pkru=pkru)
+    copy_in(machine, table, keyed, 8, pkru=2 << 12)  # WD only: reading is fine
+    with pytest.raises(SyscallError):
+        copy_out(machine, table, keyed, b"x", pkru=2 << 12)
 
 
 def test_copy_round_trip_across_a_page_boundary(space):
     machine, table = space
     data = bytes(range(256)) * 20
-    copy_out(machine, table, BASE + 0x1000 - 100, data[:200])
-    assert copy_in(machine, table, BASE + 0x1000 - 100, 200) == data[:200]
+    copy_out(machine, table, BASE + 0x1000 - 100, data[:200], pkru=0)
+    assert copy_in(machine, table, BASE + 0x1000 - 100, 200, pkru=0) == data[:200]
 
 
 @pytest.mark.parametrize(("vaddr", "length"), [
@@ -43,13 +57,13 @@ def test_copy_round_trip_across_a_page_boundary(space):
 def test_copy_in_refuses_what_the_guest_cannot_read(space, vaddr, length):
     machine, table = space
     with pytest.raises(SyscallError) as error:
-        copy_in(machine, table, vaddr, length)
+        copy_in(machine, table, vaddr, length, pkru=0)
     assert error.value.errno == Errno.EFAULT
 
 
 def test_copy_out_refuses_read_only_pages_and_writes_nothing(space):
     machine, table = space
-    copy_out(machine, table, BASE + 0x1ff0, b"\0" * 16)
+    copy_out(machine, table, BASE + 0x1ff0, b"\0" * 16, pkru=0)
     with pytest.raises(SyscallError):
-        copy_out(machine, table, BASE + 0x1ff0, b"\xff" * 32)  # tail is read-only
-    assert copy_in(machine, table, BASE + 0x1ff0, 16) == b"\0" * 16
+        copy_out(machine, table, BASE + 0x1ff0, b"\xff" * 32, pkru=0)  # tail is read-only
+    assert copy_in(machine, table, BASE + 0x1ff0, 16, pkru=0) == b"\0" * 16

@@ -31,7 +31,7 @@ def sys_pmo_map(kernel: Kernel, thread: Thread, slot: int, vaddr: int, prot: int
         raise SyscallError(Errno.EINVAL, f"bad protection {prot:#x}")
     needs = Rights.READ | (Rights.WRITE if prot & Prot.WRITE else Rights(0))
     pmo = thread.group.caps.lookup(slot, Pmo, needs)
-    thread.group.vmspace.map_pmo(pmo, vaddr, Prot(prot))
+    thread.group.vmspace.map_pmo_for_guest(pmo, vaddr, Prot(prot))
     return 0
 
 

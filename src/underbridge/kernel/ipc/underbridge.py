@@ -109,6 +109,7 @@ class UnderbridgeIpc:
         return domain, base + REGION_SIZE - PAGE_SIZE
 
     def adopt(self, group: CapGroup, domain: Domain, base: int) -> None:
+        group.vmspace.guest_window = (base, base + REGION_SIZE // 2)
         stack_floor = base + REGION_SIZE - PAGE_SIZE * (SERVER_STACK_PAGES + 1)
         self.domains[group] = DomainState(domain, group, base, stack_floor - PAGE_SIZE)
 

@@ -42,6 +42,10 @@ class VmSpace:
         self.private_frames: list[PhysAddr] = []
         self.private_pages: list[int] = []
         self.pmo_mappings: dict[int, PmoMapping] = {}
+        # Where the guest itself may map memory objects (an in-kernel server: only the
+        # lower half of its own region, so it can never collide with what the kernel
+        # maps on the shared kernel page table).
+        self.guest_window = (USER_MIN, USER_END)
 
     def _check_range(self, vaddr: int, size: int) -> None:
         if vaddr % PAGE_SIZE or size <= 0 or vaddr < USER_MIN or vaddr + size > USER_END:
@@ -60,6 +64,14 @@ class VmSpace:
         self.table.map(vaddr, frame, PageFlags(flags.writable, True, flags.executable,
                                                self.pkey))
         self.private_pages.append(vaddr)
+
+    def map_pmo_for_guest(self, pmo: Pmo, vaddr: int, prot: Prot) -> None:
+        """PMO_MAP: like map_pmo, but only inside the guest's own window."""
+        low, high = self.guest_window
+        if not (low <= vaddr and vaddr + pmo.size <= high):
+            raise SyscallError(Errno.EINVAL, f"{vaddr:#x} is outside this cap group's "
+                                             f"mapping window [{low:#x}, {high:#x})")
+        self.map_pmo(pmo, vaddr, prot)
 
     def map_pmo(self, pmo: Pmo, vaddr: int, prot: Prot, *, pkey: int | None = None) -> None:
         """Map the whole PMO at vaddr, tagged with this space's key unless told another."""
