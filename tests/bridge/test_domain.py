@@ -128,3 +128,18 @@ def test_ending_everything_returns_every_frame_page_and_key():
     assert machine.frames.free_frames == frames
     assert len(list(machine.kernel_space.mappings())) == pages
     assert kernel.ipc.keys.available == keys
+
+
+def test_spawning_a_server_with_no_key_left_fails_cleanly(hello_elf):
+    machine = Machine(accounting=False)
+    kernel = Kernel(machine, ipc="underbridge")
+    hoard = [kernel.ipc.keys.allocate(f"placeholder {i}") for i in range(15)]
+    frames = machine.frames.free_frames
+    with pytest.raises(SyscallError) as error:
+        kernel.spawn(build_program("hello", base=0x0300_0000), ["hello"], in_kernel=True)
+    assert error.value.errno == Errno.ENOKEY and "move a server to user space" in str(error.value)
+    assert machine.frames.free_frames == frames and not kernel.groups
+    kernel.ipc.keys.release(hoard[0])
+    hello = kernel.spawn(build_program("hello", base=0x0300_0000), ["hello"], in_kernel=True)
+    kernel.run()
+    assert hello.exit_status == 0 and bytes(hello.console).startswith(b"Hello from ring 0")

@@ -47,7 +47,7 @@ def ipc_cycles(path: Path, bars: Sequence[Bar], references: Sequence[Reference],
     axes = figure.add_subplot()
     positions = range(len(bars))
     drawn = axes.bar(positions, [b.cycles for b in bars], width=0.6, color=BAR_COLOR,
-                     label="ours: simulated cycles per round trip (median)", zorder=2)
+                     label="ours: simulated cycles per round trip", zorder=2)
     axes.bar_label(drawn, labels=[f"{b.cycles:,.0f}" for b in bars], padding=3, fontsize=9)
     axes.set_xticks(list(positions), [b.label for b in bars])
     axes.set_xlim(-0.6, max(len(bars), 1) - 0.4)

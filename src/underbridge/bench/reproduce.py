@@ -212,7 +212,7 @@ def run(rounds: int = ROUNDS, out: Path = Path("out"), progress: Progress | None
                                     figure.cycles, tuple(i for i, row in enumerate(measured)
                                                          if figure in row.paper))
                     for figure in PAPER],
-        title=f"IPC round trip per design ({rounds:,} rounds, medians)")
+        title=f"IPC round trip per design ({rounds:,} rounds, cycles per round trip over the loop)")
     return reproduction
 
 
@@ -230,7 +230,7 @@ def _note(figure: PaperFigure) -> str:
 def comparison_table(reproduction: Reproduction) -> Table:
     """One line per measured (mode, path), then one per published figure with no mode."""
     table = Table(title=f"underbridge reproduce: IPC round trip "
-                        f"({reproduction.rounds:,} rounds, medians)")
+                        f"({reproduction.rounds:,} rounds, cycles per round trip over the loop)")
     table.add_column("mode")
     table.add_column("path")
     table.add_column("simulated cycles / round trip", justify="right")
