@@ -143,3 +143,12 @@ def test_spawning_a_server_with_no_key_left_fails_cleanly(hello_elf):
     hello = kernel.spawn(build_program("hello", base=0x0300_0000), ["hello"], in_kernel=True)
     kernel.run()
     assert hello.exit_status == 0 and bytes(hello.console).startswith(b"Hello from ring 0")
+
+
+def test_designs_without_domains_refuse_in_kernel_placement(hello_elf):
+    from underbridge.errors import UserError
+
+    kernel = Kernel(Machine(accounting=False), ipc="sel4")
+    with pytest.raises(UserError, match="--mode underbridge"):
+        kernel.spawn(hello_elf, ["hello"], in_kernel=True)
+    assert not kernel.groups

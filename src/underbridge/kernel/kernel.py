@@ -82,12 +82,7 @@ class Kernel:
         image = parse_elf(data, name=name)
         domain = None
         if in_kernel:
-            admit = getattr(self.ipc, "admit", None)
-            if admit is None:
-                raise UserError(f"the {self.ipc.name} design cannot place servers in the kernel",
-                                hint="use --mode underbridge")
-            base = image.segments[0].vaddr
-            domain, stack_top = admit(name, base)
+            domain, stack_top = self.ipc.admit(name, image.segments[0].vaddr)
             ring, table, pkey, pkru = 0, self.machine.kernel_space, domain.key, domain.pkru
         vmspace = VmSpace(self.machine, table=table, pkey=pkey)
         try:
@@ -96,13 +91,13 @@ class Kernel:
         except BaseException:
             vmspace.destroy()  # give back whatever was built before the failure
             if domain is not None:
-                self.ipc.keys.release(domain.key)  # type: ignore[attr-defined]
+                self.ipc.refuse(domain)
             raise
         group = CapGroup(self._next_pid, name, vmspace)
         self._next_pid += 1
         self.groups[group.pid] = group
         if domain is not None:
-            self.ipc.adopt(group, domain, image.segments[0].vaddr)  # type: ignore[attr-defined]
+            self.ipc.adopt(group, domain, image.segments[0].vaddr)
         self.add_thread(group, ring=ring, rip=entry, rsp=rsp, pkru=pkru)
         return group
 

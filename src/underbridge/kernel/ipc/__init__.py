@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from underbridge.bridge.domain import Domain
     from underbridge.kernel.kernel import Kernel
     from underbridge.kernel.objects.capgroup import CapGroup
     from underbridge.kernel.objects.connection import Connection, Message, Service
@@ -33,6 +34,18 @@ class IpcDesign(Protocol):
 
     def close_service(self, kernel: Kernel, service: Service) -> None:
         """The service is going away: fail every caller still waiting on it."""
+
+    def admit(self, name: str, base: int) -> tuple[Domain, int]:
+        """Place a server linked at `base` in kernel space: its domain and stack top.
+
+        A design without execution domains raises UserError.
+        """
+
+    def refuse(self, domain: Domain) -> None:
+        """Undo `admit` when the server could not be built after all."""
+
+    def adopt(self, group: CapGroup, domain: Domain, base: int) -> None:
+        """The admitted server's cap group now exists."""
 
     def connect(self, kernel: Kernel, conn: Connection) -> int:
         """Map a new connection's buffer where its parties need it; its gate or 0."""

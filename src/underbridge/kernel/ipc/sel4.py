@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.errors import KernelBug, UserError
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.syscalls import Errno, Prot
 from underbridge.machine.context import Reg
 
 if TYPE_CHECKING:
+    from underbridge.bridge.domain import Domain
     from underbridge.kernel.kernel import Kernel
+    from underbridge.kernel.objects.capgroup import CapGroup
 
 REPLY_REGS = (Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)
 RECV_MSG_REGS = (Reg.RDX, Reg.R10, Reg.R8, Reg.R9)
@@ -100,6 +103,16 @@ class Sel4Ipc:
         if replied:
             kernel.sched.switch_to(caller)
 
+    def admit(self, name: str, base: int) -> tuple[Domain, int]:
+        raise UserError(f"the {self.name} design cannot place {name} in kernel space",
+                        hint="in-kernel servers need --mode underbridge")
+
+    def refuse(self, domain: Domain) -> None:
+        raise KernelBug("the seL4 design admits no domains")
+
+    def adopt(self, group: CapGroup, domain: Domain, base: int) -> None:
+        raise KernelBug("the seL4 design admits no domains")
+
     def connect(self, kernel: Kernel, conn: Connection) -> int:
         """Map the buffer into both parties' address spaces; no gate."""
         client, server = conn.client.vmspace, conn.service.server.vmspace
@@ -111,7 +124,7 @@ class Sel4Ipc:
     def closed(self, kernel: Kernel, conn: Connection) -> None:
         """Nothing beyond what closing the connection itself does."""
 
-    def ended(self, kernel: Kernel, group: object) -> None:
+    def ended(self, kernel: Kernel, group: CapGroup) -> None:
         """No per-group state."""
 
     def in_gate(self, rip: int) -> bool:

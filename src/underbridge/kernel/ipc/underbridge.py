@@ -108,6 +108,9 @@ class UnderbridgeIpc:
         domain = Domain(name, self.keys.allocate(name))
         return domain, base + REGION_SIZE - PAGE_SIZE
 
+    def refuse(self, domain: Domain) -> None:
+        self.keys.release(domain.key)
+
     def adopt(self, group: CapGroup, domain: Domain, base: int) -> None:
         group.vmspace.guest_window = (base, base + REGION_SIZE // 2)
         stack_floor = base + REGION_SIZE - PAGE_SIZE * (SERVER_STACK_PAGES + 1)
