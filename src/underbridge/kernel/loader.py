@@ -55,13 +55,18 @@ _LINK_HINT = "build it with underbridge's toolchain (gcc -static -no-pie -nostdl
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """One PT_LOAD segment: `data` (the file bytes) followed by zeros up to `memsz`."""
+    """One PT_LOAD segment: `data` (the file bytes) followed by zeros up to `memsz`.
+
+    `file_offset` is where `data` starts in the file (p_offset), for reports that name
+    file positions (the scanner, bridge/scan.py).
+    """
 
     vaddr: int
     memsz: int
     data: bytes
     writable: bool
     executable: bool
+    file_offset: int
 
     @property
     def end(self) -> int:
@@ -209,6 +214,7 @@ def _load_segments(phdrs: list[_RawPhdr], data: bytes, name: str) -> Iterator[Se
                 data=data[phdr.p_offset : phdr.p_offset + phdr.p_filesz],
                 writable=bool(phdr.p_flags & PF_W),
                 executable=bool(phdr.p_flags & PF_X),
+                file_offset=phdr.p_offset,
             )
 
 
