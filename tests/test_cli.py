@@ -75,3 +75,23 @@ def test_bench_ipc_json_has_the_documented_shape():
     assert [r["path"] for r in report["results"]] == ["app-server", "server-server"]
     for row in report["results"]:
         assert 600 <= row["sim_cycles_per_rtt"] <= 1500 and row["wall_us_per_rtt"] > 0
+
+
+def test_scan_reports_a_hidden_wrpkru_and_exits_1(tmp_path, hello_elf):
+    from underbridge.toolchain import build_program
+
+    source = tmp_path / "hidden.c"
+    source.write_text('#include "ub.h"\nint main(void) {\n'
+                      '  __asm__ volatile("mov $0x90ef010f, %%eax" ::: "eax");\n'
+                      '  return 0; }\n')
+    elf = build_program(source, base=0x40_0000)
+    result = invoke("scan", str(elf), "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    hidden = [f for f in report["findings"] if f["class"] == "wrpkru"]
+    assert len(hidden) == 1 and hidden[0]["aligned"] is False
+    assert "mov" in " ".join(hidden[0]["overlaps"])
+    clean = invoke("scan", str(hello_elf), "--json")
+    assert clean.exit_code == 0
+    assert not [f for f in json.loads(clean.output)["findings"]
+                if f["class"] in ("wrpkru", "xrstor", "xrstors")]

@@ -164,6 +164,26 @@ def demo_pku(as_json: bool) -> None:
     sys.exit(0 if result.isolation_held else 1)
 
 
+# -- scan ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def scan(file: Path, as_json: bool) -> None:
+    """Find every wrpkru and XRSTOR in a binary's code, at every byte offset.
+
+    Also lists the aligned privileged instructions. Exits 1 if the code holds a wrpkru
+    or an XRSTOR-family instruction anywhere (it may not run in kernel space as it is).
+    """
+    from underbridge.bridge.scan import format_table, scan_elf
+
+    report = scan_elf(file)
+    click.echo(report.to_json() if as_json else format_table(report))
+    sys.exit(1 if report.pkru_writers else 0)
+
+
 # -- bench --------------------------------------------------------------------------
 
 
@@ -190,7 +210,7 @@ def bench_ipc(mode: str, rounds: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
-    table = Table(title=f"underbridge bench ipc --mode {mode} ({rounds:,} rounds, medians)")
+    table = Table(title=f"underbridge bench ipc --mode {mode} ({rounds:,} rounds)")
     table.add_column("path")
     table.add_column("simulated cycles / round trip", justify="right")
     table.add_column("wall us / round trip", justify="right")
@@ -261,6 +281,48 @@ def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
     console.print(reproduction.ratio_table(result))
     console.print(f"[dim]wrote {escape(str(result.json_path))} and "
                   f"{escape(str(result.plot_path))}[/]")
+
+
+# -- redteam ------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@user_errors
+def redteam(as_json: bool) -> None:
+    """Attack the in-kernel servers and check each attack is stopped the expected way.
+
+    \b
+    Each row runs one program from guest/attacks/ on a fresh machine (echo in the kernel,
+    a legitimate in-kernel client of it, then the attacker), then checks that echo still
+    answers an application correctly. Exit status 0 only if every row passes.
+    """
+    from rich.progress import Progress
+
+    from underbridge import redteam as red
+
+    with Progress(console=errors, transient=True, disable=as_json) as bar:
+        task = bar.add_task("attacks", total=len(red.ATTACKS))
+        result = red.run(progress=lambda spec: bar.update(task, advance=1, description=spec.id))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        table = Table(title="underbridge redteam (each row: fresh machine, echo in the kernel, "
+                            "then a legitimate client checks echo still answers)")
+        table.add_column("#", justify="right")
+        table.add_column("attack", ratio=3)
+        table.add_column("expected", ratio=2)
+        table.add_column("observed", ratio=4)
+        table.add_column("verdict")
+        for number, row in enumerate(result.rows, 1):
+            style = "bold green" if row.passed else "bold red"
+            table.add_row(str(number), escape(row.spec.attack), escape(row.spec.expect.text),
+                          escape(row.observed), f"[{style}]{row.verdict}[/]")
+        console.print(table)
+        failed = sum(not row.passed for row in result.rows)
+        console.print("[bold green]every attack was stopped as expected[/]" if not failed else
+                      f"[bold red]{failed} of {len(result.rows)} rows failed[/]")
+    sys.exit(0 if result.passed else 1)
 
 if __name__ == "__main__":
     main()

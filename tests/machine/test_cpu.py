@@ -6,7 +6,7 @@ import pytest
 
 from underbridge.machine import privilege
 from underbridge.machine.context import Reg
-from underbridge.machine.cpu import KERNEL_DATA, KERNEL_TEXT, ExitKind, Machine
+from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, KERNEL_TEXT, ExitKind, Machine
 from underbridge.machine.faults import GENERAL_PROTECTION, INVALID_OPCODE
 from underbridge.machine.oracle import Access, Violation
 from underbridge.machine.paging import PageFlags
@@ -95,7 +95,7 @@ def test_kernel_pages_are_absent_from_user_page_tables(scratch):
     scratch.code(f"mov rbx, {KERNEL_DATA:#x}\nmov rax, [rbx]")
     fault = scratch.machine.run(scratch.context()).fault
     assert fault.reason is Violation.NOT_PRESENT and fault.address == KERNEL_DATA
-    scratch.code(f"mov rbx, {KERNEL_TEXT:#x}\njmp rbx", CODE_VA + 0x1000)
+    scratch.code(f"mov rbx, {KERNEL_DATA:#x}\njmp rbx", CODE_VA + 0x1000)
     fault = scratch.machine.run(scratch.context(rip=CODE_VA + 0x1000)).fault
     assert fault.access is Access.FETCH and fault.reason is Violation.NOT_PRESENT
 
@@ -251,3 +251,19 @@ def test_port_io_in_ring0_reads_a_floating_bus(scratch):
     context = scratch.context(ring=0)
     assert scratch.machine.run(context).kind is ExitKind.SYSCALL
     assert context[Reg.RAX] & 0xFF == 0xFF
+
+
+def test_boot_only_code_is_gone_after_boot(machine):
+    """PKRU does not govern fetches: no ring-0 guest may find kernel code to jump into."""
+    assert machine.kernel_space.lookup(KERNEL_TEXT) is None
+    assert machine.kernel_space.lookup(KERNEL_STUBS) is None
+    executable = [va for va, m in machine.kernel_space.mappings() if m.flags.executable]
+    assert executable == []
+
+
+def test_ring0_hlt_is_reported_not_fatal(scratch):
+    scratch.code("nop\nhlt\nnop")
+    context = scratch.context(ring=0)
+    assert scratch.machine.run(context).kind is ExitKind.HALTED
+    fault = scratch.machine.halt_fault(context)
+    assert fault.mnemonic == "HLT" and fault.rip == CODE_VA + 1 and fault.instruction == "hlt"

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from underbridge.errors import KernelBug
-from underbridge.machine.cpu import KERNEL_TEXT, Machine
+from underbridge.machine.cpu import KERNEL_DATA, Machine
 from underbridge.machine.paging import (
     ADDR_MASK,
     PTE_NX,
@@ -86,10 +86,10 @@ def test_addresses_must_be_aligned_and_canonical(machine):
 
 def test_user_tables_map_nothing_of_the_kernel(machine):
     table = machine.new_page_table()
-    assert table.lookup(KERNEL_TEXT) is None and not list(table.mappings())
-    kernel_text = machine.kernel_space.lookup(KERNEL_TEXT)
-    assert kernel_text.flags.pkey == 0 and kernel_text.flags.executable
-    assert KERNEL_TEXT in dict(machine.kernel_space.mappings())
+    assert table.lookup(KERNEL_DATA) is None and not list(table.mappings())
+    kernel_data = machine.kernel_space.lookup(KERNEL_DATA)
+    assert kernel_data.flags.pkey == 0 and kernel_data.flags.user
+    assert KERNEL_DATA in dict(machine.kernel_space.mappings())
 
 
 def test_destroy_returns_table_frames(machine):

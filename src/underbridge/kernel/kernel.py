@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from underbridge.errors import KernelBug, SyscallError, UserError
+from underbridge.errors import SyscallError, UserError
 from underbridge.kernel import dispatch
 from underbridge.kernel.ipc import IpcDesign, design_named
 from underbridge.kernel.loader import parse_elf
@@ -140,8 +140,9 @@ class Kernel:
         elif result.kind is ExitKind.PREEMPTED:
             if not self.ipc.in_gate(thread.context.rip):  # gates run "with interrupts off"
                 self.sched.preempt()
-        else:
-            raise KernelBug(f"{thread.name}: the CPU halted outside any kernel event")
+        else:  # HALTED: guest code executed hlt in ring 0
+            self.end_group(thread.group, Ending(GroupState.FAULTED,
+                                                fault=self.machine.halt_fault(thread.context)))
 
     def _syscall(self, thread: Thread) -> None:
         self.sched.entered_kernel()

@@ -7,12 +7,14 @@ wins: `emu_stop` takes effect at the end of the current translation block, so a 
 instruction of that block may still raise another event, which is ignored.
 
 Kernel virtual layout, in the kernel page table only (user page tables map none of it):
-  KERNEL_TEXT        boot stubs: `sysretq`, the (hooked) syscall entry        r-x
-  KERNEL_STUBS       ring-0 stubs the machine runs for itself (calibration)   r-x
+  KERNEL_TEXT        boot stubs: `sysretq`, the (hooked) syscall entry        r-x  boot only
+  KERNEL_STUBS       ring-0 stubs the machine runs for itself (calibration)   r-x  boot only
   KERNEL_DATA        the GDT                                                  rw-
 These pages are U=1 with protection key 0, the kernel's domain: ring-0 code whose PKRU
 denies key 0 (an in-kernel server) can neither read nor write them, and ring-3 code
-never runs on this page table. The lower half belongs to guests.
+never runs on this page table. PKRU does not govern instruction fetch, though, so the
+boot-only code pages (which hold a `wrpkru` and `hlt`s) are unmapped once the machine
+has booted: no ring-0 guest can jump into them. The lower half belongs to guests.
 
 Invariants:
   - Before the CPU runs, the emulated TLB is coherent with every page table: any page
@@ -123,6 +125,11 @@ class Machine:
                             gdt_vaddr=KERNEL_DATA, syscall_entry=SYSCALL_ENTRY_AT)
         self._space = self.kernel_space
         self.layout, self._templates = self._calibrate_and_capture_rings()
+        for boot_only in (KERNEL_TEXT, KERNEL_STUBS):
+            frame = self.kernel_space.unmap(boot_only)
+            if frame is not None:
+                self.frames.free(frame)
+        self.code_changed(self.kernel_space)
         if self.accounting is not None:
             self.accounting.reset()
 
@@ -428,6 +435,13 @@ class Machine:
             lookup=space.lookup,
             read_code=lambda va, n: self.read_virtual(space, va, n),
         )
+
+    def halt_fault(self, context: CpuContext) -> Fault:
+        """The report for a context whose CPU stopped at a ring-0 `hlt` (RIP is past it)."""
+        space = self._page_tables[context.cr3]
+        rip = context.rip - 1
+        return Fault(faults.HALT, rip, context.cpl, context.pkru,
+                     faults.disassemble_one(self.read_virtual(space, rip, 15), rip))
 
     def _engine_error_fault(self, context: CpuContext, error: UcError) -> Fault:
         if error.errno == UC_ERR_INSN_INVALID:

@@ -54,6 +54,11 @@ VECTOR_NAMES: dict[int, tuple[str, str]] = {
     21: ("#CP", "control protection"),
 }
 VECTORS_WITH_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+# Not an exception: the CPU stopped at a `hlt` executed in ring 0 by guest code (legal
+# for the hardware; the secure monitor's business). Reported like a fault, with this
+# pseudo-vector outside the architectural range, so the guest is terminated.
+HALT = 256
+VECTOR_NAMES[HALT] = ("HLT", "CPU halted by guest code in ring 0")
 
 _DISASSEMBLER = Cs(CS_ARCH_X86, CS_MODE_64)
 

@@ -218,7 +218,8 @@ class UnderbridgeIpc:
             return
         self._map(kernel, KERNEL_CALL_STACK, PageFlags(user=True, writable=True))
         ret = self._map(kernel, KERNEL_RETURN_PAGE, PageFlags(user=True, executable=True))
-        kernel.machine.mem.write(ret, b"\xf4" * PAGE_SIZE)  # never run: run() stops first
+        # Never run by the kernel (run() stops first); a server jumping here gets #UD.
+        kernel.machine.mem.write(ret, b"\x0f\x0b" * (PAGE_SIZE // 2))
         self._kernel_pages_ready = True
 
     def _refresh(self, kernel: Kernel, state: DomainState) -> None:

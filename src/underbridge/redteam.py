@@ -1,0 +1,362 @@
+"""`underbridge redteam`: attacks on the UnderBridge placement, each checked against the hardware.
+
+Every row is one attack program (guest/attacks/<program>.c, its header comment says what
+it tries and what should happen) run on a fresh machine under `Kernel(ipc="underbridge")`
+with the same stage:
+
+  1. echo in kernel space, in its own execution domain (ECHO_BASE);
+  2. a legitimate in-kernel client of echo (guest/attacks/legit_client.c) that makes one
+     checked call and then blocks with its connection open: the attacks aim at its gate,
+     its control page and at echo;
+  3. the attacker: an in-kernel server linked at its own 16 MiB region (the row's index
+     picks it), or an application in ring 3 for rows that say so;
+  4. the victim check: the pingpong application makes VICTIM_ROUNDS calls to echo and
+     must exit 0 with "pingpong: 20 rounds ok", and echo and the legitimate client must
+     still be alive.
+
+Targets are read from the kernel and the gate's machine code, never guessed: echo's
+saved stack pointer, KERNEL_DATA, the kernel page table's root, the gate's address, its
+first wrpkru, its `mov eax, <server pkru>` and its ud2 (capstone), its control page.
+An argv word "{name}" is replaced by the target `name` in hex.
+
+A row PASSES only if the observed outcome is the expected one (the exception, and for
+a page fault its reason, access and address; for a gate, the ud2 and the PKRU it held;
+for an attacker that should survive, exactly the "observed:" lines it must print), the
+victim check passes, and the attacker printed no "LEAKED" or "broken" line.
+
+To add a row (say, a privileged instruction in ring 0), write guest/attacks/<name>.c and
+append an AttackSpec to ATTACKS.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
+from underbridge.bridge.gate import wrpkru_offsets
+from underbridge.kernel.ipc.underbridge import KERNEL_RETURN, REGION_SIZE
+from underbridge.kernel.kernel import Kernel
+from underbridge.kernel.objects.capgroup import CapGroup, GroupState
+from underbridge.kernel.objects.thread import ThreadState
+from underbridge.machine.context import Reg
+from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, Machine
+from underbridge.machine.oracle import Access, Violation
+from underbridge.toolchain import build_program, guest_root
+
+if TYPE_CHECKING:
+    from underbridge.kernel.ipc.underbridge import GateState, UnderbridgeIpc
+
+LEGIT_BASE = PINGPONG_BASE  # the legitimate in-kernel client's region
+ATTACK_BASE = 0x0300_0000  # row i's in-kernel attacker is linked at ATTACK_BASE + i * 16 MiB
+APP_BASE = 0x40_0000  # applications (ring 3, own page table)
+VICTIM_ROUNDS = 20
+MAX_EVENTS = 20_000  # kernel events one program may take before it counts as hung
+PTE_P_RW_U = 0x7  # present, writable, user: the flags of a forged page-table entry
+BAD_WORDS = ("LEAKED", "broken")
+PASS, FAIL = "PASS", "FAIL"
+
+
+class RedTeamError(RuntimeError):
+    """The stage could not be set up (echo or the legitimate client did not come up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """The outcome a row requires. exception None: the attacker must survive, exit 0
+    and print exactly `reports` as its "observed:" lines. Target names (address, rip,
+    pkru) are resolved against the stage's targets."""
+
+    text: str  # the table's "expected" column
+    exception: str | None = None  # "#PF", "#UD", "#GP", ...
+    reason: Violation | None = None
+    access: Access | None = None
+    address: str | None = None  # the faulting address must be this target
+    rip: str | None = None  # the faulting instruction must be at this target
+    pkru: str | None = None  # the PKRU at the fault must be this target
+    reports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AttackSpec:
+    id: str
+    attack: str  # the table's "attack" column
+    program: str  # guest/attacks/<program>.c
+    args: tuple[str, ...]
+    expect: Expect
+    in_kernel: bool = True  # False: an application in ring 3
+
+
+def _pkey_fault(access: Access, target: str, text: str) -> Expect:
+    return Expect(text, "#PF", Violation.PKEY_ACCESS_DISABLED, access, address=target)
+
+
+def _absent(access: Access, target: str, text: str) -> Expect:
+    return Expect(text, "#PF", Violation.NOT_PRESENT, access, address=target)
+
+
+EFAULT = "-14"
+ATTACKS: tuple[AttackSpec, ...] = (
+    AttackSpec("read-server", "in-kernel server reads echo's stack (echo's saved RSP)",
+               "read_server", ("{echo_stack}",),
+               _pkey_fault(Access.READ, "echo_stack", "#PF protection key (AD), attacker ends")),
+    AttackSpec("write-server", "in-kernel server writes echo's stack",
+               "write_server", ("{echo_stack}",),
+               _pkey_fault(Access.WRITE, "echo_stack", "#PF protection key (AD), attacker ends")),
+    AttackSpec("read-kernel", "in-kernel server reads kernel data (KERNEL_DATA, the GDT, key 0)",
+               "read_kernel", ("{kernel_data}",),
+               _pkey_fault(Access.READ, "kernel_data", "#PF protection key (AD), attacker ends")),
+    AttackSpec("write-kernel", "in-kernel server writes kernel data (the GDT, key 0)",
+               "write_kernel", ("{kernel_data}",),
+               _pkey_fault(Access.WRITE, "kernel_data", "#PF protection key (AD), attacker ends")),
+    AttackSpec("read-page-tables",
+               "read the kernel page table: its root's physical address used as a virtual "
+               "address (identity guess)", "page_tables", ("read", "{pt_root}"),
+               _absent(Access.READ, "pt_root", "#PF not present (page tables are in no "
+                                                "address space)")),
+    AttackSpec("write-page-tables",
+               "write the kernel page table: store root|P|RW|U (a self-map) at the root's "
+               "physical address used as a virtual address", "page_tables",
+               ("write", "{pt_root}", "{pt_self_map}"),
+               _absent(Access.WRITE, "pt_root", "#PF not present (page tables are in no "
+                                                 "address space)")),
+    AttackSpec("write-gate", "in-kernel server overwrites a gate's caller check with NOPs",
+               "write_gate", ("{gate}",),
+               _pkey_fault(Access.WRITE, "gate", "#PF protection key (AD, key 0), attacker "
+                                                 "ends")),
+    AttackSpec("call-foreign-gate",
+               "call another client's gate to echo (gate ABI) without holding the connection",
+               "call_foreign_gate", ("{gate}",),
+               Expect("gate returns -EPERM (-1), attacker runs on",
+                      reports=("gate call = -1",))),
+    AttackSpec("gate-wrpkru-jump",
+               "jump onto the gate's first wrpkru with EAX = 0 (all keys open), ECX = EDX = 0",
+               "gate_wrpkru_jump", ("{gate_wrpkru}",),
+               Expect("#UD at the gate's ud2 (post-wrpkru check), PKRU 0, attacker ends",
+                      "#UD", rip="gate_abort", pkru="all_keys_open")),
+    AttackSpec("gate-skip-auth",
+               "jump past the gate's caller check onto its own switch (mov eax, <echo's "
+               "pkru>; wrpkru)", "gate_skip_auth", ("{gate_switch}",),
+               Expect("#UD at the gate's ud2 (no call token), echo's PKRU, attacker ends",
+                      "#UD", rip="gate_abort", pkru="echo_pkru")),
+    AttackSpec("deputy",
+               "confused deputy: WRITE of echo's stack and of gate code; WAIT's exit record "
+               "into echo's stack and into the gate's control page", "deputy",
+               ("{echo_stack}", "{gate}", "{gate_control}"),
+               Expect("-EFAULT (-14) for each foreign buffer, attacker runs on",
+                      reports=(f"write(echo's stack) = {EFAULT}", f"write(gate code) = {EFAULT}",
+                               "wait(own memory) = 0", f"wait(into echo's stack) = {EFAULT}",
+                               f"wait(into the control page) = {EFAULT}"))),
+    AttackSpec("stale-buffer",
+               "connect to echo, use the shared buffer, CAP_DELETE the connection, write the "
+               "buffer again", "stale_buffer", (),
+               Expect("#PF not present on the second write, attacker ends", "#PF",
+                      Violation.NOT_PRESENT, Access.WRITE)),
+    AttackSpec("boot-stub-wrpkru",
+               "jump to where the boot stubs' wrpkru was (KERNEL_STUBS + 5) with EAX = 0",
+               "kernel_code_jump", ("{boot_stub_wrpkru}", "0x0"),
+               _absent(Access.FETCH, "boot_stub_wrpkru",
+                       "#PF fetch not present (boot-only code is unmapped), attacker ends")),
+    AttackSpec("gate-return-page",
+               "jump into the page a kernel-called gate returns to (KERNEL_RETURN)",
+               "kernel_code_jump", ("{kernel_return}", "0x0"),
+               Expect("#UD there (the page holds only ud2), attacker ends, kernel goes on",
+                      "#UD", rip="kernel_return")),
+    AttackSpec("app-read-server",
+               "application (ring 3, own page table) reads echo's stack", "app_read_server",
+               ("{echo_stack}",),
+               _absent(Access.READ, "echo_stack", "#PF not present in ring 3, attacker ends"),
+               in_kernel=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    spec: AttackSpec
+    observed: str
+    verdict: str
+    attacker_output: str
+    victim: str  # "" when the victim check passed, else what went wrong
+    attacker: CapGroup
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+    def to_json(self) -> dict[str, str]:
+        return {"attack": self.spec.attack, "expected": self.spec.expect.text,
+                "observed": self.observed, "verdict": self.verdict}
+
+
+@dataclass(frozen=True, slots=True)
+class RedTeamResult:
+    rows: tuple[RowResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": [row.to_json() for row in self.rows], "passed": self.passed}
+
+
+# -- the stage --------------------------------------------------------------------------
+
+
+def attack_source(program: str) -> Path:
+    return guest_root() / "attacks" / f"{program}.c"
+
+
+@dataclass(eq=False)
+class Stage:
+    kernel: Kernel
+    echo: CapGroup
+    client: CapGroup
+    targets: dict[str, int]
+
+    @property
+    def machine(self) -> Machine:
+        return self.kernel.machine
+
+
+def _run_until(kernel: Kernel, done: Callable[[], bool]) -> bool:
+    """Run until `done()`, or until nothing is ready or MAX_EVENTS events have passed."""
+    events = itertools.count()
+    kernel.run(until=lambda: done() or next(events) >= MAX_EVENTS)
+    return done()
+
+
+def _gate_targets(machine: Machine, gate: GateState) -> dict[str, int]:
+    code = machine.read_virtual(machine.kernel_space, gate.address, 4096)
+    first = wrpkru_offsets(code)[0]
+    insns = list(Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, gate.address))
+    before = [i for i in insns if i.address < gate.address + first]
+    switch = next(i.address for i in reversed(before)
+                  if i.mnemonic == "mov" and i.op_str.startswith("eax,"))
+    abort = next(i.address for i in insns if i.mnemonic == "ud2")
+    return {"gate": gate.address, "gate_wrpkru": gate.address + first, "gate_switch": switch,
+            "gate_abort": abort, "gate_control": gate.control}
+
+
+def build_stage() -> Stage:
+    """A fresh machine with echo and a legitimate in-kernel client connected to it."""
+    machine = Machine()
+    kernel = Kernel(machine, ipc="underbridge")
+    kernel.register_program("hello", build_program("hello", base=APP_BASE))
+    echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=True)
+    if not _run_until(kernel, lambda: "echo" in kernel.services
+                      and echo.threads[0].state is ThreadState.BLOCKED):
+        raise RedTeamError(f"echo did not come up: {bytes(echo.console)!r}")
+    client = kernel.spawn(build_program(attack_source("legit_client"), base=LEGIT_BASE),
+                          ["legit_client"], in_kernel=True)
+    if not _run_until(kernel, lambda: not client.running
+                      or client.threads[0].state is ThreadState.BLOCKED) \
+            or b"legit_client: call ok" not in bytes(client.console) or not client.running:
+        raise RedTeamError(f"the legitimate client failed: {bytes(client.console)!r}")
+    ipc = cast("UnderbridgeIpc", kernel.ipc)
+    gate = next(g for g in ipc.gates.values() if g.conn.client is client)
+    root = machine.kernel_space.root
+    targets = {
+        "echo_stack": echo.threads[0].context[Reg.RSP],
+        "echo_pkru": ipc.domains[echo].domain.pkru,
+        "kernel_data": KERNEL_DATA,
+        "pt_root": root,
+        "pt_self_map": root | PTE_P_RW_U,
+        "all_keys_open": 0,
+        "boot_stub_wrpkru": KERNEL_STUBS + 5,  # its stub was `xor ecx, ecx; xor edx, edx;`
+        "kernel_return": KERNEL_RETURN,
+        **_gate_targets(machine, gate),
+    }
+    return Stage(kernel, echo, client, targets)
+
+
+def _victim_problem(stage: Stage) -> str:
+    """'' if echo still answers a legitimate application correctly, else what is wrong."""
+    kernel = stage.kernel
+    pingpong = kernel.spawn(build_program("pingpong", base=APP_BASE),
+                            ["pingpong", str(VICTIM_ROUNDS), "echo"])
+    _run_until(kernel, lambda: not pingpong.running)
+    output = bytes(pingpong.console).decode(errors="replace").strip()
+    problems = []
+    if pingpong.running:
+        problems.append("pingpong hung")
+        kernel.kill(pingpong)
+    elif (pingpong.state is not GroupState.EXITED or pingpong.exit_status != 0
+          or f"pingpong: {VICTIM_ROUNDS} rounds ok" not in output):
+        how = (pingpong.fault.describe() if pingpong.fault is not None
+               else f"status {pingpong.exit_status}")
+        problems.append(f"pingpong {pingpong.state.value} ({how}): {output}")
+    if not stage.echo.running:
+        problems.append("echo is gone")
+    if not stage.client.running:
+        problems.append("the legitimate client is gone")
+    return "; ".join(problems)
+
+
+# -- one row ----------------------------------------------------------------------------
+
+
+def _argv(spec: AttackSpec, targets: dict[str, int]) -> list[str]:
+    return [spec.program, *(word.format(**{k: f"{v:#x}" for k, v in targets.items()})
+                            for word in spec.args)]
+
+
+def _matches(expect: Expect, attacker: CapGroup, reports: list[str], targets: dict[str, int],
+             cpl: int) -> bool:
+    if expect.exception is None:
+        return (attacker.state is GroupState.EXITED and attacker.exit_status == 0
+                and tuple(reports) == expect.reports)
+    fault = attacker.fault
+    if attacker.state is not GroupState.FAULTED or fault is None:
+        return False
+    wanted = ((expect.reason, fault.reason), (expect.access, fault.access),
+              (None if expect.address is None else targets[expect.address], fault.address),
+              (None if expect.rip is None else targets[expect.rip], fault.rip),
+              (None if expect.pkru is None else targets[expect.pkru], fault.pkru))
+    return (fault.mnemonic == expect.exception and fault.cpl == cpl
+            and all(want is None or want == got for want, got in wanted))
+
+
+def run_row(index: int, spec: AttackSpec) -> RowResult:
+    stage = build_stage()
+    kernel = stage.kernel
+    base = ATTACK_BASE + index * REGION_SIZE if spec.in_kernel else APP_BASE
+    elf = build_program(attack_source(spec.program), base=base)
+    attacker = kernel.spawn(elf, _argv(spec, stage.targets), name=spec.program,
+                            in_kernel=spec.in_kernel)
+    _run_until(kernel, lambda: not attacker.running)
+    output = bytes(attacker.console).decode(errors="replace")
+    lines = output.splitlines()
+    reports = [line.removeprefix("observed: ") for line in lines if line.startswith("observed: ")]
+    bad = [line for line in lines if any(word in line for word in BAD_WORDS)]
+    parts = list(reports)
+    if attacker.running:
+        parts.append("still running (killed)")
+        kernel.kill(attacker)
+    elif attacker.fault is not None:
+        parts.append(attacker.fault.describe())
+    elif spec.expect.exception is not None or attacker.exit_status != 0:
+        parts.append(f"exited with status {attacker.exit_status}")
+    parts.extend(line for line in bad if line not in parts)
+    matched = _matches(spec.expect, attacker, reports, stage.targets,
+                       cpl=0 if spec.in_kernel else 3)
+    victim = _victim_problem(stage)
+    if victim:
+        parts.append(f"victim: {victim}")
+    verdict = PASS if matched and not victim and not bad else FAIL
+    return RowResult(spec, "; ".join(parts), verdict, output, victim, attacker)
+
+
+def run(specs: tuple[AttackSpec, ...] = ATTACKS,
+        progress: Callable[[AttackSpec], None] | None = None) -> RedTeamResult:
+    rows = []
+    for index, spec in enumerate(specs):
+        rows.append(run_row(index, spec))
+        if progress is not None:
+            progress(spec)
+    return RedTeamResult(tuple(rows))

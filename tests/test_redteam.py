@@ -1,0 +1,104 @@
+"""The red team (`underbridge redteam`): every attack is stopped, for the expected reason.
+
+The expected reasons are spelled out here again, independently of redteam.py's own
+table, so a wrong expectation there cannot make a row pass here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from underbridge import redteam
+from underbridge.cli import main
+from underbridge.machine.cpu import KERNEL_DATA
+from underbridge.machine.oracle import Access, Violation
+from underbridge.machine.pkru import pkru_allowing
+
+PKEY_AD = "protection key access-disabled (PKRU.AD)"
+ABSENT = "page not present"
+GATE_ABORT = "ud2"
+# keys are handed out in order: echo 1, the legitimate client 2, their connection 3
+ECHO_PKRU = pkru_allowing(read_write=[1, 3])
+
+# row id -> substrings its observed column must contain
+OBSERVED: dict[str, tuple[str, ...]] = {
+    "read-server": ("#PF read of 0x", PKEY_AD, "ring 0"),
+    "write-server": ("#PF write of 0x", PKEY_AD, "ring 0"),
+    "read-kernel": (f"#PF read of {KERNEL_DATA:#x}: {PKEY_AD}", "ring 0"),
+    "write-kernel": (f"#PF write of {KERNEL_DATA:#x}: {PKEY_AD}", "ring 0"),
+    "read-page-tables": (f"#PF read of 0x1000: {ABSENT}", "ring 0"),
+    "write-page-tables": (f"#PF write of 0x1000: {ABSENT}", "ring 0"),
+    "write-gate": (f"#PF write of 0x60001000: {PKEY_AD}", "ring 0"),
+    "call-foreign-gate": ("gate call = -1",),
+    "gate-wrpkru-jump": ("#UD invalid opcode at rip 0x6000", "pkru 0x00000000", GATE_ABORT),
+    "gate-skip-auth": ("#UD invalid opcode at rip 0x6000", f"pkru {ECHO_PKRU:#010x}", GATE_ABORT),
+    "deputy": ("write(echo's stack) = -14", "write(gate code) = -14", "wait(own memory) = 0",
+               "wait(into echo's stack) = -14", "wait(into the control page) = -14"),
+    "stale-buffer": ("#PF write of 0x5000", ABSENT, "ring 0"),
+    "boot-stub-wrpkru": ("#PF fetch of 0xffffffff80001005", ABSENT, "ring 0"),
+    "gate-return-page": ("#UD invalid opcode at rip 0x630000010800", "ring 0"),
+    "app-read-server": ("#PF read of 0x", ABSENT, "ring 3"),
+}
+
+
+@pytest.fixture(scope="module")
+def result() -> redteam.RedTeamResult:
+    return redteam.run()
+
+
+def test_every_row_is_checked_here():
+    assert [spec.id for spec in redteam.ATTACKS] == list(OBSERVED)
+
+
+@pytest.mark.parametrize("row_id", list(OBSERVED))
+def test_row(result, row_id):
+    row = next(r for r in result.rows if r.spec.id == row_id)
+    assert row.verdict == redteam.PASS, row.observed
+    assert not row.victim
+    for part in OBSERVED[row_id]:
+        assert part in row.observed, (part, row.observed)
+    assert "LEAKED" not in row.attacker_output and "victim" not in row.observed
+    fault = row.attacker.fault
+    if row.spec.expect.exception is None:
+        assert fault is None and row.attacker.exit_status == 0
+    elif fault.reason is not None:
+        assert fault.reason is row.spec.expect.reason
+    if row_id == "gate-skip-auth":  # the gate's own switch into echo's domain happened
+        assert fault.pkru == ECHO_PKRU
+
+
+def test_rows_use_distinct_regions_and_both_rings():
+    assert len({spec.program for spec in redteam.ATTACKS}) >= 12
+    assert {spec.in_kernel for spec in redteam.ATTACKS} == {True, False}
+
+
+def test_a_wrong_expectation_fails():
+    spec = dataclasses.replace(redteam.ATTACKS[0], id="wrong", expect=redteam.Expect(
+        "not present", "#PF", Violation.NOT_PRESENT, Access.READ))
+    row = redteam.run_row(0, spec)
+    assert row.verdict == redteam.FAIL and PKEY_AD in row.observed
+
+
+def test_an_access_that_succeeds_fails_even_with_a_lenient_expectation():
+    # the attacker reads its own code page (its own key): it prints LEAKED and exits 1
+    own_code = hex(redteam.ATTACK_BASE + 0x1000)
+    spec = dataclasses.replace(redteam.ATTACKS[0], id="own", args=(own_code,),
+                               expect=redteam.Expect("anything", "#PF"))
+    row = redteam.run_row(0, spec)
+    assert row.verdict == redteam.FAIL
+    assert "LEAKED" in row.observed and "exited with status 1" in row.observed
+
+
+def test_cli_json():
+    outcome = CliRunner().invoke(main, ["redteam", "--json"], catch_exceptions=False)
+    assert outcome.exit_code == 0
+    report = json.loads(outcome.output)
+    assert report["passed"] is True
+    assert len(report["rows"]) == len(redteam.ATTACKS)
+    for row in report["rows"]:
+        assert set(row) == {"attack", "expected", "observed", "verdict"}
+        assert row["verdict"] == "PASS"
