@@ -152,3 +152,21 @@ def test_designs_without_domains_refuse_in_kernel_placement(hello_elf):
     with pytest.raises(UserError, match="--mode underbridge"):
         kernel.spawn(hello_elf, ["hello"], in_kernel=True)
     assert not kernel.groups
+
+
+def test_a_server_whose_code_can_write_pkru_is_refused_kernel_space(tmp_path):
+    """Rule 7 rests on this: no in-kernel server may hold a wrpkru, even a hidden one."""
+    from underbridge.errors import UserError
+
+    source = tmp_path / "sneaky.c"
+    source.write_text('#include "ub.h"\nint main(void) {\n'
+                      '  __asm__ volatile("mov $0x90ef010f, %%eax" ::: "eax");\n'
+                      '  return 0; }\n')
+    kernel = Kernel(Machine(accounting=False), ipc="underbridge")
+    keys = kernel.ipc.keys.available
+    with pytest.raises(UserError, match="can change PKRU"):
+        kernel.spawn(build_program(source, base=0x0300_0000), ["sneaky"], in_kernel=True)
+    assert not kernel.groups and kernel.ipc.keys.available == keys
+    sneaky = kernel.spawn(build_program(source, base=0x0300_0000), ["sneaky"])  # user space
+    kernel.run()
+    assert sneaky.exit_status == 0

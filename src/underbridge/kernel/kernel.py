@@ -82,7 +82,7 @@ class Kernel:
         image = parse_elf(data, name=name)
         domain = None
         if in_kernel:
-            domain, stack_top = self.ipc.admit(name, image.segments[0].vaddr)
+            domain, stack_top = self.ipc.admit(name, image.segments[0].vaddr, data)
             ring, table, pkey, pkru = 0, self.machine.kernel_space, domain.key, domain.pkru
         vmspace = VmSpace(self.machine, table=table, pkey=pkey)
         try:

@@ -35,8 +35,8 @@ class IpcDesign(Protocol):
     def close_service(self, kernel: Kernel, service: Service) -> None:
         """The service is going away: fail every caller still waiting on it."""
 
-    def admit(self, name: str, base: int) -> tuple[Domain, int]:
-        """Place a server linked at `base` in kernel space: its domain and stack top.
+    def admit(self, name: str, base: int, elf: bytes) -> tuple[Domain, int]:
+        """Place a server (its ELF file, linked at `base`) in kernel space: domain, stack.
 
         A design without execution domains raises UserError.
         """

@@ -103,7 +103,7 @@ class Sel4Ipc:
         if replied:
             kernel.sched.switch_to(caller)
 
-    def admit(self, name: str, base: int) -> tuple[Domain, int]:
+    def admit(self, name: str, base: int, elf: bytes) -> tuple[Domain, int]:
         raise UserError(f"the {self.name} design cannot place {name} in kernel space",
                         hint="in-kernel servers need --mode underbridge")
 

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 
 from underbridge.bridge import gate as gates
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
-from underbridge.errors import SyscallError
+from underbridge.bridge.scan import scan_elf
+from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.connection import Connection, Message, Service
@@ -100,8 +101,19 @@ class UnderbridgeIpc:
 
     # -- placement ------------------------------------------------------------------
 
-    def admit(self, name: str, base: int) -> tuple[Domain, int]:
-        """A new in-kernel server: its domain and its initial stack top."""
+    def admit(self, name: str, base: int, elf: bytes) -> tuple[Domain, int]:
+        """A new in-kernel server: its domain and its initial stack top.
+
+        Its binary is scanned first (bridge/scan.py): code holding a wrpkru or an
+        XRSTOR-family instruction anywhere, even hidden inside other instructions, could
+        change its own PKRU, and is refused with the findings.
+        """
+        report = scan_elf(elf, name=name)
+        if report.pkru_writers:
+            found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in report.pkru_writers[:5])
+            raise UserError(f"{name} cannot run in kernel space: its code can change PKRU "
+                            f"({found})", hint="underbridge scan shows every occurrence; "
+                            "run it in user space instead")
         if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
             raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
                              f"below {LOW_LIMIT:#x}")
