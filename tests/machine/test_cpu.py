@@ -246,10 +246,14 @@ def test_port_io_in_ring3_has_no_effect(scratch, instruction):
     assert context.rip == CODE_VA and context[Reg.RAX] == 0x1122_3344_5566_7788
 
 
-def test_port_io_in_ring0_reads_a_floating_bus(scratch):
+def test_port_io_in_ring0_reads_a_floating_bus_without_the_monitor():
+    from .conftest import Scratch
+
+    machine = Machine(monitor=False)  # with it, ring-0 guest I/O is a VM exit
+    scratch = Scratch(machine, machine.new_page_table())
     scratch.code("mov dx, 0x60\nin al, dx\nsyscall")
     context = scratch.context(ring=0)
-    assert scratch.machine.run(context).kind is ExitKind.SYSCALL
+    assert machine.run(context).kind is ExitKind.SYSCALL
     assert context[Reg.RAX] & 0xFF == 0xFF
 
 
@@ -261,9 +265,13 @@ def test_boot_only_code_is_gone_after_boot(machine):
     assert executable == []
 
 
-def test_ring0_hlt_is_reported_not_fatal(scratch):
+def test_ring0_hlt_without_the_monitor_is_reported_not_fatal():
+    from .conftest import Scratch
+
+    machine = Machine(monitor=False)  # with it, hlt is a VM exit
+    scratch = Scratch(machine, machine.new_page_table())
     scratch.code("nop\nhlt\nnop")
     context = scratch.context(ring=0)
-    assert scratch.machine.run(context).kind is ExitKind.HALTED
-    fault = scratch.machine.halt_fault(context)
+    assert machine.run(context).kind is ExitKind.HALTED
+    fault = machine.halt_fault(context)
     assert fault.mnemonic == "HLT" and fault.rip == CODE_VA + 1 and fault.instruction == "hlt"

@@ -1,7 +1,8 @@
 """`underbridge bench machine`: what the emulated machine costs in wall time.
 
 Four figures, each measured on a fresh machine with machine code assembled here:
-  - guest instructions per second in a register-only loop, with accounting on and off;
+  - guest instructions per second in a register-only loop, with accounting (and the
+    secure monitor, which shares its block hook) on, and with both off;
   - a syscall round trip into Python and back (the CPU stops, Python sees the event,
     the thread is resumed), in microseconds;
   - a pair of wrpkru domain switches in ring 0 (wrpkru flushes the emulated TLB), in
@@ -56,7 +57,7 @@ def _timed(action: Callable[[], object]) -> float:
 
 
 def loop_mips(iterations: int, *, accounting: bool) -> tuple[float, int]:
-    machine = Machine(accounting=accounting)
+    machine = Machine(accounting=accounting, monitor=accounting)  # off: no block hook at all
     context = _context_for(machine, f"mov rcx, {iterations}\n"
                            "l: add rax, 1\nadd rbx, 2\ndec rcx\njnz l\nsyscall", ring=3)
     seconds = _timed(lambda: machine.run(context))
@@ -77,7 +78,7 @@ def syscall_roundtrip_us(rounds: int) -> float:
 
 
 def wrpkru_pair_us(pairs: int) -> float:
-    machine = Machine(accounting=False)
+    machine = Machine(accounting=False, monitor=False)
     context = _context_for(machine, f"mov r8, {pairs}\nxor ecx, ecx\nxor edx, edx\n"
                            "l: mov eax, 4\nwrpkru\nxor eax, eax\nwrpkru\ndec r8\njnz l\nsyscall",
                            ring=0)

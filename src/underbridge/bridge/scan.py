@@ -24,7 +24,7 @@ WHAT IS SEARCHED, and where (Intel SDM vol. 2 encodings):
     ModRM/SIB/displacement bytes would run past the region is not reported: fetching
     them faults, so it cannot execute.
   - At instruction starts of the linear sweep only: the privileged instructions in
-    PRIVILEGED (and mov to or from a control or debug register). They are listed for
+    machine/privileged.py (and mov to or from a control or debug register). They are listed for
     the reader; the secure monitor traps them at run time wherever they sit. Their short
     encodings (hlt F4, cli FA, out EE...) occur inside almost any code, so hidden ones
     are not reported.
@@ -47,7 +47,6 @@ A Finding:
 from __future__ import annotations
 
 import json
-import re
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from underbridge.errors import ElfError
 from underbridge.kernel.loader import PAGE_SIZE, Segment, parse_elf
+from underbridge.machine.privileged import privileged_name
 
 WRPKRU = b"\x0f\x01\xef"
 #: The instructions that write PKRU, as capstone names their aligned forms, by class.
@@ -68,14 +68,6 @@ PKRU_CLASSES: dict[str, frozenset[str]] = {
 }
 #: 0F <opcode> with ModRM.reg == <reg> and a memory operand.
 _MEMORY_FORMS: dict[tuple[int, int], str] = {(0xAE, 5): "xrstor", (0xC7, 3): "xrstors"}
-#: Capstone mnemonics of the privileged instructions listed at aligned offsets.
-PRIVILEGED: frozenset[str] = frozenset({
-    "wrmsr", "rdmsr", "lgdt", "lidt", "lldt", "ltr", "lmsw", "hlt", "cli", "sti",
-    "invlpg", "invpcid", "in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd",
-    "swapgs", "sysret", "sysretq", "iret", "iretd", "iretq", "wbinvd", "invd", "clts",
-    "xsetbv", "vmfunc", "vmcall",
-})
-_CONTROL_OR_DEBUG = re.compile(r"\b([cd]r\d+)\b")
 _LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _PREFIXES = _LEGACY_PREFIXES | frozenset(range(0x40, 0x50))  # and REX
 
@@ -345,11 +337,8 @@ def _overlapping(sweep: list[Instruction], starts: list[int], start: int, end: i
 
 
 def _privileged_class(insn: Instruction) -> str | None:
-    mnemonic = insn.mnemonic.split()[-1]  # "rep insb" -> "insb"
-    if mnemonic == "mov":
-        register = _CONTROL_OR_DEBUG.search(insn.op_str)
-        return f"privileged:mov-{register.group(1)}" if register else None
-    return f"privileged:{mnemonic}" if mnemonic in PRIVILEGED else None
+    name = privileged_name(insn.mnemonic, insn.op_str)
+    return None if name is None else f"privileged:{name}"
 
 
 def _privileged_finding(region: _Region, insn: Instruction, kind: str) -> Finding:

@@ -28,6 +28,8 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from unicorn import Uc
 
 from underbridge.machine.costs import COSTS
+from underbridge.machine.monitor import Monitor
+from underbridge.machine.privileged import privileged_name
 
 _DISASSEMBLER = Cs(CS_ARCH_X86, CS_MODE_64)
 NO_DEADLINE = 1 << 62
@@ -66,6 +68,7 @@ class BlockCost:
     instructions: int
     cycles: int
     events: tuple[str, ...]
+    trap: tuple[int, str] | None = None  # the first privileged instruction: address, name
 
 
 def block_cost(code: bytes, address: int) -> BlockCost:
@@ -73,15 +76,18 @@ def block_cost(code: bytes, address: int) -> BlockCost:
     count = 0
     cycles = 0
     events: list[str] = []
-    for _addr, size, _mnemonic, _ops in _DISASSEMBLER.disasm_lite(code, address):
+    trap: tuple[int, str] | None = None
+    for insn_address, size, mnemonic, ops in _DISASSEMBLER.disasm_lite(code, address):
         count += 1
-        event = instruction_event(code[_addr - address : _addr - address + size])
+        event = instruction_event(code[insn_address - address : insn_address - address + size])
         if event is None:
             cycles += COSTS["instruction"].cycles
         else:
             cycles += COSTS[event].cycles
             events.append(event)
-    return BlockCost(len(code), count, cycles, tuple(events))
+        if trap is None and (name := privileged_name(mnemonic, ops)) is not None:
+            trap = (insn_address, name)
+    return BlockCost(len(code), count, cycles, tuple(events), trap)
 
 
 @dataclass(slots=True)
@@ -102,8 +108,11 @@ class Tally:
 class Accounting:
     """The running count of simulated cycles for one machine."""
 
-    def __init__(self, read_code: Callable[[int, int], bytes]) -> None:
+    def __init__(self, read_code: Callable[[int, int], bytes], *, counting: bool = True,
+                 monitor: Monitor | None = None) -> None:
         self._read_code = read_code
+        self.counting = counting
+        self.monitor = monitor
         self._caches: dict[int, dict[int, BlockCost]] = {}
         self._blocks: dict[int, BlockCost] = {}
         self.instructions = 0
@@ -149,7 +158,7 @@ class Accounting:
             cache.clear()
 
     def on_block(self, uc: Uc, address: int, size: int, _data: object) -> None:
-        """UC_HOOK_BLOCK callback: the hot path of accounting."""
+        """UC_HOOK_BLOCK callback: the hot path of accounting and of the secure monitor."""
         if self.instructions >= self.deadline:
             self.deadline_reached = True
             uc.emu_stop()
@@ -158,6 +167,14 @@ class Accounting:
         if cost is None or cost.size != size:
             cost = block_cost(self._read_code(address, size), address)
             self._blocks[address] = cost
+        monitor = self.monitor
+        if (cost.trap is not None and monitor is not None and monitor.armed
+                and address != monitor.allowed_block):
+            monitor.trap = cost.trap  # stop before this block runs (see machine/monitor.py)
+            uc.emu_stop()
+            return
+        if not self.counting:
+            return
         self.instructions += cost.instructions
         self.block_cycles += cost.cycles
         if cost.events:

@@ -69,6 +69,7 @@ from underbridge.machine import calibrate, faults, privilege
 from underbridge.machine.accounting import Accounting, Tally
 from underbridge.machine.context import ContextLayout, CpuContext, Reg
 from underbridge.machine.faults import Fault
+from underbridge.machine.monitor import Monitor
 from underbridge.machine.paging import PageFlags, PageTable, VirtAddr
 from underbridge.machine.physmem import PAGE_SIZE, FrameAllocator, PhysMem
 
@@ -104,7 +105,11 @@ class Exit:
 class Machine:
     """One emulated computer. Many can live in one process; they share nothing."""
 
-    def __init__(self, *, memory_mib: int = DEFAULT_MEMORY_MIB, accounting: bool = True) -> None:
+    def __init__(self, *, memory_mib: int = DEFAULT_MEMORY_MIB, accounting: bool = True,
+                 monitor: bool = True) -> None:
+        """accounting: count simulated cycles. monitor: run the secure monitor over
+        ring-0 guest code (machine/monitor.py); only measurements of ring-3 code that
+        need the last bit of speed turn it off."""
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc.ctl_set_cpu_model(UC_CPU_X86_SKYLAKE_SERVER)
         self.uc.ctl_set_tlb_mode(UC_TLB_CPU)
@@ -119,7 +124,9 @@ class Machine:
         self._space: PageTable | None = None  # the page table of the running context
         self.kernel_space = self.new_page_table()
         self.accounting: Accounting | None = None
-        self._install_hooks(accounting)
+        self._decoder: Accounting | None = None  # decodes blocks: for accounting, monitor
+        self.monitor: Monitor | None = None
+        self._install_hooks(accounting, monitor)
         self._map_kernel_pages()
         privilege.configure(self.uc, cr3=self.kernel_space.root,
                             gdt_vaddr=KERNEL_DATA, syscall_entry=SYSCALL_ENTRY_AT)
@@ -135,14 +142,17 @@ class Machine:
 
     # -- boot -----------------------------------------------------------------------
 
-    def _install_hooks(self, accounting: bool) -> None:
+    def _install_hooks(self, accounting: bool, monitor: bool) -> None:
         self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN, self._on_port_in, None, 1, 0, UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_port_out, None, 1, 0, UC_X86_INS_OUT)
-        if accounting:
-            self.accounting = Accounting(self._read_running_code)
-            self.uc.hook_add(UC_HOOK_BLOCK, self.accounting.on_block)
+        if accounting or monitor:
+            self.monitor = Monitor() if monitor else None
+            self._decoder = Accounting(self._read_running_code, counting=accounting,
+                                       monitor=self.monitor)
+            self.accounting = self._decoder if accounting else None
+            self.uc.hook_add(UC_HOOK_BLOCK, self._decoder.on_block)
 
     def _map_kernel_pages(self) -> None:
         text = self._map_kernel_page(KERNEL_TEXT, KERNEL_CODE)
@@ -282,8 +292,8 @@ class Machine:
         if table is self.kernel_space:
             raise KernelBug("the kernel page table is never destroyed")
         del self._page_tables[table.root]
-        if self.accounting is not None:
-            self.accounting.forget_space(table.root)
+        if self._decoder is not None:
+            self._decoder.forget_space(table.root)
         table.destroy()
         self._tlb_stale = True
 
@@ -293,8 +303,8 @@ class Machine:
     def code_changed(self, table: PageTable) -> None:
         """Call after writing instructions into frames: drop translated and decoded code."""
         self.uc.ctl_flush_tb()
-        if self.accounting is not None:
-            self.accounting.forget_space(table.root)
+        if self._decoder is not None:
+            self._decoder.forget_space(table.root)
 
     def read_virtual(self, table: PageTable, vaddr: int, length: int) -> bytes:
         """Bytes at vaddr as `table` maps them, cut short at the first unmapped page."""
@@ -354,6 +364,36 @@ class Machine:
         the byte before a stop address, faulting if that page is unmapped). On return
         the context holds the thread's state at the exit (for a syscall, RIP is past it).
         """
+        if self.monitor is not None:
+            self.monitor.armed = context.cpl == 0
+        result = self._run_once(context, budget, stop_at)
+        trap = None if self.monitor is None else self.monitor.take()
+        return result if trap is None else self._vm_exit(context, trap)
+
+    def _vm_exit(self, context: CpuContext, trap: tuple[int, str]) -> Exit:
+        """The monitor stopped the CPU before a block holding a privileged instruction:
+        run the block up to that instruction, then report the VM exit there."""
+        address, _name = trap
+        assert self.monitor is not None
+        if context.rip != address:
+            self.monitor.allowed_block = context.rip
+            # The engine honours a stop address only when it translates a block, and this
+            # block was translated whole: drop it so the rerun stops at the instruction.
+            self.uc.ctl_flush_tb()
+            try:
+                result = self._run_once(context, 0, address)
+            finally:
+                self.monitor.allowed_block = -1
+            if result.kind is not ExitKind.RETURNED:
+                return result  # faulted or entered the kernel before reaching it
+        self.monitor.exits += 1
+        self.charge("vm_exit")
+        space = self._page_tables[context.cr3]
+        instruction = faults.disassemble_one(self.read_virtual(space, address, 15), address)
+        return Exit(ExitKind.FAULT, Fault(faults.VM_EXIT, address, context.cpl, context.pkru,
+                                          instruction))
+
+    def _run_once(self, context: CpuContext, budget: int, stop_at: int) -> Exit:
         self._load(context)
         self._pending = None
         try:
@@ -413,8 +453,8 @@ class Machine:
         space = self._page_tables.get(cr3)
         if space is None:
             raise KernelBug(f"context runs on unknown page table {cr3:#x}")
-        if space is not self._space and self.accounting is not None:
-            self.accounting.select_space(cr3)
+        if space is not self._space and self._decoder is not None:
+            self._decoder.select_space(cr3)
         self._space = space
 
     def _flush_tlb(self) -> None:

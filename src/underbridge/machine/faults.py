@@ -59,6 +59,10 @@ VECTORS_WITH_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 # pseudo-vector outside the architectural range, so the guest is terminated.
 HALT = 256
 VECTOR_NAMES[HALT] = ("HLT", "CPU halted by guest code in ring 0")
+# Not an exception either: the secure monitor trapped a privileged instruction a ring-0
+# guest was about to execute (machine/monitor.py).
+VM_EXIT = 257
+VECTOR_NAMES[VM_EXIT] = ("VMEXIT", "privileged instruction in ring 0, denied by the monitor")
 
 _DISASSEMBLER = Cs(CS_ARCH_X86, CS_MODE_64)
 
