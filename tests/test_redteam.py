@@ -43,6 +43,17 @@ OBSERVED: dict[str, tuple[str, ...]] = {
     "gate-return-page": ("#UD invalid opcode at rip 0x630000010800", "ring 0"),
     "app-read-server": ("#PF read of 0x", ABSENT, "ring 3"),
 }
+VM_EXIT = "VMEXIT privileged instruction in ring 0, denied by the monitor"
+for _name, _insn in (("cr4", "mov cr4, rax"), ("cr0", "mov cr0, rax"), ("cr3", "mov cr3, rax"),
+                     ("wrmsr", "wrmsr"), ("lgdt", "lgdt"), ("lidt", "lidt"), ("hlt", "hlt"),
+                     ("cli", "cli"), ("invlpg", "invlpg"), ("out", "out dx, al")):
+    for _variant in ("plain", "hidden"):
+        OBSERVED[f"priv-{_name}-{_variant}"] = (VM_EXIT, "(ring 0", f": {_insn}")
+for _name in ("wrpkru", "xrstor"):
+    for _variant in ("plain", "hidden"):
+        OBSERVED[f"priv-{_name}-{_variant}"] = (
+            "refused at load", "can change PKRU", f"{_name} found at 0x",
+            "aligned" if _variant == "plain" else ": movabs rax, 0x90909090")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +73,9 @@ def test_row(result, row_id):
     for part in OBSERVED[row_id]:
         assert part in row.observed, (part, row.observed)
     assert "LEAKED" not in row.attacker_output and "victim" not in row.observed
+    if row.attacker is None:  # refused at load: it never ran
+        assert row.spec.expect.refused_at_load
+        return
     fault = row.attacker.fault
     if row.spec.expect.exception is None:
         assert fault is None and row.attacker.exit_status == 0

@@ -40,6 +40,8 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.gate import wrpkru_offsets
+from underbridge.bridge.scan import scan_elf
+from underbridge.errors import UserError
 from underbridge.kernel.ipc.underbridge import KERNEL_RETURN, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
@@ -80,6 +82,9 @@ class Expect:
     rip: str | None = None  # the faulting instruction must be at this target
     pkru: str | None = None  # the PKRU at the fault must be this target
     reports: tuple[str, ...] = ()
+    instruction: str | None = None  # the faulting instruction must start with this
+    refused_at_load: bool = False  # the kernel must refuse to place the attacker
+    finding: tuple[str, bool] | None = None  # and the scan must hold (class, aligned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +180,30 @@ ATTACKS: tuple[AttackSpec, ...] = (
 )
 
 
+# Privilege deprivation: each class plainly and hidden inside an immediate, reached by a
+# computed jump (guest/attacks/privileged.c). The first ten are trapped by the secure
+# monitor at run time; wrpkru and xrstor, which no hypervisor can trap, must be refused
+# at load by the scanner.
+TRAPPED_CLASSES = (("cr4", "mov cr4, rax"), ("cr0", "mov cr0, rax"), ("cr3", "mov cr3, rax"),
+                   ("wrmsr", "wrmsr"), ("lgdt", "lgdt"), ("lidt", "lidt"), ("hlt", "hlt"),
+                   ("cli", "cli"), ("invlpg", "invlpg"), ("out", "out dx, al"))
+REFUSED_CLASSES = ("wrpkru", "xrstor")
+_HOW = {"plain": "as an ordinary instruction",
+        "hidden": "hidden in a movabs immediate, reached by a computed jump into it"}
+ATTACKS += tuple(
+    AttackSpec(f"priv-{name}-{variant}", f"in-kernel server executes {insn} {_HOW[variant]}",
+               "privileged", (name, variant),
+               Expect(f"VM exit at {insn}, denied by the secure monitor; attacker ends",
+                      "VMEXIT", instruction=insn))
+    for name, insn in TRAPPED_CLASSES for variant in ("plain", "hidden"))
+ATTACKS += tuple(
+    AttackSpec(f"priv-{name}-{variant}", f"in-kernel server's code holds {name} {_HOW[variant]}",
+               "pkru_writer", (name, variant),
+               Expect("refused at load: the scanner finds it at any byte offset",
+                      refused_at_load=True, finding=(name, variant == "plain")))
+    for name in REFUSED_CLASSES for variant in ("plain", "hidden"))
+
+
 @dataclass(frozen=True, slots=True)
 class RowResult:
     spec: AttackSpec
@@ -182,7 +211,7 @@ class RowResult:
     verdict: str
     attacker_output: str
     victim: str  # "" when the victim check passed, else what went wrong
-    attacker: CapGroup
+    attacker: CapGroup | None  # None: the kernel refused to load it
 
     @property
     def passed(self) -> bool:
@@ -319,7 +348,20 @@ def _matches(expect: Expect, attacker: CapGroup, reports: list[str], targets: di
               (None if expect.rip is None else targets[expect.rip], fault.rip),
               (None if expect.pkru is None else targets[expect.pkru], fault.pkru))
     return (fault.mnemonic == expect.exception and fault.cpl == cpl
-            and all(want is None or want == got for want, got in wanted))
+            and all(want is None or want == got for want, got in wanted)
+            and (expect.instruction is None or fault.instruction.startswith(expect.instruction)))
+
+
+def _found(elf: Path, finding: tuple[str, bool] | None) -> str:
+    """The scanner's finding of this class and alignment in elf, described; '' if none."""
+    if finding is None:
+        return ""
+    kind, aligned = finding
+    for hit in scan_elf(elf).pkru_writers:
+        if hit.kind == kind and hit.aligned == aligned:
+            where = "aligned" if aligned else "inside " + " / ".join(map(str, hit.overlaps))
+            return f"{kind} found at {hit.vaddr:#x}, {where}"
+    return ""
 
 
 def run_row(index: int, spec: AttackSpec) -> RowResult:
@@ -327,8 +369,18 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
     kernel = stage.kernel
     base = ATTACK_BASE + index * REGION_SIZE if spec.in_kernel else APP_BASE
     elf = build_program(attack_source(spec.program), base=base)
-    attacker = kernel.spawn(elf, _argv(spec, stage.targets), name=spec.program,
-                            in_kernel=spec.in_kernel)
+    try:
+        attacker = kernel.spawn(elf, _argv(spec, stage.targets), name=spec.program,
+                                in_kernel=spec.in_kernel)
+    except UserError as error:  # refused at load
+        observed = f"refused at load: {str(error).splitlines()[0]}"
+        found = _found(elf, spec.expect.finding)
+        observed += f"; {found}" if found else ""
+        victim = _victim_problem(stage)
+        verdict = (PASS if spec.expect.refused_at_load and not victim
+                   and (spec.expect.finding is None or found) else FAIL)
+        return RowResult(spec, observed + (f"; victim: {victim}" if victim else ""), verdict,
+                         "", victim, None)
     _run_until(kernel, lambda: not attacker.running)
     output = bytes(attacker.console).decode(errors="replace")
     lines = output.splitlines()
@@ -343,8 +395,8 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
     elif spec.expect.exception is not None or attacker.exit_status != 0:
         parts.append(f"exited with status {attacker.exit_status}")
     parts.extend(line for line in bad if line not in parts)
-    matched = _matches(spec.expect, attacker, reports, stage.targets,
-                       cpl=0 if spec.in_kernel else 3)
+    matched = not spec.expect.refused_at_load and _matches(
+        spec.expect, attacker, reports, stage.targets, cpl=0 if spec.in_kernel else 3)
     victim = _victim_problem(stage)
     if victim:
         parts.append(f"victim: {victim}")

@@ -1,0 +1,60 @@
+/* privileged: an in-kernel server executes a privileged instruction, plainly or hidden.
+ *
+ * The attack: argv[1] names the instruction (cr4, cr0, cr3, wrmsr, lgdt, lidt, hlt,
+ * cli, invlpg, out); argv[2] is "plain" (an ordinary instruction) or "hidden" (its
+ * bytes sit inside a movabs immediate, reached by a computed jump to the middle of
+ * that instruction, where a linear disassembly never sees them).
+ * Expected response: a VM exit at the instruction from the secure monitor, plain or
+ * hidden, and the kernel terminates the attacker. (wrpkru and xrstor, which no
+ * hypervisor can trap, are in pkru_writer.c: a binary holding them is refused.)
+ * Checked by: tests/test_redteam.py::test_row[priv-<name>-<variant>].
+ */
+#include "attack.h"
+
+/* Jump into the immediate of a movabs: its bytes start 2 bytes in (REX.W, B8). The
+ * immediate holds the instruction's bytes, padded with NOPs (0x90). */
+#define HIDDEN(imm)                                                                  \
+    __asm__ volatile("lea 1f+2(%%rip), %%rbx\n\tjmp *%%rbx\n1:\tmovabs $" imm ", %%rax" \
+                     ::: "rax", "rbx", "memory")
+#define PLAIN(insn) __asm__ volatile(insn ::"a"(0), "c"(0), "d"(0) : "memory")
+
+static int streq(const char *a, const char *b)
+{
+    while (*a && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3)
+        return 2;
+    const char *name = argv[1];
+    int hidden = streq(argv[2], "hidden");
+    ub_printf("attempting %s (%s)\n", name, argv[2]);
+    if (streq(name, "cr4")) {
+        if (hidden) HIDDEN("0x9090909090e0220f"); else PLAIN("mov %%rax, %%cr4");
+    } else if (streq(name, "cr0")) {
+        if (hidden) HIDDEN("0x9090909090c0220f"); else PLAIN("mov %%rax, %%cr0");
+    } else if (streq(name, "cr3")) {
+        if (hidden) HIDDEN("0x9090909090d8220f"); else PLAIN("mov %%rax, %%cr3");
+    } else if (streq(name, "wrmsr")) {
+        if (hidden) HIDDEN("0x909090909090300f"); else PLAIN("wrmsr");
+    } else if (streq(name, "lgdt")) {
+        if (hidden) HIDDEN("0x909090909010010f"); else PLAIN("lgdt (%%rax)");
+    } else if (streq(name, "lidt")) {
+        if (hidden) HIDDEN("0x909090909018010f"); else PLAIN("lidt (%%rax)");
+    } else if (streq(name, "hlt")) {
+        if (hidden) HIDDEN("0x90909090909090f4"); else PLAIN("hlt");
+    } else if (streq(name, "cli")) {
+        if (hidden) HIDDEN("0x90909090909090fa"); else PLAIN("cli");
+    } else if (streq(name, "invlpg")) {
+        if (hidden) HIDDEN("0x909090909038010f"); else PLAIN("invlpg (%%rax)");
+    } else if (streq(name, "out")) {
+        if (hidden) HIDDEN("0x90909090909090ee"); else PLAIN("out %%al, %%dx");
+    } else {
+        return 2;
+    }
+    ub_printf("broken: %s (%s) executed\n", name, argv[2]);
+    return 1;
+}
