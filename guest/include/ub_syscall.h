@@ -44,6 +44,8 @@
 #define UB_SYS_IPC_CALL 19
 /* ipc_reply_wait(long service_slot, long mr0, long mr1, long mr2, long mr3): reply to the last caller (if any), then block for the next call. RAX: 0 or -errno; RDI: badge; RSI: shared buffer address; RDX, R10, R8, R9: mr0..mr3 */
 #define UB_SYS_IPC_REPLY_WAIT 20
+/* port_io(unsigned long port, unsigned long value, unsigned long write): read (write=0) or write one byte of an I/O port the cap group was granted; what the kernel's checked inb/outb routines call. RAX: the byte read (or 0 for a write), or -EPERM */
+#define UB_SYS_PORT_IO 21
 
 /* errors */
 #define UB_EPERM 1

@@ -223,6 +223,30 @@ def bench_ipc(mode: str, rounds: int, as_json: bool) -> None:
         console.print(f"[dim]{row.path} hardware events per round trip: {events}[/]")
 
 
+@bench.command("deprivilege")
+@click.option("--rounds", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def bench_deprivilege(rounds: int, as_json: bool) -> None:
+    """A trapped (VM exit) port write against a rewritten one, in a kernel-space driver."""
+    from underbridge.bench import deprivilege
+
+    with console.status("measuring ...", spinner="dots"):
+        result = deprivilege.run(rounds)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    table = Table(title=f"underbridge bench deprivilege ({rounds:,} port writes)")
+    table.add_column("way")
+    table.add_column("simulated cycles / write", justify="right")
+    table.add_column("wall us / write", justify="right")
+    table.add_column("how")
+    for row in result.results:
+        table.add_row(row.way, f"{row.sim_cycles_per_op:,.0f}", f"{row.wall_us_per_op:.1f}",
+                      row.how)
+    console.print(table)
+
+
 @bench.command("machine")
 @click.option("--scale", type=click.FloatRange(0.001, 100.0), default=1.0, show_default=True,
               help="Multiply the number of iterations (smaller is faster, noisier).")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from underbridge.errors import KernelBug, SyscallError
-from underbridge.kernel.handlers import caps, ipc, memory, notif, process
+from underbridge.kernel.handlers import caps, ipc, memory, notif, portio, process
 from underbridge.kernel.syscalls import SYSCALLS, Errno, Sys
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ HANDLERS: dict[Sys, Handler] = {
     Sys.IPC_CONNECT: ipc.sys_ipc_connect,
     Sys.IPC_CALL: ipc.sys_ipc_call,
     Sys.IPC_REPLY_WAIT: ipc.sys_ipc_reply_wait,
+    Sys.PORT_IO: portio.sys_port_io,
 }
 
 if set(HANDLERS) != {spec.number for spec in SYSCALLS}:

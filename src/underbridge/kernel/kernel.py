@@ -23,6 +23,7 @@ from pathlib import Path
 
 from underbridge.errors import SyscallError, UserError
 from underbridge.kernel import dispatch
+from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import IpcDesign, design_named
 from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, Ending, GroupState
@@ -66,7 +67,8 @@ class Kernel:
 
     def spawn(self, elf: Path | bytes | str, argv: list[str] | None = None, *, name: str = "",
               ring: int = 3, table: PageTable | None = None, pkey: int = 0, pkru: int = 0,
-              stack_top: int = USER_STACK_TOP, in_kernel: bool = False) -> CapGroup:
+              stack_top: int = USER_STACK_TOP, in_kernel: bool = False,
+              io_ports: range = range(0)) -> CapGroup:
         """Create a cap group from an ELF file, bytes, or a registered program name.
 
         in_kernel: place it in kernel space, in an execution domain of its own (needs an
@@ -94,6 +96,7 @@ class Kernel:
                 self.ipc.refuse(domain)
             raise
         group = CapGroup(self._next_pid, name, vmspace)
+        group.io_ports = io_ports
         self._next_pid += 1
         self.groups[group.pid] = group
         if domain is not None:
@@ -136,7 +139,8 @@ class Kernel:
             self._syscall(thread)
         elif result.kind is ExitKind.FAULT:
             assert result.fault is not None
-            self.end_group(thread.group, Ending(GroupState.FAULTED, fault=result.fault))
+            if not portio.emulate_trapped_io(self, thread, result.fault):
+                self.end_group(thread.group, Ending(GroupState.FAULTED, fault=result.fault))
         elif result.kind is ExitKind.PREEMPTED:
             if not self.ipc.in_gate(thread.context.rip):  # gates run "with interrupts off"
                 self.sched.preempt()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from underbridge.bridge import gate as gates
+from underbridge.bridge import iocall
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import SyscallError, UserError
@@ -54,6 +55,7 @@ CALL_STACK_PAGES = 4  # a server's stack for one connection's calls
 GATE_WINDOW = 0x6000_0000  # key 0, r-x: one page per connection
 CONTROL_WINDOW = 0x7000_0000  # shared key: a connection's tokens, one page each
 KERNEL_SAVE_WINDOW = 0x7800_0000  # key 0: save areas of the kernel's own calls
+IO_ROUTINES_PAGE = 0x7F00_0000  # key 0, r-x: the checked port-I/O routines (bridge/iocall.py)
 LOW_LIMIT = GATE_WINDOW  # in-kernel server regions end below this
 KERNEL_CALL_STACK = 0x6300_0000_0000  # key 0: the stack the kernel calls gates on
 KERNEL_RETURN_PAGE = 0x6300_0001_0000  # key 0, r-x
@@ -98,6 +100,7 @@ class UnderbridgeIpc:
         self.gates: dict[Connection, GateState] = {}
         self._sel4 = Sel4Ipc(kpti=False)
         self._kernel_pages_ready = False
+        self._io_routines: iocall.IoRoutines | None = None
 
     # -- placement ------------------------------------------------------------------
 
@@ -122,6 +125,12 @@ class UnderbridgeIpc:
 
     def refuse(self, domain: Domain) -> None:
         self.keys.release(domain.key)
+
+    def io_routines(self, kernel: Kernel) -> iocall.IoRoutines:
+        """Where the checked port-I/O routines are (mapping them on first use)."""
+        self._ensure_kernel_pages(kernel)
+        assert self._io_routines is not None
+        return self._io_routines
 
     def adopt(self, group: CapGroup, domain: Domain, base: int) -> None:
         group.vmspace.guest_window = (base, base + REGION_SIZE // 2)
@@ -229,6 +238,9 @@ class UnderbridgeIpc:
         if self._kernel_pages_ready:
             return
         self._map(kernel, KERNEL_CALL_STACK, PageFlags(user=True, writable=True))
+        code, self._io_routines = iocall.generate(IO_ROUTINES_PAGE)
+        io_page = self._map(kernel, IO_ROUTINES_PAGE, PageFlags(user=True, executable=True))
+        kernel.machine.mem.write(io_page, code)
         ret = self._map(kernel, KERNEL_RETURN_PAGE, PageFlags(user=True, executable=True))
         # Never run by the kernel (run() stops first); a server jumping here gets #UD.
         kernel.machine.mem.write(ret, b"\x0f\x0b" * (PAGE_SIZE // 2))

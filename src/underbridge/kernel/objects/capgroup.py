@@ -51,6 +51,8 @@ class CapGroup(KernelObject):
         self.ending: Ending | None = None
         self.waiters: list[tuple[Thread, int]] = []  # (thread, address of its exit info)
         self.console = bytearray()
+        self.io_ports: range = range(0)  # the I/O ports it may use (drivers)
+        self.port_writes: list[tuple[int, int]] = []  # (port, byte): there are no devices
 
     @property
     def state(self) -> GroupState:

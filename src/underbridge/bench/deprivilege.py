@@ -1,0 +1,106 @@
+"""`underbridge bench deprivilege`: a trapped privileged instruction against a rewritten one.
+
+The workload is a driver in kernel space (guest/servers/iodriver) writing ROUNDS bytes
+to an I/O port it holds. Two ways:
+  trapped    it executes `out dx, al`; the secure monitor traps each as a VM exit and
+             the kernel emulates it (machine/monitor.py, kernel/handlers/portio.py);
+  rewritten  each `out` is a call of the kernel's checked routine (bridge/iocall.py),
+             which enters the kernel by syscall: what the rewriter turns `out` into. If
+             the rewriter (bridge/rewrite.py) can rewrite the binary, its output is
+             measured; otherwise the driver calls the routine itself (the same code).
+Both are measured like `bench ipc`: the simulated cycles (and wall time) of the loop
+between the driver's markers, per write, minus one marker's cost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from underbridge.bench.ipc import Mark, per_round
+from underbridge.bridge.iocall import IoRoutines
+from underbridge.kernel.kernel import Kernel
+from underbridge.kernel.objects.capgroup import GroupState
+from underbridge.kernel.objects.thread import Thread
+from underbridge.kernel.syscalls import Sys
+from underbridge.machine.cpu import Machine
+from underbridge.toolchain import build_program
+
+DRIVER_BASE = 0x0300_0000
+PORT = 0x80
+
+
+class BenchFailed(RuntimeError):
+    """The driver did not finish cleanly."""
+
+
+@dataclass(frozen=True, slots=True)
+class WayResult:
+    way: str
+    sim_cycles_per_op: float
+    wall_us_per_op: float
+    events_per_op: dict[str, float]
+    how: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeprivilegeResult:
+    rounds: int
+    results: tuple[WayResult, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"rounds": self.rounds, "results": [asdict(r) for r in self.results]}
+
+
+def _measure(way: str, rounds: int) -> WayResult:
+    machine = Machine()
+    kernel = Kernel(machine, ipc="underbridge")
+    routines = kernel.ipc.io_routines(kernel)  # type: ignore[attr-defined]
+    elf: Path | bytes
+    built = build_program("iodriver", base=DRIVER_BASE)
+    argv = ["iodriver", str(rounds), hex(PORT)]
+    elf, how = built, "out dx, al, trapped by the monitor and emulated by the kernel"
+    if way == "rewritten":
+        elf, how = _rewritten(built, routines, argv)
+    driver = kernel.spawn(elf, argv, in_kernel=True, io_ports=range(PORT, PORT + 1))
+    marks: list[Mark] = []
+
+    def observe(thread: Thread, number: int, args: tuple[int, ...]) -> None:
+        if thread.group is driver and number == Sys.WRITE and args[1] == 0:
+            tally = machine.tally()
+            marks.append(Mark(tally.cycles, time.perf_counter(), tally.events))
+
+    kernel.syscall_observers.append(observe)
+    kernel.run(until=lambda: not driver.running)
+    if driver.state is not GroupState.EXITED or driver.exit_status != 0 or len(marks) < 3:
+        raise BenchFailed(f"iodriver ({way}) ended {driver.state.value}: {driver.fault}")
+    if len(driver.port_writes) != rounds:
+        raise BenchFailed(f"iodriver ({way}) wrote {len(driver.port_writes)} of {rounds}")
+    cycles, wall, events = per_round(marks, rounds)
+    return WayResult(way, cycles, wall * 1e6, events, how)
+
+
+def _rewritten(elf: Path, routines: IoRoutines, argv: list[str]) -> tuple[Path | bytes, str]:
+    """The rewriter's output if it exists and accepts the driver; else the routine calls."""
+    try:
+        from underbridge.bridge.rewrite import rewrite_elf
+    except ImportError:
+        rewrite_elf = None
+    if rewrite_elf is not None:
+        from underbridge.bridge.rewrite import RewriteRefused
+
+        try:
+            rewritten = rewrite_elf(elf.read_bytes(), name="iodriver", io_routines=routines)
+            return rewritten.data, "out rewritten into a call of the checked routine"
+        except RewriteRefused:
+            pass
+    argv += [hex(routines.outb), hex(routines.inb)]
+    return elf, "the driver calls the checked routine itself (what the rewriter emits)"
+
+
+def run(rounds: int) -> DeprivilegeResult:
+    if rounds < 1:
+        raise ValueError("at least one round is needed")
+    return DeprivilegeResult(rounds, tuple(_measure(way, rounds)
+                                           for way in ("trapped", "rewritten")))
