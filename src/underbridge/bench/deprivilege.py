@@ -14,16 +14,13 @@ between the driver's markers, per write, minus one marker's cost.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from underbridge.bench.ipc import Mark, per_round
+from underbridge.bench.markers import MarkRecorder
 from underbridge.bridge.iocall import IoRoutines
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
-from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Sys
 from underbridge.machine.cpu import Machine
 from underbridge.toolchain import build_program
 
@@ -64,20 +61,13 @@ def _measure(way: str, rounds: int) -> WayResult:
     if way == "rewritten":
         elf, how = _rewritten(built, routines, argv)
     driver = kernel.spawn(elf, argv, in_kernel=True, io_ports=range(PORT, PORT + 1))
-    marks: list[Mark] = []
-
-    def observe(thread: Thread, number: int, args: tuple[int, ...]) -> None:
-        if thread.group is driver and number == Sys.WRITE and args[1] == 0:
-            tally = machine.tally()
-            marks.append(Mark(tally.cycles, time.perf_counter(), tally.events))
-
-    kernel.syscall_observers.append(observe)
+    recorder = MarkRecorder(kernel).watch(driver)
     kernel.run(until=lambda: not driver.running)
-    if driver.state is not GroupState.EXITED or driver.exit_status != 0 or len(marks) < 3:
+    if driver.state is not GroupState.EXITED or driver.exit_status != 0 or not recorder.complete:
         raise BenchFailed(f"iodriver ({way}) ended {driver.state.value}: {driver.fault}")
     if len(driver.port_writes) != rounds:
         raise BenchFailed(f"iodriver ({way}) wrote {len(driver.port_writes)} of {rounds}")
-    cycles, wall, events = per_round(marks, rounds)
+    cycles, wall, events = recorder.per_round(rounds)
     return WayResult(way, cycles, wall * 1e6, events, how)
 
 

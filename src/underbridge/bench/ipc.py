@@ -8,23 +8,19 @@ execution domain, and so does pingpong on the server-server path; otherwise ever
 program runs in ring 3 in its own address space.
 
 Measurement, the same for every design (a gate call never enters the kernel, so the
-kernel cannot time calls one by one): pingpong makes a zero-length write before its
-loop of ROUNDS calls (m0), one after it (m1), and one more straight away (m2). The
-kernel notes the simulated cycles, the hardware events and the wall time at each, and
-a round trip is ((m1 - m0) - (m2 - m1)) / ROUNDS: the loop without one marker's cost.
+kernel cannot time calls one by one): pingpong marks its loop of ROUNDS calls, and a
+round trip is the loop's cost per call (bench/markers.py).
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from underbridge.bench.markers import MarkRecorder
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
-from underbridge.kernel.objects.thread import Thread, ThreadState
-from underbridge.kernel.syscalls import Sys
+from underbridge.kernel.objects.thread import ThreadState
 from underbridge.machine.cpu import Machine
 from underbridge.toolchain import build_program
 
@@ -60,24 +56,6 @@ class IpcBenchResult:
                 "results": [asdict(r) for r in self.results]}
 
 
-@dataclass(frozen=True, slots=True)
-class Mark:
-    cycles: int
-    wall: float
-    events: Counter[str]
-
-
-def per_round(marks: list[Mark], rounds: int) -> tuple[float, float, dict[str, float]]:
-    m0, m1, m2 = marks[:3]
-    cycles = ((m1.cycles - m0.cycles) - (m2.cycles - m1.cycles)) / rounds
-    wall = ((m1.wall - m0.wall) - (m2.wall - m1.wall)) / rounds
-    events = Counter(m1.events)
-    events.subtract(m0.events)
-    events.subtract(m2.events)
-    events.update(m1.events)
-    return cycles, wall, {k: v / rounds for k, v in sorted(events.items()) if v}
-
-
 def run_path(mode: str, path: str, rounds: int, progress: Progress | None = None) -> PathResult:
     machine = Machine()
     kernel = Kernel(machine, ipc=mode)
@@ -88,23 +66,16 @@ def run_path(mode: str, path: str, rounds: int, progress: Progress | None = None
     args = ["pingpong", str(rounds), "echo"] + (["--as-server"] if path == "server-server" else [])
     client = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE), args,
                           in_kernel=in_kernel and path == "server-server")
-    marks: list[Mark] = []
-
-    def observe(thread: Thread, number: int, args: tuple[int, ...]) -> None:
-        if thread.group is client and number == Sys.WRITE and args[1] == 0:
-            tally = machine.tally()
-            marks.append(Mark(tally.cycles, time.perf_counter(), tally.events))
-
-    kernel.syscall_observers.append(observe)
+    recorder = MarkRecorder(kernel).watch(client)
     kernel.run(until=lambda: not client.running)
     if progress is not None:
         progress(rounds)
-    if client.state is not GroupState.EXITED or client.exit_status != 0 or len(marks) < 3:
+    if client.state is not GroupState.EXITED or client.exit_status != 0 or not recorder.complete:
         raise BenchFailed(f"pingpong ended {client.state.value} ({client.exit_status}, "
                           f"{client.fault}): {bytes(client.console).decode(errors='replace')}")
     if not echo.running:
         raise BenchFailed(f"echo ended early: {bytes(echo.console).decode(errors='replace')}")
-    cycles, wall, events = per_round(marks, rounds)
+    cycles, wall, events = recorder.per_round(rounds)
     return PathResult(path, cycles, wall * 1e6, rounds, events)
 
 
