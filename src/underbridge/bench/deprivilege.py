@@ -24,6 +24,9 @@ from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
 from underbridge.toolchain import build_program
 
+if TYPE_CHECKING:
+    pass
+
 DRIVER_BASE = 0x0300_0000
 PORT = 0x80
 
@@ -53,7 +56,7 @@ class DeprivilegeResult:
 def _measure(way: str, rounds: int) -> WayResult:
     machine = Machine()
     kernel = Kernel(machine, ipc="underbridge")
-    routines = kernel.ipc.io_routines(kernel)  # type: ignore[attr-defined]
+    routines = cast("UnderbridgeIpc", kernel.ipc).io_routines(kernel)
     elf: Path | bytes
     built = build_program("iodriver", base=DRIVER_BASE)
     argv = ["iodriver", str(rounds), hex(PORT)]

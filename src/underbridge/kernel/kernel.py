@@ -26,6 +26,7 @@ from underbridge.kernel import dispatch
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import IpcDesign, design_named
 from underbridge.kernel.loader import parse_elf
+from underbridge.kernel.objects.base import KernelObject
 from underbridge.kernel.objects.capgroup import CapGroup, Ending, GroupState
 from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
@@ -190,7 +191,9 @@ class Kernel:
             dispatch.finish_wait(self, waiter, group, info_address)
         group.waiters.clear()
 
-    def destroy_object(self, obj: object) -> None:
+    def destroy_object(self, obj: KernelObject) -> None:
+        """Destroy an object its owner is done with; services and connections first
+        undo what the IPC design set up for them."""
         if isinstance(obj, Service):
             self.ipc.close_service(self, obj)
             self.services.pop(obj.name, None)
@@ -198,12 +201,8 @@ class Kernel:
                 self.close_connection(conn)
         if isinstance(obj, Connection):
             self.close_connection(obj)
-            return
-        destroy = getattr(obj, "destroy", None) or getattr(obj, "close", None)
-        if destroy is not None:
-            destroy()
         else:
-            obj.mark_destroyed()  # type: ignore[attr-defined]
+            obj.destroy()
 
     def close_connection(self, conn: Connection) -> None:
         """Close a connection: its gate and keys first, then its buffer (both sides)."""

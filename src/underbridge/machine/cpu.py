@@ -231,7 +231,9 @@ class Machine:
     def _enter_ring3_for_real(self) -> object:
         """Execute a real sysretq into a ring-3 page that immediately does `syscall`."""
         for vaddr in (VirtAddr(KERNEL_DATA + 2 * PAGE_SIZE), VirtAddr(USER_PROBE + PAGE_SIZE)):
-            self.frames.free(self.kernel_space.unmap(vaddr))  # type: ignore[arg-type]
+            frame = self.kernel_space.unmap(vaddr)
+            assert frame is not None, "calibration pages are mapped"
+            self.frames.free(frame)
         probe = self.frames.alloc()
         self.mem.write(probe, bytes.fromhex("0f 05 eb fe"))  # syscall; jmp $
         self.kernel_space.map(USER_PROBE, probe, PageFlags(user=True, executable=True))

@@ -19,3 +19,8 @@ class KernelObject:
 
     def mark_destroyed(self) -> None:
         self.alive = False
+
+    def destroy(self) -> None:
+        """Give back what the object holds and revoke every cap to it (types with
+        resources override this)."""
+        self.mark_destroyed()

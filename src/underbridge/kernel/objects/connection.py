@@ -58,3 +58,6 @@ class Connection(KernelObject):
         if self.alive:
             self.mark_destroyed()
             self.buffer.destroy()
+
+    def destroy(self) -> None:
+        self.close()
