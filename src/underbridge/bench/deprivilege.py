@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from underbridge.bench.markers import MarkRecorder
 from underbridge.bridge.iocall import IoRoutines
@@ -25,7 +26,7 @@ from underbridge.machine.cpu import Machine
 from underbridge.toolchain import build_program
 
 if TYPE_CHECKING:
-    pass
+    from underbridge.kernel.ipc.underbridge import UnderbridgeIpc
 
 DRIVER_BASE = 0x0300_0000
 PORT = 0x80
