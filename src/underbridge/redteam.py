@@ -189,13 +189,21 @@ TRAPPED_CLASSES = (("cr4", "mov cr4, rax"), ("cr0", "mov cr0, rax"), ("cr3", "mo
                    ("cli", "cli"), ("invlpg", "invlpg"), ("out", "out dx, al"))
 REFUSED_CLASSES = ("wrpkru", "xrstor")
 _HOW = {"plain": "as an ordinary instruction",
-        "hidden": "hidden in a movabs immediate, reached by a computed jump into it"}
+        "hidden": "hidden in a movabs immediate, reached by a computed jump into it",
+        "span": "straddling two instructions, reached by a computed jump into the first"}
+SPANNING_CLASSES = (("cr4", "mov cr4, rax"), ("wrmsr", "wrmsr"))
 ATTACKS += tuple(
     AttackSpec(f"priv-{name}-{variant}", f"in-kernel server executes {insn} {_HOW[variant]}",
                "privileged", (name, variant),
                Expect(f"VM exit at {insn}, denied by the secure monitor; attacker ends",
                       "VMEXIT", instruction=insn))
     for name, insn in TRAPPED_CLASSES for variant in ("plain", "hidden"))
+ATTACKS += tuple(
+    AttackSpec(f"priv-{name}-span", f"in-kernel server executes {insn} {_HOW['span']}",
+               "privileged", (name, "span"),
+               Expect(f"VM exit at {insn}, denied by the secure monitor; attacker ends",
+                      "VMEXIT", instruction=insn))
+    for name, insn in SPANNING_CLASSES)
 ATTACKS += tuple(
     AttackSpec(f"priv-{name}-{variant}", f"in-kernel server's code holds {name} {_HOW[variant]}",
                "pkru_writer", (name, variant),
