@@ -170,3 +170,16 @@ def test_a_server_whose_code_can_write_pkru_is_refused_kernel_space(tmp_path):
     sneaky = kernel.spawn(build_program(source, base=0x0300_0000), ["sneaky"])  # user space
     kernel.run()
     assert sneaky.exit_status == 0
+
+
+def test_an_unsafe_server_can_be_sent_to_user_space_instead(tmp_path):
+    source = tmp_path / "sneaky.c"
+    source.write_text('#include "ub.h"\nint main(void) {\n'
+                      '  __asm__ volatile("wrpkru" :: "a"(0), "c"(0), "d"(0));\n'
+                      '  return 0; }\n')
+    kernel = Kernel(Machine(accounting=False), ipc="underbridge")
+    group = kernel.spawn(build_program(source, base=0x0300_0000), ["sneaky"], in_kernel=True,
+                         if_unsafe="user")
+    assert group not in kernel.ipc.domains and group.threads[0].context.cpl == 3
+    kernel.run()
+    assert group.exit_status == 0  # in ring 3, wrpkru only touches its own (keyless) pages

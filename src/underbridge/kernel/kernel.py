@@ -69,13 +69,17 @@ class Kernel:
     def spawn(self, elf: Path | bytes | str, argv: list[str] | None = None, *, name: str = "",
               ring: int = 3, table: PageTable | None = None, pkey: int = 0, pkru: int = 0,
               stack_top: int = USER_STACK_TOP, in_kernel: bool = False,
-              io_ports: range = range(0)) -> CapGroup:
+              io_ports: range = range(0), if_unsafe: str = "refuse") -> CapGroup:
         """Create a cap group from an ELF file, bytes, or a registered program name.
 
         in_kernel: place it in kernel space, in an execution domain of its own (needs an
         IPC design with domains, i.e. underbridge); ring, table, pkey, pkru and
-        stack_top then follow from the domain.
+        stack_top then follow from the domain. if_unsafe: what to do when its binary
+        cannot be made safe for kernel space: "refuse" (UserError with the report) or
+        "user" (run it in user space instead, where ring 3 makes it harmless).
         """
+        if if_unsafe not in ("refuse", "user"):
+            raise ValueError(f"if_unsafe must be 'refuse' or 'user', not {if_unsafe!r}")
         if isinstance(elf, str):
             if elf not in self.programs:
                 raise UserError(f"no program named {elf!r} is registered")
@@ -85,8 +89,13 @@ class Kernel:
         image = parse_elf(data, name=name)
         domain = None
         if in_kernel:
-            domain, stack_top = self.ipc.admit(name, image.segments[0].vaddr, data)
-            ring, table, pkey, pkru = 0, self.machine.kernel_space, domain.key, domain.pkru
+            try:
+                domain, stack_top = self.ipc.admit(name, image.segments[0].vaddr, data)
+            except UserError:
+                if if_unsafe == "refuse":
+                    raise
+            else:
+                ring, table, pkey, pkru = 0, self.machine.kernel_space, domain.key, domain.pkru
         vmspace = VmSpace(self.machine, table=table, pkey=pkey)
         try:
             entry, rsp = build_image(self.machine, vmspace, image,
