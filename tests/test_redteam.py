@@ -49,6 +49,7 @@ for _name, _insn in (("cr4", "mov cr4, rax"), ("cr0", "mov cr0, rax"), ("cr3", "
                      ("cli", "cli"), ("invlpg", "invlpg"), ("out", "out dx, al")):
     for _variant in ("plain", "hidden"):
         OBSERVED[f"priv-{_name}-{_variant}"] = (VM_EXIT, "(ring 0", f": {_insn}")
+OBSERVED["priv-out-plain"] = ("#UD invalid opcode at rip 0x7f00", "(ring 0", ": ud2")
 for _name, _insn in (("cr4", "mov cr4, rax"), ("wrmsr", "wrmsr")):
     OBSERVED[f"priv-{_name}-span"] = (VM_EXIT, "(ring 0", f": {_insn}")
 for _name in ("wrpkru", "xrstor"):

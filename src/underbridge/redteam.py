@@ -40,6 +40,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.gate import wrpkru_offsets
+from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import UserError
 from underbridge.kernel.ipc.underbridge import KERNEL_RETURN, REGION_SIZE
@@ -192,11 +193,17 @@ _HOW = {"plain": "as an ordinary instruction",
         "hidden": "hidden in a movabs immediate, reached by a computed jump into it",
         "span": "straddling two instructions, reached by a computed jump into the first"}
 SPANNING_CLASSES = (("cr4", "mov cr4, rax"), ("wrmsr", "wrmsr"))
+# The loader rewrites an aligned `out dx, al` into a call of the kernel's checked routine
+# (bridge/iocall.py), which refuses the ungranted port: the attacker ends at its ud2.
+REWRITTEN_BY_THE_LOADER = {("out", "plain"): Expect(
+    "#UD in the checked routine: the loader rewrote out into a call and the port is not "
+    "granted; attacker ends", "#UD", rip="io_denied")}
 ATTACKS += tuple(
     AttackSpec(f"priv-{name}-{variant}", f"in-kernel server executes {insn} {_HOW[variant]}",
                "privileged", (name, variant),
-               Expect(f"VM exit at {insn}, denied by the secure monitor; attacker ends",
-                      "VMEXIT", instruction=insn))
+               REWRITTEN_BY_THE_LOADER.get((name, variant)) or Expect(
+                   f"VM exit at {insn}, denied by the secure monitor; attacker ends",
+                   "VMEXIT", instruction=insn))
     for name, insn in TRAPPED_CLASSES for variant in ("plain", "hidden"))
 ATTACKS += tuple(
     AttackSpec(f"priv-{name}-span", f"in-kernel server executes {insn} {_HOW['span']}",
@@ -280,6 +287,13 @@ def _gate_targets(machine: Machine, gate: GateState) -> dict[str, int]:
             "gate_abort": abort, "gate_control": gate.control}
 
 
+def _io_denied(machine: Machine, routines: IoRoutines) -> int:
+    """The checked routines' ud2 (where a refused port access ends)."""
+    code = machine.read_virtual(machine.kernel_space, routines.outb, 4096)
+    insns = Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, routines.outb)
+    return next(i.address for i in insns if i.mnemonic == "ud2")
+
+
 def build_stage() -> Stage:
     """A fresh machine with echo and a legitimate in-kernel client connected to it."""
     machine = Machine()
@@ -307,6 +321,7 @@ def build_stage() -> Stage:
         "all_keys_open": 0,
         "boot_stub_wrpkru": KERNEL_STUBS + 5,  # its stub was `xor ecx, ecx; xor edx, edx;`
         "kernel_return": KERNEL_RETURN,
+        "io_denied": _io_denied(machine, ipc.io_routines(kernel)),
         **_gate_targets(machine, gate),
     }
     return Stage(kernel, echo, client, targets)

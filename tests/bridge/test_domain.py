@@ -154,7 +154,7 @@ def test_designs_without_domains_refuse_in_kernel_placement(hello_elf):
     assert not kernel.groups
 
 
-def test_a_server_whose_code_can_write_pkru_is_refused_kernel_space(tmp_path):
+def test_a_hidden_wrpkru_is_refused_as_built_and_admitted_once_rewritten(tmp_path):
     """Rule 7 rests on this: no in-kernel server may hold a wrpkru, even a hidden one."""
     from underbridge.errors import UserError
 
@@ -162,12 +162,14 @@ def test_a_server_whose_code_can_write_pkru_is_refused_kernel_space(tmp_path):
     source.write_text('#include "ub.h"\nint main(void) {\n'
                       '  __asm__ volatile("mov $0x90ef010f, %%eax" ::: "eax");\n'
                       '  return 0; }\n')
+    elf = build_program(source, base=0x0300_0000)
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
     keys = kernel.ipc.keys.available
     with pytest.raises(UserError, match="can change PKRU"):
-        kernel.spawn(build_program(source, base=0x0300_0000), ["sneaky"], in_kernel=True)
+        kernel.spawn(elf, ["sneaky"], in_kernel=True, rewrite=False)
     assert not kernel.groups and kernel.ipc.keys.available == keys
-    sneaky = kernel.spawn(build_program(source, base=0x0300_0000), ["sneaky"])  # user space
+    sneaky = kernel.spawn(elf, ["sneaky"], in_kernel=True)  # the loader rewrites it
+    assert sneaky in kernel.ipc.domains and sneaky.threads[0].context.cpl == 0
     kernel.run()
     assert sneaky.exit_status == 0
 

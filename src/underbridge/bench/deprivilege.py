@@ -4,10 +4,9 @@ The workload is a driver in kernel space (guest/servers/iodriver) writing ROUNDS
 to an I/O port it holds. Two ways:
   trapped    it executes `out dx, al`; the secure monitor traps each as a VM exit and
              the kernel emulates it (machine/monitor.py, kernel/handlers/portio.py);
-  rewritten  each `out` is a call of the kernel's checked routine (bridge/iocall.py),
-             which enters the kernel by syscall: what the rewriter turns `out` into. If
-             the rewriter (bridge/rewrite.py) can rewrite the binary, its output is
-             measured; otherwise the driver calls the routine itself (the same code).
+  rewritten  the loader's rewriter (bridge/rewrite.py) has turned each `out` into a call
+             of the kernel's checked routine (bridge/iocall.py), which enters the
+             kernel by syscall.
 Both are measured like `bench ipc`: the simulated cycles (and wall time) of the loop
 between the driver's markers, per write, minus one marker's cost.
 """
@@ -15,21 +14,17 @@ between the driver's markers, per write, minus one marker's cost.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 from underbridge.bench.markers import MarkRecorder
-from underbridge.bridge.iocall import IoRoutines
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
 from underbridge.toolchain import build_program
 
-if TYPE_CHECKING:
-    from underbridge.kernel.ipc.underbridge import UnderbridgeIpc
-
 DRIVER_BASE = 0x0300_0000
 PORT = 0x80
+HOW = {"trapped": "out dx, al: trapped by the monitor (VM exit), emulated by the kernel",
+       "rewritten": "out dx, al rewritten by the loader into a call of the checked routine"}
 
 
 class BenchFailed(RuntimeError):
@@ -57,14 +52,9 @@ class DeprivilegeResult:
 def _measure(way: str, rounds: int) -> WayResult:
     machine = Machine()
     kernel = Kernel(machine, ipc="underbridge")
-    routines = cast("UnderbridgeIpc", kernel.ipc).io_routines(kernel)
-    elf: Path | bytes
-    built = build_program("iodriver", base=DRIVER_BASE)
     argv = ["iodriver", str(rounds), hex(PORT)]
-    elf, how = built, "out dx, al, trapped by the monitor and emulated by the kernel"
-    if way == "rewritten":
-        elf, how = _rewritten(built, routines, argv)
-    driver = kernel.spawn(elf, argv, in_kernel=True, io_ports=range(PORT, PORT + 1))
+    driver = kernel.spawn(build_program("iodriver", base=DRIVER_BASE), argv, in_kernel=True,
+                          io_ports=range(PORT, PORT + 1), rewrite=way == "rewritten")
     recorder = MarkRecorder(kernel).watch(driver)
     kernel.run(until=lambda: not driver.running)
     if driver.state is not GroupState.EXITED or driver.exit_status != 0 or not recorder.complete:
@@ -72,25 +62,7 @@ def _measure(way: str, rounds: int) -> WayResult:
     if len(driver.port_writes) != rounds:
         raise BenchFailed(f"iodriver ({way}) wrote {len(driver.port_writes)} of {rounds}")
     cycles, wall, events = recorder.per_round(rounds)
-    return WayResult(way, cycles, wall * 1e6, events, how)
-
-
-def _rewritten(elf: Path, routines: IoRoutines, argv: list[str]) -> tuple[Path | bytes, str]:
-    """The rewriter's output if it exists and accepts the driver; else the routine calls."""
-    try:
-        from underbridge.bridge.rewrite import rewrite_elf
-    except ImportError:
-        rewrite_elf = None
-    if rewrite_elf is not None:
-        from underbridge.bridge.rewrite import RewriteRefused
-
-        try:
-            rewritten = rewrite_elf(elf.read_bytes(), name="iodriver", io_routines=routines)
-            return rewritten.data, "out rewritten into a call of the checked routine"
-        except RewriteRefused:
-            pass
-    argv += [hex(routines.outb), hex(routines.inb)]
-    return elf, "the driver calls the checked routine itself (what the rewriter emits)"
+    return WayResult(way, cycles, wall * 1e6, events, HOW[way])
 
 
 def run(rounds: int) -> DeprivilegeResult:

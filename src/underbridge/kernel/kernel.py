@@ -69,7 +69,8 @@ class Kernel:
     def spawn(self, elf: Path | bytes | str, argv: list[str] | None = None, *, name: str = "",
               ring: int = 3, table: PageTable | None = None, pkey: int = 0, pkru: int = 0,
               stack_top: int = USER_STACK_TOP, in_kernel: bool = False,
-              io_ports: range = range(0), if_unsafe: str = "refuse") -> CapGroup:
+              io_ports: range = range(0), if_unsafe: str = "refuse",
+              rewrite: bool = True) -> CapGroup:
         """Create a cap group from an ELF file, bytes, or a registered program name.
 
         in_kernel: place it in kernel space, in an execution domain of its own (needs an
@@ -77,6 +78,7 @@ class Kernel:
         stack_top then follow from the domain. if_unsafe: what to do when its binary
         cannot be made safe for kernel space: "refuse" (UserError with the report) or
         "user" (run it in user space instead, where ring 3 makes it harmless).
+        rewrite=False places the binary as built, without the rewriter (benchmarks).
         """
         if if_unsafe not in ("refuse", "user"):
             raise ValueError(f"if_unsafe must be 'refuse' or 'user', not {if_unsafe!r}")
@@ -90,11 +92,13 @@ class Kernel:
         domain = None
         if in_kernel:
             try:
-                domain, stack_top = self.ipc.admit(name, image.segments[0].vaddr, data)
+                domain, stack_top, data = self.ipc.admit(self, name, image.segments[0].vaddr,
+                                                         data, rewrite=rewrite)
             except UserError:
                 if if_unsafe == "refuse":
                     raise
             else:
+                image = parse_elf(data, name=name)  # as the loader rewrote it
                 ring, table, pkey, pkru = 0, self.machine.kernel_space, domain.key, domain.pkru
         vmspace = VmSpace(self.machine, table=table, pkey=pkey)
         try:

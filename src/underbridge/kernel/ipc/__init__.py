@@ -35,8 +35,10 @@ class IpcDesign(Protocol):
     def close_service(self, kernel: Kernel, service: Service) -> None:
         """The service is going away: fail every caller still waiting on it."""
 
-    def admit(self, name: str, base: int, elf: bytes) -> tuple[Domain, int]:
-        """Place a server (its ELF file, linked at `base`) in kernel space: domain, stack.
+    def admit(self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
+              ) -> tuple[Domain, int, bytes]:
+        """Place a server (its ELF file, linked at `base`) in kernel space: its domain,
+        stack top, and the binary to map (rewritten, if the design deprivileges it).
 
         A design without execution domains raises UserError.
         """

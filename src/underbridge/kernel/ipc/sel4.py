@@ -103,7 +103,8 @@ class Sel4Ipc:
         if replied:
             kernel.sched.switch_to(caller)
 
-    def admit(self, name: str, base: int, elf: bytes) -> tuple[Domain, int]:
+    def admit(self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
+              ) -> tuple[Domain, int, bytes]:
         raise UserError(f"the {self.name} design cannot place {name} in kernel space",
                         hint="in-kernel servers need --mode underbridge")
 

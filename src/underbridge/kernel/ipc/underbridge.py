@@ -25,12 +25,14 @@ fastpath, the closest measured kernel IPC path (costs.py).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from underbridge.bridge import gate as gates
 from underbridge.bridge import iocall
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
+from underbridge.bridge.rewrite import RewriteRefused, rewrite_elf
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
@@ -104,24 +106,35 @@ class UnderbridgeIpc:
 
     # -- placement ------------------------------------------------------------------
 
-    def admit(self, name: str, base: int, elf: bytes) -> tuple[Domain, int]:
-        """A new in-kernel server: its domain and its initial stack top.
+    def admit(self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
+              ) -> tuple[Domain, int, bytes]:
+        """A new in-kernel server: its domain, its initial stack top, the binary to map.
 
-        Its binary is scanned first (bridge/scan.py): code holding a wrpkru or an
-        XRSTOR-family instruction anywhere, even hidden inside other instructions, could
-        change its own PKRU, and is refused with the findings.
+        Loading is scan, rewrite, verify (privilege deprivation):
+          - the rewriter (bridge/rewrite.py) breaks up every wrpkru/XRSTOR occurrence
+            hidden inside other instructions and turns port I/O into calls of the
+            kernel's checked routines;
+          - the result is scanned again: code that can still change PKRU (an aligned
+            wrpkru, or an occurrence the rewriter could not break up) is refused with
+            the findings. Port I/O the rewriter could not convert stays, trapped by
+            the secure monitor at run time.
+        rewrite=False keeps the binary as built (it is still verified).
         """
+        if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
+            raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
+                             f"below {LOW_LIMIT:#x}")
+        domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
+        if rewrite:
+            with contextlib.suppress(RewriteRefused):  # verified below either way
+                elf = rewrite_elf(elf, name=name, io_routines=self.io_routines(kernel)).data
         report = scan_elf(elf, name=name)
         if report.pkru_writers:
+            self.keys.release(domain.key)
             found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in report.pkru_writers[:5])
             raise UserError(f"{name} cannot run in kernel space: its code can change PKRU "
                             f"({found})", hint="underbridge scan shows every occurrence; "
                             "run it in user space instead")
-        if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
-            raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
-                             f"below {LOW_LIMIT:#x}")
-        domain = Domain(name, self.keys.allocate(name))
-        return domain, base + REGION_SIZE - PAGE_SIZE
+        return domain, base + REGION_SIZE - PAGE_SIZE, elf
 
     def refuse(self, domain: Domain) -> None:
         self.keys.release(domain.key)
