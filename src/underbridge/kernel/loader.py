@@ -1,6 +1,7 @@
 """The ELF loader: turns a guest binary into segments, then maps them into an address space.
 
-Who may call image_pages / map_image: kernel.process, when it builds a process image.
+Who may call: image_pages, kernel.process (it builds a process image); map_image, tools
+and tests that map an image straight into a page table.
 
 Parsing (`parse_elf`) accepts only static x86-64 executables and raises nothing but
 ElfError on any other input, however malformed: pyelftools only decodes the ELF header

@@ -54,10 +54,6 @@ class PageFlags:
         if not 0 <= self.pkey < NUM_PKEYS:
             raise ValueError(f"protection key {self.pkey} is not in 0..15")
 
-    def describe(self) -> str:
-        rwx = "r" + ("w" if self.writable else "-") + ("x" if self.executable else "-")
-        return f"{rwx} {'user' if self.user else 'supervisor'} key {self.pkey}"
-
 
 @dataclass(frozen=True, slots=True)
 class Mapping:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from underbridge.machine.paging import NUM_PKEYS
-
 PKRU_ALLOW_ALL = 0
 PKRU_DENY_ALL = 0xFFFF_FFFF
 
@@ -40,15 +38,3 @@ def pkru_allowing(read_write: Iterable[int] = (), read_only: Iterable[int] = ())
     for key in read_only:
         pkru &= ~ad_bit(key)
     return pkru & 0xFFFF_FFFF
-
-
-def describe(pkru: int) -> str:
-    """Compact human form: the keys that are open, e.g. 'rw:0,3 r:5'."""
-    rw = [k for k in range(NUM_PKEYS) if not pkru & (ad_bit(k) | wd_bit(k))]
-    ro = [k for k in range(NUM_PKEYS) if not access_disabled(pkru, k) and write_disabled(pkru, k)]
-    parts = []
-    if rw:
-        parts.append("rw:" + ",".join(map(str, rw)))
-    if ro:
-        parts.append("r:" + ",".join(map(str, ro)))
-    return " ".join(parts) or "none"
