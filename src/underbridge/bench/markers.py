@@ -4,7 +4,9 @@ A guest marks the start of its timed loop with a zero-length write (m0), its end
 another (m1), and then one more straight away (m2); the kernel sees each as a syscall
 even when the loop itself never enters the kernel (gate calls). At each marker the
 recorder notes the simulated cycles, the hardware events and the wall time; one
-iteration costs ((m1 - m0) - (m2 - m1)) / rounds: the loop without one marker's cost.
+iteration costs ((m1 - m0) - (m2 - m1)) / rounds simulated cycles: the loop without one
+marker's cost. Wall time is (m1 - m0) / rounds: subtracting one noisy wall interval from
+another could even go negative, while a marker's wall cost is negligible next to a loop.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class MarkRecorder:
         """(simulated cycles, wall seconds, events) of one iteration of the marked loop."""
         m0, m1, m2 = self.marks[:3]
         cycles = ((m1.cycles - m0.cycles) - (m2.cycles - m1.cycles)) / rounds
-        wall = ((m1.wall - m0.wall) - (m2.wall - m1.wall)) / rounds
+        wall = (m1.wall - m0.wall) / rounds
         events = Counter(m1.events)
         events.subtract(m0.events)
         events.subtract(m2.events)
