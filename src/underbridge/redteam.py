@@ -192,25 +192,22 @@ REFUSED_CLASSES = ("wrpkru", "xrstor")
 _HOW = {"plain": "as an ordinary instruction",
         "hidden": "hidden in a movabs immediate, reached by a computed jump into it",
         "span": "straddling two instructions, reached by a computed jump into the first"}
-SPANNING_CLASSES = (("cr4", "mov cr4, rax"), ("wrmsr", "wrmsr"))
+SPANNING = ("cr4", "wrmsr")  # also straddling two instructions (privileged.c "span")
 # The loader rewrites an aligned `out dx, al` into a call of the kernel's checked routine
 # (bridge/iocall.py), which refuses the ungranted port: the attacker ends at its ud2.
 REWRITTEN_BY_THE_LOADER = {("out", "plain"): Expect(
     "#UD in the checked routine: the loader rewrote out into a call and the port is not "
     "granted; attacker ends", "#UD", rip="io_denied")}
+_TRAPPED_ROWS = ([(name, insn, variant) for name, insn in TRAPPED_CLASSES
+                  for variant in ("plain", "hidden")]
+                 + [(name, insn, "span") for name, insn in TRAPPED_CLASSES if name in SPANNING])
 ATTACKS += tuple(
     AttackSpec(f"priv-{name}-{variant}", f"in-kernel server executes {insn} {_HOW[variant]}",
                "privileged", (name, variant),
                REWRITTEN_BY_THE_LOADER.get((name, variant)) or Expect(
                    f"VM exit at {insn}, denied by the secure monitor; attacker ends",
                    "VMEXIT", instruction=insn))
-    for name, insn in TRAPPED_CLASSES for variant in ("plain", "hidden"))
-ATTACKS += tuple(
-    AttackSpec(f"priv-{name}-span", f"in-kernel server executes {insn} {_HOW['span']}",
-               "privileged", (name, "span"),
-               Expect(f"VM exit at {insn}, denied by the secure monitor; attacker ends",
-                      "VMEXIT", instruction=insn))
-    for name, insn in SPANNING_CLASSES)
+    for name, insn, variant in _TRAPPED_ROWS)
 ATTACKS += tuple(
     AttackSpec(f"priv-{name}-{variant}", f"in-kernel server's code holds {name} {_HOW[variant]}",
                "pkru_writer", (name, variant),

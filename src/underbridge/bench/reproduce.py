@@ -260,7 +260,7 @@ def ratio_table(reproduction: Reproduction) -> Table:
     table = Table(title=f"ratios of simulated cycles, {RATIO_PATH} path")
     table.add_column("ratio")
     table.add_column("ours", justify="right")
-    table.add_column("paper", justify="right")
+    table.add_column("published figures", justify="right")
     for ratio in reproduction.ratios:
         table.add_row(f"{ratio.mode} / {ratio.versus}", f"{ratio.ours:.2f}x",
                       _number(ratio.paper, ".2f") + ("x" if ratio.paper is not None else ""))

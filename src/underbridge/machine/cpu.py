@@ -207,9 +207,7 @@ class Machine:
         layout = ContextLayout(size=len(ring0_blob), regs=regs, pkru=pkru,
                                error_code=error_code, exception_in_flight=in_flight,
                                cs_selector=cs)
-        self.uc.context_restore(self._ring0_boot)
-        ring0 = self.uc.context_save()
-        templates = {0: CpuContext(ring0, layout), 3: CpuContext(ring3, layout)}
+        templates = {0: CpuContext(self._ring0_boot, layout), 3: CpuContext(ring3, layout)}
         for template in templates.values():
             template.pkru = 0
         return layout, templates
