@@ -8,6 +8,7 @@ need_apt=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt="$need_apt python3-venv"
 command -v gcc >/dev/null 2>&1 || need_apt="$need_apt gcc"
 command -v as >/dev/null 2>&1 || need_apt="$need_apt binutils"
+command -v musl-gcc >/dev/null 2>&1 || need_apt="$need_apt musl-tools"  # SQLite guest libc
 if [ -n "$need_apt" ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "bootstrap: please install:$need_apt (apt-get install -y$need_apt)" >&2

@@ -2,50 +2,57 @@
 #ifndef UB_SYSCALL_H
 #define UB_SYSCALL_H
 
+/* Linux-ABI guests (musl) own the Linux numbers; ours sit above them. */
+#ifdef UB_LINUX_ABI
+#define UB_SYS_BASE 0x1000
+#else
+#define UB_SYS_BASE 0
+#endif
+
 /* exit(long status): end the calling cap group (all its threads). RAX: 0 or -errno */
-#define UB_SYS_EXIT 0
+#define UB_SYS_EXIT (UB_SYS_BASE + 0)
 /* write(const void *buf, unsigned long len): append len bytes at buf to the console. RAX: len or -errno */
-#define UB_SYS_WRITE 1
+#define UB_SYS_WRITE (UB_SYS_BASE + 1)
 /* yield(): give up the rest of this time slice. RAX: 0 or -errno */
-#define UB_SYS_YIELD 2
+#define UB_SYS_YIELD (UB_SYS_BASE + 2)
 /* spawn(const char *name, unsigned long name_len, const char *args, unsigned long args_len): start the named program with NUL-separated args. RAX: slot of a cap-group cap (READ|GRANT) or -errno */
-#define UB_SYS_SPAWN 3
+#define UB_SYS_SPAWN (UB_SYS_BASE + 3)
 /* wait(long group_slot, struct ub_exit_info *info): block until the cap group ends; write how it ended to *info. RAX: 0 or -errno */
-#define UB_SYS_WAIT 4
+#define UB_SYS_WAIT (UB_SYS_BASE + 4)
 /* cap_copy(long slot, unsigned long rights_mask): copy a cap in the caller's own table with rights & mask. RAX: new slot or -errno */
-#define UB_SYS_CAP_COPY 5
+#define UB_SYS_CAP_COPY (UB_SYS_BASE + 5)
 /* cap_grant(long group_slot, long slot, unsigned long rights_mask): copy a GRANT cap into another cap group (needs GRANT on both caps). RAX: the slot in the other group or -errno */
-#define UB_SYS_CAP_GRANT 6
+#define UB_SYS_CAP_GRANT (UB_SYS_BASE + 6)
 /* cap_delete(long slot): empty a slot of the caller's table; deleting a connection cap closes the connection. RAX: 0 or -errno */
-#define UB_SYS_CAP_DELETE 7
+#define UB_SYS_CAP_DELETE (UB_SYS_BASE + 7)
 /* cap_info(long slot): the type and rights of a cap. RAX: (type << 16) | rights or -errno */
-#define UB_SYS_CAP_INFO 8
+#define UB_SYS_CAP_INFO (UB_SYS_BASE + 8)
 /* pmo_create(unsigned long size): allocate a zeroed memory object of size bytes (rounded up to pages). RAX: slot (READ|WRITE|GRANT) or -errno */
-#define UB_SYS_PMO_CREATE 9
+#define UB_SYS_PMO_CREATE (UB_SYS_BASE + 9)
 /* pmo_map(long pmo_slot, unsigned long vaddr, unsigned long prot): map the whole memory object at vaddr (page aligned) with UB_PROT_* bits. RAX: 0 or -errno */
-#define UB_SYS_PMO_MAP 10
+#define UB_SYS_PMO_MAP (UB_SYS_BASE + 10)
 /* pmo_unmap(unsigned long vaddr): unmap the memory object mapped at vaddr. RAX: 0 or -errno */
-#define UB_SYS_PMO_UNMAP 11
+#define UB_SYS_PMO_UNMAP (UB_SYS_BASE + 11)
 /* thread_create(unsigned long entry, unsigned long stack_top, unsigned long arg): start a thread at entry(arg) on the given stack. RAX: slot of a thread cap or -errno */
-#define UB_SYS_THREAD_CREATE 12
+#define UB_SYS_THREAD_CREATE (UB_SYS_BASE + 12)
 /* thread_exit(): end the calling thread (the cap group ends with its last thread, status 0). RAX: 0 or -errno */
-#define UB_SYS_THREAD_EXIT 13
+#define UB_SYS_THREAD_EXIT (UB_SYS_BASE + 13)
 /* notif_create(): create a notification (a counting semaphore). RAX: slot (SIGNAL|WAIT|GRANT) or -errno */
-#define UB_SYS_NOTIF_CREATE 14
+#define UB_SYS_NOTIF_CREATE (UB_SYS_BASE + 14)
 /* notif_signal(long slot): add one to the count, waking one waiter. RAX: 0 or -errno */
-#define UB_SYS_NOTIF_SIGNAL 15
+#define UB_SYS_NOTIF_SIGNAL (UB_SYS_BASE + 15)
 /* notif_wait(long slot): block until the count is positive, take one. RAX: 0 or -errno */
-#define UB_SYS_NOTIF_WAIT 16
+#define UB_SYS_NOTIF_WAIT (UB_SYS_BASE + 16)
 /* ipc_register(const char *name, unsigned long name_len, unsigned long handler): offer a service under name; the caller's threads receive on it. handler is the address of the server's void handler(struct ub_msg *), recorded so that a later placement can enter it directly through a gate. RAX: slot of the service cap (RECV) or -errno */
-#define UB_SYS_IPC_REGISTER 17
+#define UB_SYS_IPC_REGISTER (UB_SYS_BASE + 17)
 /* ipc_connect(const char *name, unsigned long name_len): connect to a service; the kernel maps a fresh shared buffer into both sides at the same address and gives the connection an unforgeable badge. RAX: connection slot (CALL) or -errno; RDI: buffer address; RSI: its size; RDX: the connection's gate, or 0 to call with IPC_CALL */
-#define UB_SYS_IPC_CONNECT 18
+#define UB_SYS_IPC_CONNECT (UB_SYS_BASE + 18)
 /* ipc_call(long conn_slot, long mr0, long mr1, long mr2, long mr3): send 4 message registers and block for the reply. RAX: 0 or -errno; RSI, RDX, R10, R8: reply mr0..mr3 */
-#define UB_SYS_IPC_CALL 19
+#define UB_SYS_IPC_CALL (UB_SYS_BASE + 19)
 /* ipc_reply_wait(long service_slot, long mr0, long mr1, long mr2, long mr3): reply to the last caller (if any), then block for the next call. RAX: 0 or -errno; RDI: badge; RSI: shared buffer address; RDX, R10, R8, R9: mr0..mr3 */
-#define UB_SYS_IPC_REPLY_WAIT 20
+#define UB_SYS_IPC_REPLY_WAIT (UB_SYS_BASE + 20)
 /* port_io(unsigned long port, unsigned long value, unsigned long write): read (write=0) or write one byte of an I/O port the cap group was granted; what the kernel's checked inb/outb routines call. RAX: the byte read (or 0 for a write), or -EPERM */
-#define UB_SYS_PORT_IO 21
+#define UB_SYS_PORT_IO (UB_SYS_BASE + 21)
 
 /* errors */
 #define UB_EPERM 1

@@ -5,6 +5,16 @@ A program is its source file compiled together with the guest runtime
 Bundled programs are found by name: guest/apps/<name>.c, or guest/servers/<name>/<name>.c
 for a system server (one per directory, with its private headers beside it).
 
+Two guest libcs (`libc=`):
+  "none"  freestanding: the program's sources plus the native runtime; its only
+          interface to the world is the native syscall ABI (kernel/syscalls.py);
+  "musl"  a hosted C program linked statically against musl (Debian's musl-tools,
+          musl-gcc) plus guest/runtime/linux_glue.c and ipc.c; musl's own system calls
+          are served by the kernel's Linux personality (kernel/linux_abi.py), and the
+          native ABI is still there above syscalls.LINUX_NATIVE_BASE (UB_LINUX_ABI).
+Large third-party sources (the SQLite amalgamation) are compiled once into a cached
+object with `build_object` and linked in with `extra_objects`.
+
 Invariants:
   - Every output is a static, freestanding, non-PIE ET_EXEC whose first PT_LOAD starts
     at `base`; code sits in its own R+X PT_LOAD, data in R or RW ones, never W+X
@@ -77,9 +87,32 @@ LINK_FLAGS: tuple[str, ...] = (
 #: Linked last: libgcc supplies helpers gcc may call (e.g. 128-bit division).
 LIBS: tuple[str, ...] = ("-lgcc",)
 
+#: A hosted program against musl: the libc brings its own start-up code and string
+#: functions, so no -ffreestanding/-nostdlib; UB_LINUX_ABI moves the native syscall
+#: numbers above Linux's (ub_syscall.h).
+MUSL_COMPILE_FLAGS: tuple[str, ...] = (
+    "-std=gnu17",
+    "-O2",
+    "-g0",
+    "-march=x86-64",
+    "-mtune=generic",
+    "-static",
+    "-fno-pic",
+    "-no-pie",
+    "-fno-stack-protector",
+    "-fcf-protection=none",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-unwind-tables",
+    "-Wall",
+    "-Werror=implicit-function-declaration",
+    "-DUB_LINUX_ABI",
+)
+MUSL_GCC = "musl-gcc"
+LIBCS = ("none", "musl")
+
 _CACHE_SCHEMA = b"underbridge-build-v1"
 _MAX_STDERR_LINES = 40
-_GCC_TIMEOUT_S = 120
+_GCC_TIMEOUT_S = 600  # the SQLite amalgamation takes about 40 s
 _PROGRAM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 _GCC_ENV_OVERRIDES = {"LC_ALL": "C"}  # stable, English diagnostics
 
@@ -134,10 +167,12 @@ def list_programs() -> list[str]:
     return sorted(_bundled_programs())
 
 
-def _find_gcc() -> str:
-    gcc = shutil.which("gcc")
+def _find_gcc(libc: str = "none") -> str:
+    name, package = (MUSL_GCC, "musl-tools") if libc == "musl" else ("gcc", "gcc")
+    gcc = shutil.which(name)
     if gcc is None:
-        raise ToolchainError("gcc not found on PATH", hint="install it: apt-get install gcc")
+        raise ToolchainError(f"{name} not found on PATH",
+                             hint=f"install it: apt-get install {package}")
     return gcc
 
 
@@ -181,9 +216,12 @@ def _existing_file(path: Path, *, suffixes: Sequence[str]) -> Path:
     return path.resolve()
 
 
-def _runtime_sources() -> tuple[Path, ...]:
-    """crt0.S first (its _start leads .text), then the runtime C files every program links."""
+def _runtime_sources(libc: str = "none") -> tuple[Path, ...]:
+    """The runtime a program links. Freestanding: crt0.S first (its _start leads .text),
+    then the C files; with musl, musl brings the start-up code and the glue the rest."""
     runtime = guest_root() / "runtime"
+    if libc == "musl":
+        return (runtime / "linux_glue.c", runtime / "ipc.c")
     return (runtime / "crt0.S", runtime / "ublib.c", runtime / "ipc.c")
 
 
@@ -237,9 +275,10 @@ def _check_base(base: int) -> None:
         raise ValueError(f"base {base:#x} outside [{MIN_BASE:#x}, {BASE_LIMIT:#x})")
 
 
-def gcc_args(base: int) -> list[str]:
+def gcc_args(base: int, libc: str = "none") -> list[str]:
     """The flags of a build at `base`, without gcc itself, paths or libraries."""
-    return [*COMPILE_FLAGS, *LINK_FLAGS, f"-Wl,-Ttext-segment={base:#x}"]
+    compile_flags = MUSL_COMPILE_FLAGS if libc == "musl" else COMPILE_FLAGS
+    return [*compile_flags, *LINK_FLAGS, f"-Wl,-Ttext-segment={base:#x}"]
 
 
 def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -294,33 +333,77 @@ def _build_into(final: Path, build: Callable[[Path], None]) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _command(gcc: str, args: Sequence[str], sources: Sequence[Path], output: Path) -> list[str]:
-    include = guest_root() / "include"
-    return [gcc, *args, f"-I{include}", "-o", str(output), *map(str, sources), *LIBS]
+def _command(gcc: str, args: Sequence[str], sources: Sequence[Path], output: Path,
+             libs: Sequence[str] = LIBS, include_dirs: Sequence[Path] = ()) -> list[str]:
+    includes = [guest_root() / "include", *include_dirs]
+    return [gcc, *args, *(f"-I{path}" for path in includes), "-o", str(output),
+            *map(str, sources), *libs]
 
 
-def build_program(source: Path | str, *, base: int, extra_sources: Sequence[Path] = ()) -> Path:
+def _check_libc(libc: str) -> None:
+    if libc not in LIBCS:
+        raise ValueError(f"libc must be one of {', '.join(LIBCS)}, not {libc!r}")
+
+
+def build_program(source: Path | str, *, base: int, extra_sources: Sequence[Path] = (),
+                  libc: str = "none", extra_objects: Sequence[Path] = (),
+                  include_dirs: Sequence[Path] = ()) -> Path:
     """Build a guest program linked at `base`; return the path of its (cached) ELF.
 
     `source` is a bundled program name ("hello" is guest/apps/hello.c, "echo" is
     guest/servers/echo/echo.c) or the path of a .c file; `extra_sources` (.c or .S) are
-    compiled and linked in as well.
+    compiled and linked in as well, and `extra_objects` (from build_object) linked;
+    `include_dirs` are searched for headers after guest/include (their *.h files are
+    part of the cache key).
     Raises ValueError for a bad base, ToolchainError when gcc is missing or fails.
     """
     _check_base(base)
+    _check_libc(libc)
     main_source = _resolve_source(source)
     extras = [_existing_file(Path(p), suffixes=(".c", ".S")) for p in extra_sources]
-    crt0, *runtime = _runtime_sources()
-    sources = [crt0, main_source, *extras, *runtime]
+    objects = [_existing_file(Path(p), suffixes=(".o",)) for p in extra_objects]
+    runtime = _runtime_sources(libc)
+    if libc == "musl":
+        sources = [main_source, *extras, *runtime, *objects]
+        libs: tuple[str, ...] = ()  # musl-gcc links libc and libgcc itself
+    else:
+        sources = [runtime[0], main_source, *extras, *runtime[1:], *objects]
+        libs = LIBS
 
-    gcc = _find_gcc()
-    args = gcc_args(base)
-    key = cache_key(_gcc_version(gcc), [*args, *LIBS], base, _key_inputs(sources))
+    gcc = _find_gcc(libc)
+    args = gcc_args(base, libc)
+    headers = [(f"include{i}:{header.name}", header)
+               for i, directory in enumerate(include_dirs)
+               for header in sorted(Path(directory).glob("*.h"))]
+    key = cache_key(_gcc_version(gcc), [*args, *libs], base,
+                    [*_key_inputs(sources), *headers])
     final = cache_root() / "build" / key / f"{main_source.stem}.elf"
     if not final.is_file():
 
         def build(output: Path) -> None:
-            _run_gcc(_command(gcc, args, sources, output), main_source.name)
+            _run_gcc(_command(gcc, args, sources, output, libs, include_dirs),
+                     main_source.name)
+
+        _build_into(final, build)
+    return final
+
+
+def build_object(source: Path, *, libc: str, flags: Sequence[str]) -> Path:
+    """Compile one C file into a cached object for `extra_objects` (no runtime, no link).
+
+    The key covers the compiler, `flags` and the source's bytes only: the file must not
+    include guest headers (it is third-party code such as the SQLite amalgamation).
+    """
+    _check_libc(libc)
+    path = _existing_file(Path(source), suffixes=(".c",))
+    gcc = _find_gcc(libc)
+    args = ["-c", *flags]
+    key = cache_key(_gcc_version(gcc), args, 0, [("object", path)])
+    final = cache_root() / "objects" / key / f"{path.stem}.o"
+    if not final.is_file():
+
+        def build(output: Path) -> None:
+            _run_gcc([gcc, *args, f"-I{path.parent}", "-o", str(output), str(path)], path.name)
 
         _build_into(final, build)
     return final

@@ -4,6 +4,10 @@ The run loop asks the scheduler for a thread, resumes it on the machine, and han
 the exit: a syscall goes to the dispatch table, a fault ends only the faulting cap
 group (reported with the decoded fault), a spent budget rotates the ready queue.
 
+Attribution (for breakdowns): the cycles of IPC_CALL and IPC_REPLY_WAIT, their
+`syscall` instruction included, are counted as "ipc"; every other charge the kernel
+makes (other syscalls, context switches) as "kernel".
+
 Cost model of a kernel entry (everything a real kernel does in machine code here runs
 in Python, so it is charged by name, never zero, never tuned):
   - the guest's `syscall` instruction: charged by the machine's block accounting;
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from underbridge.errors import SyscallError, UserError
-from underbridge.kernel import dispatch
+from underbridge.kernel import dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import IpcDesign, design_named
 from underbridge.kernel.loader import parse_elf
@@ -33,14 +37,16 @@ from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.objects.vmspace import VmSpace
 from underbridge.kernel.process import USER_STACK_TOP, build_image
 from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
-from underbridge.kernel.syscalls import Errno, Sys
+from underbridge.kernel.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.machine.context import Reg
+from underbridge.machine.costs import COSTS
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import Fault
 from underbridge.machine.paging import PageTable
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
+IPC_CATEGORY = "ipc"  # where the cycles of IPC paths are attributed (machine/accounting.py)
 SyscallObserver = Callable[[Thread, int, tuple[int, ...]], None]
 
 
@@ -70,7 +76,7 @@ class Kernel:
               ring: int = 3, table: PageTable | None = None, pkey: int = 0, pkru: int = 0,
               stack_top: int = USER_STACK_TOP, in_kernel: bool = False,
               io_ports: range = range(0), if_unsafe: str = "refuse",
-              rewrite: bool = True) -> CapGroup:
+              rewrite: bool = True, abi: str = "native") -> CapGroup:
         """Create a cap group from an ELF file, bytes, or a registered program name.
 
         in_kernel: place it in kernel space, in an execution domain of its own (needs an
@@ -79,9 +85,16 @@ class Kernel:
         cannot be made safe for kernel space: "refuse" (UserError with the report) or
         "user" (run it in user space instead, where ring 3 makes it harmless).
         rewrite=False places the binary as built, without the rewriter (benchmarks).
+        abi: "native", or "linux" for a musl-linked program (kernel/linux_abi.py), which
+        runs in user space only.
         """
         if if_unsafe not in ("refuse", "user"):
             raise ValueError(f"if_unsafe must be 'refuse' or 'user', not {if_unsafe!r}")
+        if abi not in ("native", "linux"):
+            raise ValueError(f"abi must be 'native' or 'linux', not {abi!r}")
+        if abi == "linux" and in_kernel:
+            raise UserError("a Linux-ABI program runs in user space only",
+                            hint="servers placed in kernel space use the native ABI")
         if isinstance(elf, str):
             if elf not in self.programs:
                 raise UserError(f"no program named {elf!r} is registered")
@@ -111,6 +124,8 @@ class Kernel:
             raise
         group = CapGroup(self._next_pid, name, vmspace)
         group.io_ports = io_ports
+        if abi == "linux":
+            group.linux = linux_abi.LinuxState.after_image(image.end)
         self._next_pid += 1
         self.groups[group.pid] = group
         if domain is not None:
@@ -166,6 +181,11 @@ class Kernel:
         self.sched.entered_kernel()
         context = thread.context
         number = context[Reg.RAX]
+        if thread.group.linux is not None:
+            if number < LINUX_NATIVE_BASE:
+                self._linux_syscall(thread, number)
+                return
+            number -= LINUX_NATIVE_BASE
         for observe in self.syscall_observers:
             observe(thread, number, context.syscall_args())
         if self.ipc.foreign(thread):  # inside a call into another domain
@@ -174,9 +194,22 @@ class Kernel:
             return
         if number not in FASTPATH_SYSCALLS:
             self.charge_entry_and_exit()
-        result = dispatch.dispatch(self, thread, number, context.syscall_args())
+            result = dispatch.dispatch(self, thread, number, context.syscall_args())
+        else:  # all of an IPC syscall is IPC cost, its `syscall` instruction included
+            self.machine.reattribute(context.rip, IPC_CATEGORY, COSTS["syscall"].cycles)
+            previous = self.machine.charge_to(IPC_CATEGORY)
+            try:
+                result = dispatch.dispatch(self, thread, number, context.syscall_args())
+            finally:
+                self.machine.charge_to(previous)
         if result is not None and thread.state is ThreadState.RUNNING:
             context[Reg.RAX] = result
+
+    def _linux_syscall(self, thread: Thread, number: int) -> None:
+        self.charge_entry_and_exit()
+        result = linux_abi.dispatch(self, thread, number, thread.context.syscall_args())
+        if result is not None and thread.state is ThreadState.RUNNING:
+            thread.context[Reg.RAX] = result & 0xFFFF_FFFF_FFFF_FFFF
 
     def charge_entry_and_exit(self) -> None:
         self.machine.charge("swapgs", 2)

@@ -81,6 +81,24 @@ class ElfImage:
 
     entry: int
     segments: tuple[Segment, ...]
+    phdr_vaddr: int = 0  # where a loaded segment maps the program headers, else 0
+    phentsize: int = 0
+    phnum: int = 0
+
+    @property
+    def end(self) -> int:
+        """First address past the highest segment (where a heap may start)."""
+        return max(segment.end for segment in self.segments)
+
+
+def _phdr_vaddr(segments: tuple[Segment, ...], header: _RawHeader) -> int:
+    """The virtual address of the program headers, if a segment's file bytes hold them."""
+    size = header.e_phentsize * header.e_phnum
+    for segment in segments:
+        start = header.e_phoff - segment.file_offset
+        if start >= 0 and start + size <= len(segment.data):
+            return segment.vaddr + start
+    return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +138,9 @@ def parse_elf(data: bytes, *, name: str = "<elf>") -> ElfImage:
     phdrs = _decode(name, lambda: list(_read_phdrs(elf, data, header)))
     segments = tuple(sorted(_load_segments(phdrs, data, name), key=lambda seg: seg.vaddr))
     _check_image(segments, header.e_entry, name)
-    return ElfImage(entry=header.e_entry, segments=segments)
+    return ElfImage(entry=header.e_entry, segments=segments,
+                    phdr_vaddr=_phdr_vaddr(segments, header), phentsize=header.e_phentsize,
+                    phnum=header.e_phnum)
 
 
 def _decode(name: str, step: Callable[[], _T]) -> _T:

@@ -1,13 +1,16 @@
 """A new process's memory: the ELF image and a stack holding argv, in its VmSpace.
 
-The initial stack follows the SysV layout crt0 expects: RSP -> argc, argv[0..n-1],
-NULL, with the argument strings above it. Every page built here is private to the
+The initial stack follows the SysV layout: RSP -> argc, argv[0..n-1], NULL, an empty
+environment (NULL), and an auxiliary vector (AT_PAGESZ, and where the program headers
+are when the image maps them, as musl's start-up reads them), with the argument strings
+above it. Every page built here is private to the
 VmSpace, which frees it when the cap group ends.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from underbridge.errors import UserError
 from underbridge.kernel.loader import ElfImage, image_pages
@@ -21,7 +24,19 @@ STACK_PAGES = 16
 MAX_ARGV_BYTES = 8 * PAGE_SIZE
 
 
-def initial_stack(argv: list[str], top: int) -> tuple[bytes, int]:
+AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ = 0, 3, 4, 5, 6
+
+
+def auxv_of(image: ElfImage) -> list[tuple[int, int]]:
+    aux = [(AT_PAGESZ, PAGE_SIZE)]
+    if image.phdr_vaddr:
+        aux += [(AT_PHDR, image.phdr_vaddr), (AT_PHENT, image.phentsize),
+                (AT_PHNUM, image.phnum)]
+    return aux
+
+
+def initial_stack(argv: list[str], top: int, auxv: Sequence[tuple[int, int]] = ()
+                  ) -> tuple[bytes, int]:
     """The bytes of the initial stack ending at `top`, and the RSP pointing into them."""
     strings = b""
     offsets = []
@@ -29,8 +44,9 @@ def initial_stack(argv: list[str], top: int) -> tuple[bytes, int]:
         offsets.append(len(strings))
         strings += arg.encode() + b"\0"
     strings_at = (top - len(strings)) & ~0xF
-    vector = struct.pack(f"<Q{len(argv)}QQ", len(argv),
-                         *(strings_at + off for off in offsets), 0)
+    aux = [value for pair in [*auxv, (AT_NULL, 0)] for value in pair]
+    vector = struct.pack(f"<Q{len(argv)}QQQ{len(aux)}Q", len(argv),
+                         *(strings_at + off for off in offsets), 0, 0, *aux)
     rsp = (strings_at - len(vector)) & ~0xF
     image = vector + b"\0" * (strings_at - rsp - len(vector)) + strings
     image += b"\0" * (top - rsp - len(image))
@@ -46,7 +62,7 @@ def build_image(machine: Machine, vmspace: VmSpace, image: ElfImage, argv: list[
     for vaddr, frame, flags in image_pages(machine, image):
         vmspace.map_private(vaddr, frame, flags)
     machine.code_changed(vmspace.table)
-    stack_bytes, rsp = initial_stack(argv, stack_top)
+    stack_bytes, rsp = initial_stack(argv, stack_top, auxv_of(image))
     if len(stack_bytes) > stack_pages * PAGE_SIZE:
         raise UserError("arguments do not fit on the initial stack")
     for index in range(stack_pages):

@@ -13,6 +13,10 @@ Invariants:
     space is dropped whenever code in it may have changed (Machine.code_changed).
   - A block cut short by a fault is still counted whole: deterministic, and at most
     one block off per fault.
+  - Attribution: every counted cycle also lands in exactly one category. A block's
+    cycles go to the category of the code range holding its start address (`attribute`;
+    "other" when none does), a charged event's to the category the kernel names with
+    `charge_to` ("kernel" unless told otherwise). Categories never change a total.
   - The preemption budget is enforced here, at block granularity: once the deadline
     is reached, the CPU stops at the start of the next block, which is not counted
     (the engine does not run a block whose entry hook stopped it).
@@ -20,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ from underbridge.machine.privileged import privileged_name
 
 _DISASSEMBLER = Cs(CS_ARCH_X86, CS_MODE_64)
 NO_DEADLINE = 1 << 62
+OTHER, KERNEL = "other", "kernel"  # the categories every machine has
 
 # Costed instructions, recognised by their encoding (legacy prefixes are not expected).
 _COSTED_OPCODES: dict[bytes, str] = {
@@ -69,9 +75,10 @@ class BlockCost:
     cycles: int
     events: tuple[str, ...]
     trap: tuple[int, str] | None = None  # the first privileged instruction: address, name
+    category: int = 0  # index into Accounting.categories
 
 
-def block_cost(code: bytes, address: int) -> BlockCost:
+def block_cost(code: bytes, address: int, category: int = 0) -> BlockCost:
     """Decode a block once: its instruction count and static cycle cost."""
     count = 0
     cycles = 0
@@ -87,7 +94,7 @@ def block_cost(code: bytes, address: int) -> BlockCost:
             events.append(event)
         if trap is None and (name := privileged_name(mnemonic, ops)) is not None:
             trap = (insn_address, name)
-    return BlockCost(len(code), count, cycles, tuple(events), trap)
+    return BlockCost(len(code), count, cycles, tuple(events), trap, category)
 
 
 @dataclass(slots=True)
@@ -97,12 +104,15 @@ class Tally:
     instructions: int = 0
     cycles: int = 0
     events: Counter[str] = field(default_factory=Counter)
+    by_category: Counter[str] = field(default_factory=Counter)  # cycles
 
     def __sub__(self, other: Tally) -> Tally:
         events = Counter(self.events)
         events.subtract(other.events)
+        by_category = Counter(self.by_category)
+        by_category.subtract(other.by_category)
         return Tally(self.instructions - other.instructions, self.cycles - other.cycles,
-                     +events)
+                     +events, +by_category)
 
 
 class Accounting:
@@ -122,12 +132,51 @@ class Accounting:
         self.charged_cycles = 0
         self.deadline = NO_DEADLINE
         self.deadline_reached = False
+        self.categories: list[str] = [OTHER, KERNEL]
+        self.category_cycles: list[int] = [0, 0]
+        self._ranges: list[tuple[int, int, int]] = []  # sorted (start, end, category)
+        self._charge_category = 1
 
     def reset(self) -> None:
         """Zero every counter (the decoded blocks stay: they are facts about code)."""
         self.instructions = self.block_cycles = self.charged_cycles = 0
         self.block_events.clear()
         self.charged.clear()
+        self.category_cycles = [0] * len(self.categories)
+
+    # -- attribution -----------------------------------------------------------------
+
+    def category_index(self, name: str) -> int:
+        if name not in self.categories:
+            self.categories.append(name)
+            self.category_cycles.append(0)
+        return self.categories.index(name)
+
+    def attribute(self, name: str, start: int, end: int) -> None:
+        """Count blocks starting in [start, end) under category `name` from now on."""
+        if not start < end or any(s < end and start < e for s, e, _ in self._ranges):
+            raise ValueError(f"bad or overlapping attribution range {start:#x}-{end:#x}")
+        bisect.insort(self._ranges, (start, end, self.category_index(name)))
+        for cache in self._caches.values():
+            cache.clear()  # decoded blocks carry their category
+
+    def category_of(self, address: int) -> int:
+        index = bisect.bisect_right(self._ranges, (address, 1 << 64, 0)) - 1
+        if index >= 0 and self._ranges[index][0] <= address < self._ranges[index][1]:
+            return self._ranges[index][2]
+        return 0
+
+    def charge_to(self, name: str) -> str:
+        """Send later charges to category `name`; returns the previous one."""
+        previous = self.categories[self._charge_category]
+        self._charge_category = self.category_index(name)
+        return previous
+
+    def reattribute(self, address: int, name: str, cycles: int) -> None:
+        """Move `cycles` already counted for the code at `address` to category `name`
+        (the kernel moves an IPC syscall instruction's cost from the caller to IPC)."""
+        self.category_cycles[self.category_of(address)] -= cycles
+        self.category_cycles[self.category_index(name)] += cycles
 
     def arm(self, budget: int) -> None:
         """Stop the CPU once `budget` more instructions have run (0: never)."""
@@ -140,12 +189,15 @@ class Accounting:
 
     def tally(self) -> Tally:
         events = self.block_events + self.charged
-        return Tally(self.instructions, self.cycles, events)
+        by_category = Counter(dict(zip(self.categories, self.category_cycles, strict=True)))
+        return Tally(self.instructions, self.cycles, events, +by_category)
 
     def charge(self, event: str, times: int = 1) -> None:
         """Add `times` occurrences of a primitive done by the (Python) kernel."""
-        self.charged_cycles += COSTS[event].cycles * times
+        cycles = COSTS[event].cycles * times
+        self.charged_cycles += cycles
         self.charged[event] += times
+        self.category_cycles[self._charge_category] += cycles
 
     def select_space(self, cr3: int) -> None:
         """Count the following blocks against the address space rooted at cr3."""
@@ -165,7 +217,8 @@ class Accounting:
             return
         cost = self._blocks.get(address)
         if cost is None or cost.size != size:
-            cost = block_cost(self._read_code(address, size), address)
+            cost = block_cost(self._read_code(address, size), address,
+                              self.category_of(address))
             self._blocks[address] = cost
         monitor = self.monitor
         if (cost.trap is not None and monitor is not None and monitor.armed
@@ -177,5 +230,6 @@ class Accounting:
             return
         self.instructions += cost.instructions
         self.block_cycles += cost.cycles
+        self.category_cycles[cost.category] += cost.cycles
         if cost.events:
             self.block_events.update(cost.events)

@@ -501,3 +501,16 @@ class Machine:
     def charge(self, event: str, times: int = 1) -> None:
         if self.accounting is not None:
             self.accounting.charge(event, times)
+
+    def attribute(self, category: str, start: int, end: int) -> None:
+        """Count the cycles of code in [start, end) under `category` (accounting.py)."""
+        if self.accounting is not None:
+            self.accounting.attribute(category, start, end)
+
+    def charge_to(self, category: str) -> str:
+        """Send later charges to `category`; returns the previous one."""
+        return "" if self.accounting is None else self.accounting.charge_to(category)
+
+    def reattribute(self, address: int, category: str, cycles: int) -> None:
+        if self.accounting is not None:
+            self.accounting.reattribute(address, category, cycles)

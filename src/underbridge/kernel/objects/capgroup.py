@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from underbridge.kernel.cap import CapTable
 from underbridge.kernel.objects.base import KernelObject
@@ -20,6 +21,9 @@ from underbridge.kernel.objects.thread import Thread
 from underbridge.kernel.objects.vmspace import VmSpace
 from underbridge.kernel.syscalls import ObjType
 from underbridge.machine.faults import Fault
+
+if TYPE_CHECKING:
+    from underbridge.kernel.linux_abi import LinuxState
 
 MAX_CONSOLE_BYTES = 1 << 20
 
@@ -53,6 +57,7 @@ class CapGroup(KernelObject):
         self.console = bytearray()
         self.io_ports: range = range(0)  # the I/O ports it may use (drivers)
         self.port_writes: list[tuple[int, int]] = []  # (port, byte): there are no devices
+        self.linux: LinuxState | None = None  # set for a Linux-ABI (musl) program
 
     @property
     def state(self) -> GroupState:

@@ -1,7 +1,9 @@
 """Address spaces: a page table plus what is mapped in it and who owns those frames.
 
-Two kinds of memory live in a VmSpace: private pages (the ELF image and thread stacks,
-whose frames the VmSpace owns) and PMO mappings (frames the PMO owns). Every mapped
+Three kinds of memory live in a VmSpace: private pages (the ELF image and thread stacks,
+whose frames the VmSpace owns), anonymous pages (a Linux-ABI guest's brk heap and
+mmaps, owned by the VmSpace and unmappable page by page) and PMO mappings (frames the
+PMO owns). Every mapped
 page is a user page; `pkey` tags all of them (0 for ordinary processes).
 
 Invariants:
@@ -42,6 +44,7 @@ class VmSpace:
         self.private_frames: list[PhysAddr] = []
         self.private_pages: list[int] = []
         self.pmo_mappings: dict[int, PmoMapping] = {}
+        self.anon_frames: dict[int, PhysAddr] = {}  # vaddr -> frame
         # Where the guest itself may map memory objects (an in-kernel server: only the
         # lower half of its own region, so it can never collide with what the kernel
         # maps on the shared kernel page table).
@@ -64,6 +67,33 @@ class VmSpace:
         self.table.map(vaddr, frame, PageFlags(flags.writable, True, flags.executable,
                                                self.pkey))
         self.private_pages.append(vaddr)
+
+    def map_anonymous(self, vaddr: int, pages: int) -> None:
+        """Map `pages` fresh pages at vaddr: zeroed (by the allocator), writable, not
+        executable. All or nothing: ENOMEM leaves nothing mapped."""
+        self._check_range(vaddr, pages * PAGE_SIZE)
+        flags = PageFlags(writable=True, user=True, pkey=self.pkey)
+        done = []
+        try:
+            for index in range(pages):
+                page = vaddr + index * PAGE_SIZE
+                frame = self.machine.frames.alloc()
+                self.anon_frames[page] = frame
+                done.append(page)
+                self.table.map(page, frame, flags)
+        except OutOfMemory:
+            self.unmap_anonymous(done)
+            raise SyscallError(Errno.ENOMEM, "out of physical memory") from None
+
+    def unmap_anonymous(self, pages: list[int]) -> None:
+        """Unmap and free anonymous pages; pages that are not anonymous are skipped."""
+        for page in pages:
+            frame = self.anon_frames.pop(page, None)
+            if frame is None:
+                continue
+            if self.table.lookup(page) is not None:
+                self.table.unmap(page)
+            self.machine.frames.free(frame)
 
     def map_pmo_for_guest(self, pmo: Pmo, vaddr: int, prot: Prot) -> None:
         """PMO_MAP: like map_pmo, but only inside the guest's own window."""
@@ -101,6 +131,7 @@ class VmSpace:
     def destroy(self) -> None:
         for vaddr in list(self.pmo_mappings):
             self.unmap_pmo(vaddr)
+        self.unmap_anonymous(list(self.anon_frames))
         if self.owns_table:
             self.machine.destroy_page_table(self.table)
         else:
