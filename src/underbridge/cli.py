@@ -223,6 +223,37 @@ def bench_ipc(mode: str, rounds: int, as_json: bool) -> None:
         console.print(f"[dim]{row.path} hardware events per round trip: {events}[/]")
 
 
+@bench.command("ycsb")
+@click.option("--mode", type=click.Choice(DESIGNS), default="underbridge", show_default=True,
+              help="The IPC design the kernel uses.")
+@click.option("--records", type=click.IntRange(min=1, max=2_000), default=1_000,
+              show_default=True, help="Records loaded first (the RAM disk holds about 2,000).")
+@click.option("--ops", type=click.IntRange(min=1), default=1_000, show_default=True,
+              help="YCSB-A operations after the load (50% reads, 50% updates).")
+@click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=1, show_default=True)
+@click.option("--db-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Copy the database file out of the file system to this host path.")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def bench_ycsb(mode: str, records: int, ops: int, seed: int, db_out: Path | None,
+               as_json: bool) -> None:
+    """SQLite under YCSB workload A inside the microkernel, file operations over IPC."""
+    from rich.progress import Progress
+
+    from underbridge.bench import ycsb
+
+    with Progress(console=errors, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"{mode}: records loaded + operations", total=records + ops)
+        result = ycsb.run(mode, records, ops, seed, db_out=db_out,
+                          progress=lambda done, total: bar.update(task, completed=done))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    console.print(ycsb.result_table(result))
+    if db_out is not None:
+        console.print(f"[dim]wrote {escape(str(db_out))}[/]")
+
+
 @bench.command("deprivilege")
 @click.option("--rounds", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -275,36 +306,47 @@ def bench_machine(scale: float, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--quick", is_flag=True, help="200 rounds per path instead of 2,000.")
+@click.option("--quick", is_flag=True, help="200 rounds per path instead of 2,000, and "
+              "YCSB-A with 200 records and 200 operations instead of 1,000 each.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out"), show_default=True,
-              help="Directory for ipc.json and ipc_cycles.png (created).")
+              help="Directory for the JSON files and charts (created).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON instead of the table.")
 @user_errors
 def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
-    """Every IPC design's round trip beside the published figures, as a table and a chart.
+    """Every IPC design's round trip beside the published figures, and SQLite under YCSB-A.
 
     \b
-    Writes OUT/ipc.json (every result, the published figures, the ratios) and
-    OUT/ipc_cycles.png (simulated cycles per round trip, published figures marked).
+    Writes OUT/ipc.json (every result, the published figures, the ratios),
+    OUT/ipc_cycles.png (simulated cycles per round trip, published figures marked),
+    OUT/ycsb.json and OUT/ycsb_throughput.png (SQLite under YCSB-A per mode).
     """
     from rich.progress import Progress
 
     from underbridge.bench import reproduce as reproduction
+    from underbridge.bench import reproduce_ycsb as ycsb_part
 
     rounds = reproduction.QUICK_ROUNDS if quick else reproduction.ROUNDS
+    records, ops = ((ycsb_part.QUICK_RECORDS, ycsb_part.QUICK_OPS) if quick
+                    else (ycsb_part.RECORDS, ycsb_part.OPS))
     with Progress(console=errors, transient=True, disable=as_json) as bar:
         task = bar.add_task("IPC round trips", total=reproduction.total_round_trips(rounds))
         result = reproduction.run(rounds, out_dir, progress=lambda mode, n: bar.update(
             task, advance=n, description=f"{mode} round trips"))
+        ycsb_task = bar.add_task("YCSB-A", total=records + ops)
+        ycsb_result = ycsb_part.run(records, ops, out_dir, progress=lambda mode, done, total:
+                                    bar.update(ycsb_task, completed=done, total=total,
+                                               description=f"YCSB-A under {mode}"))
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        click.echo(json.dumps({"ipc": result.to_json(), "ycsb": ycsb_result.to_json()},
+                              indent=2))
         return
     console.print(reproduction.comparison_table(result))
     console.print(reproduction.paper_table())
     console.print(reproduction.ratio_table(result))
-    console.print(f"[dim]wrote {escape(str(result.json_path))} and "
-                  f"{escape(str(result.plot_path))}[/]")
+    console.print(ycsb_part.throughput_table(ycsb_result))
+    written = [result.json_path, result.plot_path, ycsb_result.json_path, ycsb_result.plot_path]
+    console.print(f"[dim]wrote {', '.join(escape(str(path)) for path in written)}[/]")
 
 
 # -- redteam ------------------------------------------------------------------------

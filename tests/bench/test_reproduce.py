@@ -10,7 +10,7 @@ from matplotlib import image
 from rich.console import Console
 
 from underbridge.bench import ipc as ipc_bench
-from underbridge.bench import reproduce
+from underbridge.bench import reproduce, reproduce_ycsb, ycsb
 from underbridge.cli import main
 from underbridge.kernel import ipc as designs
 
@@ -123,10 +123,27 @@ def test_cli_quick_json_and_table(tmp_path):
                            catch_exceptions=False)
     assert result.exit_code == 0
     report = json.loads(result.stdout)
-    assert report["rounds"] == reproduce.QUICK_ROUNDS
-    assert report == json.loads((tmp_path / reproduce.JSON_NAME).read_text())
+    assert report["ipc"]["rounds"] == reproduce.QUICK_ROUNDS
+    assert report["ipc"] == json.loads((tmp_path / reproduce.JSON_NAME).read_text())
     assert (tmp_path / reproduce.PLOT_NAME).read_bytes().startswith(PNG_MAGIC)
+    assert report["ycsb"]["records"] == reproduce_ycsb.QUICK_RECORDS
+    assert report["ycsb"] == json.loads((tmp_path / reproduce_ycsb.JSON_NAME).read_text())
+    assert (tmp_path / reproduce_ycsb.PLOT_NAME).read_bytes().startswith(PNG_MAGIC)
     shown = runner.invoke(main, ["reproduce", "--quick", "--out", str(tmp_path / "again")],
                           catch_exceptions=False)
     assert shown.exit_code == 0
     assert "published figures" in shown.stdout and "paper cycles" in shown.stdout
+    assert "SQLite under YCSB-A" in shown.stdout and "vs sel4" in shown.stdout
+
+
+def test_ycsb_reproduction_compares_every_mode_with_sel4(tmp_path):
+    result = reproduce_ycsb.run(10, 10, tmp_path, seed=2)
+    assert set(result.results) == set(ycsb.MODES)
+    assert result.speedup("sel4") == 1.0
+    for mode, bench in result.results.items():
+        assert result.speedup(mode) == pytest.approx(
+            bench.sim_ops_per_sec / result.results["sel4"].sim_ops_per_sec)
+    saved = json.loads(result.json_path.read_text())
+    assert saved["modes"]["underbridge"]["speedup_over_baseline"] == result.speedup(
+        "underbridge")
+    assert result.plot_path.read_bytes().startswith(PNG_MAGIC)

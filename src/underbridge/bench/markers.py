@@ -26,6 +26,7 @@ class Mark:
     cycles: int
     wall: float
     events: Counter[str]
+    by_category: Counter[str]  # cycles per attribution category (machine/accounting.py)
 
 
 @dataclass(slots=True)
@@ -44,7 +45,8 @@ class MarkRecorder:
     def _observe(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
         if thread.group is self.group and number == Sys.WRITE and args[1] == 0:
             tally = self.kernel.machine.tally()
-            self.marks.append(Mark(tally.cycles, time.perf_counter(), tally.events))
+            self.marks.append(Mark(tally.cycles, time.perf_counter(), tally.events,
+                                   tally.by_category))
 
     @property
     def complete(self) -> bool:

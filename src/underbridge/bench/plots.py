@@ -84,3 +84,53 @@ def ipc_cycles(path: Path, bars: Sequence[Bar], references: Sequence[Reference],
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
+
+
+BREAKDOWN_COLORS = {"application": "#4c72b0", "ipc": "#c44e52", "kernel": "#8172b3",
+                    "server": "#55a868"}
+
+
+@dataclass(frozen=True, slots=True)
+class ThroughputBar:
+    mode: str
+    ops_per_sec: float
+    speedup: float | None  # over the baseline mode
+    breakdown: dict[str, float]  # simulated cycles per operation by category
+
+
+def ycsb_throughput(path: Path, bars: Sequence[ThroughputBar], title: str, baseline: str
+                    ) -> Path:
+    """Left: simulated throughput per mode with its speedup; right: cycles per operation
+    stacked by category. A PNG."""
+    figure = Figure(figsize=(12, 5.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    positions = list(range(len(bars)))
+    drawn = left.bar(positions, [b.ops_per_sec for b in bars], width=0.6, color=BAR_COLOR,
+                     zorder=2)
+    left.bar_label(drawn, padding=3, fontsize=9, labels=[
+        f"{b.ops_per_sec:,.0f}" + ("" if b.speedup is None else f"\n{b.speedup:.2f}x")
+        for b in bars])
+    left.set_xticks(positions, [b.mode for b in bars])
+    left.set_ylim(0, max((b.ops_per_sec for b in bars), default=1) * 1.25)
+    left.set_ylabel("operations per simulated second (2.0 GHz)")
+    left.set_title(f"throughput, and speedup over {baseline}")
+    left.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:,.0f}"))
+    left.grid(axis="y", alpha=0.3, zorder=0)
+
+    bottoms = [0.0] * len(bars)
+    for category, color in BREAKDOWN_COLORS.items():
+        heights = [b.breakdown.get(category, 0.0) for b in bars]
+        right.bar(positions, heights, bottom=bottoms, width=0.6, color=color, label=category,
+                  zorder=2)
+        bottoms = [bottom + height for bottom, height in zip(bottoms, heights, strict=True)]
+    right.set_xticks(positions, [b.mode for b in bars])
+    right.set_ylabel("simulated cycles per operation")
+    right.set_title("where an operation's cycles go")
+    right.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:,.0f}"))
+    right.grid(axis="y", alpha=0.3, zorder=0)
+    right.legend(fontsize=9)
+    figure.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

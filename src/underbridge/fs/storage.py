@@ -1,0 +1,135 @@
+"""The storage stack on a kernel: the ramdisk serving "blk", the fs server serving "fs".
+
+Start order is fixed: ramdisk first, then fs, whose main connects to "blk" and mounts
+it (formatting an empty device) before it registers "fs". `start_storage` runs the
+kernel until each server has registered its service and blocked serving it, so the
+caller finds both ready; a server that dies on the way raises StorageError with its
+console output.
+
+Ownership and invariants:
+  - The disk is the ramdisk's `ub_ramdisk` array, in the ramdisk's memory only. The fs
+    server keeps nothing across requests that the device does not have (ubfs.h), so
+    `restart_fs` may end the fs group at any point between requests: the new one
+    mounts the same device and sees every completed change.
+  - `Storage.fs` is always the group currently serving "fs"; a restart ends the old
+    group first, which closes its connection to "blk" and removes its service (and
+    every client connection to it, whose handles die with it).
+  - `disk_image` reads the array out of emulated memory through the ramdisk's page
+    table, at the address its ELF symbol table gives; it copies, so later writes do
+    not change an image already taken.
+  - Link bases are 16 MiB aligned, as in-kernel servers require (each gets one 16 MiB
+    region), and distinct from the IPC benchmark's (0x0100_0000, 0x0200_0000).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from underbridge.errors import UnderbridgeError
+from underbridge.kernel.kernel import Kernel
+from underbridge.kernel.objects.capgroup import CapGroup
+from underbridge.kernel.objects.thread import ThreadState
+from underbridge.toolchain import build_program
+
+RAMDISK_BASE = 0x0300_0000
+FS_BASE = 0x0400_0000
+FSTEST_BASE = 0x0500_0000
+BLK_SERVICE = "blk"
+FS_SERVICE = "fs"
+DISK_SYMBOL = "ub_ramdisk"
+
+
+class StorageError(UnderbridgeError):
+    """A storage server did not come up, or its disk cannot be found."""
+
+
+def console_text(group: CapGroup) -> str:
+    """What a guest printed, as text."""
+    return bytes(group.console).decode(errors="replace")
+
+
+def symbol_range(elf: Path, name: str) -> tuple[int, int]:
+    """(address, size) of the symbol `name` in the ELF's symbol table."""
+    with elf.open("rb") as stream:
+        table = ELFFile(stream).get_section_by_name(".symtab")
+        if not isinstance(table, SymbolTableSection):
+            raise StorageError(f"{elf.name} has no symbol table")
+        symbols = table.get_symbol_by_name(name) or []
+        if len(symbols) != 1:
+            raise StorageError(f"{elf.name} defines {len(symbols)} symbols named {name!r}")
+        return symbols[0]["st_value"], symbols[0]["st_size"]
+
+
+def serving(kernel: Kernel, group: CapGroup, service: str) -> bool:
+    """Has `group` registered `service` and blocked to serve it?"""
+    registered = kernel.services.get(service)
+    return (registered is not None and registered.server is group
+            and group.threads[0].state is ThreadState.BLOCKED)
+
+
+def spawn_server(kernel: Kernel, elf: Path, argv: list[str], service: str, *,
+                 in_kernel: bool) -> CapGroup:
+    """Spawn a server and run the kernel until it serves `service`, or raise."""
+    group = kernel.spawn(elf, argv, in_kernel=in_kernel)
+    kernel.run(until=lambda: serving(kernel, group, service) or not group.running)
+    if not serving(kernel, group, service):
+        how = (f"ended {group.state.value} ({group.exit_status}, {group.fault})"
+               if not group.running else "is not serving (nothing left to run)")
+        raise StorageError(f"{argv[0]} {how}: {console_text(group)!r}")
+    return group
+
+
+@dataclass(eq=False)
+class Storage:
+    kernel: Kernel
+    in_kernel: bool
+    ramdisk: CapGroup
+    fs: CapGroup
+    disk_at: int  # where ub_ramdisk is in the ramdisk's address space
+    disk_size: int
+
+    def restart_fs(self) -> CapGroup:
+        """End the fs server and start a new one on the same device; return it."""
+        self.kernel.kill(self.fs)
+        self.fs = start_fs(self.kernel, in_kernel=self.in_kernel)
+        return self.fs
+
+    def disk_image(self) -> bytes:
+        """A copy of the whole disk as the ramdisk holds it now."""
+        if not self.ramdisk.running:
+            raise StorageError(f"the ramdisk has ended: {console_text(self.ramdisk)!r}")
+        image = self.kernel.machine.read_virtual(self.ramdisk.vmspace.table, self.disk_at,
+                                                 self.disk_size)
+        if len(image) != self.disk_size:
+            raise StorageError(f"only {len(image)} of the disk's {self.disk_size} bytes "
+                               "are mapped")
+        return image
+
+    def run_client(self, program: str, args: Sequence[str], *, base: int = FSTEST_BASE
+                   ) -> CapGroup:
+        """Run a bundled program as an application until it ends; return its group."""
+        client = self.kernel.spawn(build_program(program, base=base), [program, *args])
+        self.kernel.run(until=lambda: not client.running)
+        return client
+
+
+def start_fs(kernel: Kernel, *, in_kernel: bool) -> CapGroup:
+    """Spawn the fs server (it mounts "blk", which must be served) and wait until it
+    serves "fs"."""
+    return spawn_server(kernel, build_program("fs", base=FS_BASE), ["fs"], FS_SERVICE,
+                        in_kernel=in_kernel)
+
+
+def start_storage(kernel: Kernel, *, in_kernel: bool) -> Storage:
+    """Start ramdisk and fs on `kernel` (in kernel space if in_kernel, which needs the
+    underbridge IPC design) and return them serving."""
+    ramdisk_elf = build_program("ramdisk", base=RAMDISK_BASE)
+    disk_at, disk_size = symbol_range(ramdisk_elf, DISK_SYMBOL)
+    ramdisk = spawn_server(kernel, ramdisk_elf, ["ramdisk"], BLK_SERVICE, in_kernel=in_kernel)
+    fs = start_fs(kernel, in_kernel=in_kernel)
+    return Storage(kernel, in_kernel, ramdisk, fs, disk_at, disk_size)
