@@ -5,8 +5,9 @@ the exit: a syscall goes to the dispatch table, a fault ends only the faulting c
 group (reported with the decoded fault), a spent budget rotates the ready queue.
 
 Attribution (for breakdowns): the cycles of IPC_CALL and IPC_REPLY_WAIT, their
-`syscall` instruction included, are counted as "ipc"; every other charge the kernel
-makes (other syscalls, context switches) as "kernel".
+`syscall` instruction included, are counted as "ipc", and so is the address-space
+switch to the thread an IPC syscall hands the CPU to; every other charge the kernel
+makes (other syscalls, scheduler switches) as "kernel".
 
 Cost model of a kernel entry (everything a real kernel does in machine code here runs
 in Python, so it is charged by name, never zero, never tuned):
@@ -38,6 +39,7 @@ from underbridge.kernel.objects.vmspace import VmSpace
 from underbridge.kernel.process import USER_STACK_TOP, build_image
 from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
 from underbridge.kernel.syscalls import LINUX_NATIVE_BASE, Errno, Sys
+from underbridge.machine.accounting import KERNEL as KERNEL_CATEGORY
 from underbridge.machine.context import Reg
 from underbridge.machine.costs import COSTS
 from underbridge.machine.cpu import ExitKind, Machine
@@ -64,6 +66,7 @@ class Kernel:
         self._next_tid = 1
         self._next_badge = 1
         self._last_space: VmSpace | None = None
+        self._switch_cause = KERNEL_CATEGORY  # what the next address-space switch is for
         self.syscall_observers: list[SyscallObserver] = []  # benchmarks: see each entry
 
     # -- creating things -----------------------------------------------------------
@@ -161,8 +164,11 @@ class Kernel:
     def _resume(self, thread: Thread) -> None:
         space = thread.group.vmspace
         if self._last_space is not None and space is not self._last_space and not self.ipc.kpti:
+            previous = self.machine.charge_to(self._switch_cause)
             self.machine.charge("cr3_write")
+            self.machine.charge_to(previous)
         self._last_space = space
+        self._switch_cause = KERNEL_CATEGORY
         result = self.machine.run(thread.context, budget=self.sched.quantum)
         if result.kind is ExitKind.SYSCALL:
             self._syscall(thread)
@@ -202,6 +208,7 @@ class Kernel:
                 result = dispatch.dispatch(self, thread, number, context.syscall_args())
             finally:
                 self.machine.charge_to(previous)
+            self._switch_cause = IPC_CATEGORY  # the switch to the other side is IPC's
         if result is not None and thread.state is ThreadState.RUNNING:
             context[Reg.RAX] = result
 
