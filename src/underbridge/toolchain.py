@@ -42,6 +42,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
 from underbridge.errors import ToolchainError
 
 PAGE_SIZE = 0x1000
@@ -87,26 +90,14 @@ LINK_FLAGS: tuple[str, ...] = (
 #: Linked last: libgcc supplies helpers gcc may call (e.g. 128-bit division).
 LIBS: tuple[str, ...] = ("-lgcc",)
 
-#: A hosted program against musl: the libc brings its own start-up code and string
-#: functions, so no -ffreestanding/-nostdlib; UB_LINUX_ABI moves the native syscall
-#: numbers above Linux's (ub_syscall.h).
+#: A hosted program against musl: the libc brings its own start-up code, string
+#: functions and stack rules, so the freestanding-only flags go; UB_LINUX_ABI moves the
+#: native syscall numbers above Linux's (ub_syscall.h).
+FREESTANDING_ONLY = frozenset({"-nostdlib", "-ffreestanding", "-fno-builtin",
+                               "-fno-tree-loop-distribute-patterns", "-mno-red-zone",
+                               "-fno-stack-clash-protection"})
 MUSL_COMPILE_FLAGS: tuple[str, ...] = (
-    "-std=gnu17",
-    "-O2",
-    "-g0",
-    "-march=x86-64",
-    "-mtune=generic",
-    "-static",
-    "-fno-pic",
-    "-no-pie",
-    "-fno-stack-protector",
-    "-fcf-protection=none",
-    "-fno-asynchronous-unwind-tables",
-    "-fno-unwind-tables",
-    "-Wall",
-    "-Werror=implicit-function-declaration",
-    "-DUB_LINUX_ABI",
-)
+    *(flag for flag in COMPILE_FLAGS if flag not in FREESTANDING_ONLY), "-DUB_LINUX_ABI")
 MUSL_GCC = "musl-gcc"
 LIBCS = ("none", "musl")
 
@@ -386,6 +377,17 @@ def build_program(source: Path | str, *, base: int, extra_sources: Sequence[Path
 
         _build_into(final, build)
     return final
+
+
+def symbol(elf: Path, name: str) -> tuple[int, int]:
+    """(address, size) of the global symbol `name` in a built guest's symbol table."""
+    with elf.open("rb") as stream:
+        table = ELFFile(stream).get_section_by_name(".symtab")
+        found = table.get_symbol_by_name(name) if isinstance(table, SymbolTableSection) else None
+    if not found or len(found) != 1:
+        raise ToolchainError(f"{elf.name} defines {len(found or [])} symbols named {name!r}",
+                             hint="guests export what tools read as non-static globals")
+    return int(found[0]["st_value"]), int(found[0]["st_size"])
 
 
 def build_object(source: Path, *, libc: str, flags: Sequence[str]) -> Path:

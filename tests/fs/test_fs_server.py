@@ -19,14 +19,13 @@ from underbridge.fs.storage import (
     StorageError,
     start_fs,
     start_storage,
-    symbol_range,
 )
 from underbridge.fs.ubfs import Ubfs
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.syscalls import Sys
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
+from underbridge.toolchain import build_program, symbol
 
 MODES = ("sel4", "underbridge")
 FNV_OFFSET, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
@@ -191,7 +190,7 @@ def served(storage: Storage) -> tuple[int, int]:
     counts = []
     for name, base, group in (("fs", FS_BASE, storage.fs),
                               ("ramdisk", RAMDISK_BASE, storage.ramdisk)):
-        address, size = symbol_range(build_program(name, base=base), "ub_calls_served")
+        address, size = symbol(build_program(name, base=base), "ub_calls_served")
         raw = storage.kernel.machine.read_virtual(group.vmspace.table, address, size)
         counts.append(int.from_bytes(raw, "little"))
     return counts[0], counts[1]

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
 from rich.table import Table
 
 from underbridge.bench.markers import MarkRecorder
@@ -44,7 +43,7 @@ from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.machine.cpu import Machine
 from underbridge.sqlite_source import amalgamation_dir, sqlite_object
-from underbridge.toolchain import build_program, guest_root
+from underbridge.toolchain import build_program, guest_root, symbol
 
 MODES = DESIGNS
 IN_KERNEL_MODES = frozenset({"underbridge"})
@@ -88,16 +87,6 @@ def build_ycsb() -> Path:
     return build_program(app / "ycsb.c", base=YCSB_BASE, libc="musl",
                          extra_sources=[app / "ubvfs.c", app / "mark.c"],
                          extra_objects=[sqlite_object()], include_dirs=[amalgamation_dir()])
-
-
-def symbol_address(elf: Path, name: str) -> int:
-    """The address of a global symbol of a guest ELF (BenchFailed if it has none)."""
-    with elf.open("rb") as stream:
-        symtab = ELFFile(stream).get_section_by_name(".symtab")
-        symbols = symtab.get_symbol_by_name(name) if symtab is not None else None
-    if not symbols:
-        raise BenchFailed(f"{elf.name} has no symbol {name!r}")
-    return int(symbols[0]["st_value"])
 
 
 @dataclass(slots=True)
@@ -154,10 +143,10 @@ class _Run:
         self.app = self.kernel.spawn(
             self.elf, ["ycsb", str(records), str(ops), str(seed), "/" + DB_NAME], abi="linux")
         self.progress_counter = _Counter(self.kernel, self.app,
-                                         symbol_address(self.elf, "ycsb_progress"))
+                                         symbol(self.elf, "ycsb_progress")[0])
         self.call_counters = {
             server.name: _Counter(self.kernel, server.group(self.storage),
-                                  symbol_address(server.elf(), "ub_calls_served"))
+                                  symbol(server.elf(), "ub_calls_served")[0])
             for server in SERVERS}
         self.calls_at_marks: list[dict[str, int]] = []
         self.recorder = MarkRecorder(self.kernel).watch(self.app)

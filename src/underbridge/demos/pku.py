@@ -12,9 +12,6 @@ machine is still healthy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-from elftools.elf.elffile import ELFFile
 
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
@@ -22,7 +19,7 @@ from underbridge.machine.cpu import Machine
 from underbridge.machine.oracle import Violation
 from underbridge.machine.physmem import PAGE_SIZE
 from underbridge.machine.pkru import pkru_allowing
-from underbridge.toolchain import build_program
+from underbridge.toolchain import build_program, symbol
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,21 +49,12 @@ class PkuDemoResult:
         return blocked and own_access and self.survivor.exit_status == 0
 
 
-def symbol_address(elf: Path, symbol: str) -> int:
-    with elf.open("rb") as stream:
-        table = ELFFile(stream).get_section_by_name(".symtab")
-        matches = table.get_symbol_by_name(symbol) if table is not None else None
-    if not matches:
-        raise LookupError(f"{elf.name} has no symbol {symbol!r}")
-    return int(matches[0]["st_value"])
-
-
 def run_pku_demo(machine: Machine | None = None) -> PkuDemoResult:
     machine = machine or Machine()
     kernel = Kernel(machine)
     shared = machine.new_page_table()
     binaries = {g.name: build_program("pku_neighbor", base=g.base) for g in GUESTS}
-    secrets = {name: symbol_address(elf, "secret") for name, elf in binaries.items()}
+    secrets = {name: symbol(elf, "secret")[0] for name, elf in binaries.items()}
 
     def spawn(spec: GuestSpec, role: str, target: str) -> CapGroup:
         argv = ["pku_neighbor", spec.name, role, str(spec.value), hex(secrets[target])]

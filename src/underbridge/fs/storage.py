@@ -27,14 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-
 from underbridge.errors import UnderbridgeError
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.thread import ThreadState
-from underbridge.toolchain import build_program
+from underbridge.toolchain import build_program, symbol
 
 RAMDISK_BASE = 0x0300_0000
 FS_BASE = 0x0400_0000
@@ -51,18 +48,6 @@ class StorageError(UnderbridgeError):
 def console_text(group: CapGroup) -> str:
     """What a guest printed, as text."""
     return bytes(group.console).decode(errors="replace")
-
-
-def symbol_range(elf: Path, name: str) -> tuple[int, int]:
-    """(address, size) of the symbol `name` in the ELF's symbol table."""
-    with elf.open("rb") as stream:
-        table = ELFFile(stream).get_section_by_name(".symtab")
-        if not isinstance(table, SymbolTableSection):
-            raise StorageError(f"{elf.name} has no symbol table")
-        symbols = table.get_symbol_by_name(name) or []
-        if len(symbols) != 1:
-            raise StorageError(f"{elf.name} defines {len(symbols)} symbols named {name!r}")
-        return symbols[0]["st_value"], symbols[0]["st_size"]
 
 
 def serving(kernel: Kernel, group: CapGroup, service: str) -> bool:
@@ -129,7 +114,7 @@ def start_storage(kernel: Kernel, *, in_kernel: bool) -> Storage:
     """Start ramdisk and fs on `kernel` (in kernel space if in_kernel, which needs the
     underbridge IPC design) and return them serving."""
     ramdisk_elf = build_program("ramdisk", base=RAMDISK_BASE)
-    disk_at, disk_size = symbol_range(ramdisk_elf, DISK_SYMBOL)
+    disk_at, disk_size = symbol(ramdisk_elf, DISK_SYMBOL)
     ramdisk = spawn_server(kernel, ramdisk_elf, ["ramdisk"], BLK_SERVICE, in_kernel=in_kernel)
     fs = start_fs(kernel, in_kernel=in_kernel)
     return Storage(kernel, in_kernel, ramdisk, fs, disk_at, disk_size)
