@@ -236,3 +236,28 @@ def test_no_dynamic_or_interp_segment(hello_elf):
     with hello_elf.open("rb") as stream:
         types = {seg["p_type"] for seg in ELFFile(stream).iter_segments()}
     assert not types & {"PT_INTERP", "PT_DYNAMIC"}
+
+
+def test_a_missing_musl_gcc_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    with pytest.raises(ToolchainError, match="musl-gcc not found") as caught:
+        toolchain.build_program("hello", base=0x40_0000, libc="musl")
+    assert "musl-tools" in caught.value.hint
+
+
+def test_an_unknown_libc_is_refused():
+    with pytest.raises(ValueError, match="libc"):
+        toolchain.build_program("hello", base=0x40_0000, libc="glibc")
+
+
+def test_musl_flags_are_the_freestanding_ones_minus_freestanding(tmp_path):
+    assert "-ffreestanding" not in toolchain.MUSL_COMPILE_FLAGS
+    assert "-DUB_LINUX_ABI" in toolchain.MUSL_COMPILE_FLAGS
+    assert set(toolchain.MUSL_COMPILE_FLAGS) - {"-DUB_LINUX_ABI"} < set(toolchain.COMPILE_FLAGS)
+
+
+def test_symbol_reads_a_guest_global(hello_elf):
+    with pytest.raises(ToolchainError, match="0 symbols named 'no_such_symbol'"):
+        toolchain.symbol(hello_elf, "no_such_symbol")
+    address, _size = toolchain.symbol(hello_elf, "main")
+    assert address >= 0x40_0000

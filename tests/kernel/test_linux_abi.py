@@ -7,10 +7,15 @@ from pathlib import Path
 import pytest
 
 from underbridge.errors import UserError
+from underbridge.kernel import linux_abi
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.linux_abi import LinuxSys
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
+from underbridge.kernel.objects.thread import Thread
+from underbridge.kernel.syscalls import Errno
+from underbridge.machine.context import Reg
 from underbridge.machine.cpu import Machine
+from underbridge.machine.physmem import PAGE_SIZE
 from underbridge.toolchain import build_program, guest_root
 
 PROBE_BASE = 0x0800_0000
@@ -65,3 +70,73 @@ def test_a_linux_program_cannot_go_in_kernel(probe_elf: Path) -> None:
 def test_the_table_names_what_musl_needs() -> None:
     assert {LinuxSys.BRK, LinuxSys.MMAP, LinuxSys.WRITEV, LinuxSys.ARCH_PRCTL,
             LinuxSys.EXIT_GROUP} <= set(LinuxSys)
+
+
+# -- the handlers one by one, on a real (not yet started) Linux-ABI cap group ---------------
+
+
+@pytest.fixture
+def linux_thread(probe_elf: Path) -> tuple[Kernel, Thread]:
+    kernel = Kernel(Machine())
+    group = kernel.spawn(probe_elf, ["libc_probe"], abi="linux")
+    return kernel, group.threads[0]
+
+
+def call(kernel: Kernel, thread: Thread, number: int, *args: int) -> int:
+    result = linux_abi.dispatch(kernel, thread, number, (*args, 0, 0, 0, 0, 0, 0)[:6])
+    assert result is not None
+    return result
+
+
+def test_brk_grows_and_shrinks_the_heap(linux_thread: tuple[Kernel, Thread]) -> None:
+    kernel, thread = linux_thread
+    table = thread.group.vmspace.table
+    start = call(kernel, thread, LinuxSys.BRK, 0)
+    assert start % PAGE_SIZE == 0 and table.lookup(start) is None
+    grown = start + 3 * PAGE_SIZE + 5
+    assert call(kernel, thread, LinuxSys.BRK, grown) == grown
+    assert all(table.lookup(start + i * PAGE_SIZE) is not None for i in range(4))
+    assert call(kernel, thread, LinuxSys.BRK, start + PAGE_SIZE) == start + PAGE_SIZE
+    assert table.lookup(start) is not None and table.lookup(start + PAGE_SIZE) is None
+    too_far = start + linux_abi.HEAP_LIMIT + PAGE_SIZE
+    assert call(kernel, thread, LinuxSys.BRK, too_far) == start + PAGE_SIZE  # refused
+
+
+def test_mmap_serves_private_anonymous_memory_only(linux_thread: tuple[Kernel, Thread]) -> None:
+    kernel, thread = linux_thread
+    anon = linux_abi.MAP_PRIVATE | linux_abi.MAP_ANONYMOUS
+    rw = 3
+    assert call(kernel, thread, LinuxSys.MMAP, 0, PAGE_SIZE, rw, linux_abi.MAP_PRIVATE,
+                3, 0) == -Errno.EINVAL
+    assert call(kernel, thread, LinuxSys.MMAP, 0, PAGE_SIZE, rw | linux_abi.PROT_EXEC,
+                anon, -1, 0) == -Errno.EINVAL
+    free = kernel.machine.frames.free_frames
+    first = call(kernel, thread, LinuxSys.MMAP, 0, 5 * PAGE_SIZE, rw, anon, -1, 0)
+    second = call(kernel, thread, LinuxSys.MMAP, 0, PAGE_SIZE, rw, anon, -1, 0)
+    assert first > 0 and second == first - PAGE_SIZE  # top-down, no overlap
+    assert call(kernel, thread, LinuxSys.MUNMAP, first, 5 * PAGE_SIZE) == 0
+    assert call(kernel, thread, LinuxSys.MUNMAP, second, PAGE_SIZE) == 0
+    assert kernel.machine.frames.free_frames >= free - 4  # page-table pages may stay
+
+
+def test_console_fds_and_bad_pointers(linux_thread: tuple[Kernel, Thread]) -> None:
+    kernel, thread = linux_thread
+    assert call(kernel, thread, LinuxSys.WRITE, 3, 0x1000, 1) == -linux_abi.LinuxErrno.EBADF
+    assert call(kernel, thread, LinuxSys.WRITEV, 1, 0xDEAD_0000, 1) == -Errno.EFAULT
+    assert call(kernel, thread, LinuxSys.IOCTL, 1, 0x5413, 0) == -linux_abi.LinuxErrno.ENOTTY
+
+
+def test_arch_prctl_sets_a_canonical_fs_base(linux_thread: tuple[Kernel, Thread]) -> None:
+    kernel, thread = linux_thread
+    assert call(kernel, thread, LinuxSys.ARCH_PRCTL, linux_abi.ARCH_SET_FS, 0x1234_5000) == 0
+    assert thread.context[Reg.FS_BASE] == 0x1234_5000
+    assert call(kernel, thread, LinuxSys.ARCH_PRCTL, linux_abi.ARCH_SET_FS,
+                1 << 48) == -Errno.EINVAL
+    assert call(kernel, thread, LinuxSys.ARCH_PRCTL, 0x1001, 0) == -Errno.EINVAL
+
+
+def test_unserved_numbers_are_enosys_and_counted(linux_thread: tuple[Kernel, Thread]) -> None:
+    kernel, thread = linux_thread
+    assert call(kernel, thread, 2) == -linux_abi.LinuxErrno.ENOSYS  # open: files are IPC
+    assert thread.group.linux is not None
+    assert thread.group.linux.unimplemented[2] == 1
