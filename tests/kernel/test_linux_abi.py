@@ -117,6 +117,8 @@ def test_mmap_serves_private_anonymous_memory_only(linux_thread: tuple[Kernel, T
     assert call(kernel, thread, LinuxSys.MUNMAP, first, 5 * PAGE_SIZE) == 0
     assert call(kernel, thread, LinuxSys.MUNMAP, second, PAGE_SIZE) == 0
     assert kernel.machine.frames.free_frames >= free - 4  # page-table pages may stay
+    stack_page = thread.context[Reg.RSP] & ~(PAGE_SIZE - 1)
+    assert call(kernel, thread, LinuxSys.MUNMAP, stack_page, PAGE_SIZE) == -Errno.EINVAL
 
 
 def test_console_fds_and_bad_pointers(linux_thread: tuple[Kernel, Thread]) -> None:

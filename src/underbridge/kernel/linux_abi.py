@@ -154,9 +154,14 @@ def sys_mmap(kernel: Kernel, thread: Thread, address: int, length: int, prot: in
 
 
 def sys_munmap(kernel: Kernel, thread: Thread, address: int, length: int, *_: int) -> int:
-    if address % PAGE_SIZE or length <= 0:
+    if address % PAGE_SIZE or length <= 0 or length > HEAP_LIMIT:
         raise SyscallError(Errno.EINVAL, f"munmap {address:#x}+{length:#x}")
-    thread.group.vmspace.unmap_anonymous(_pages(address, address + _page_up(length)))
+    vmspace = thread.group.vmspace
+    pages = _pages(address, address + _page_up(length))
+    if any(page not in vmspace.anon_frames and vmspace.table.lookup(page) is not None
+           for page in pages):  # the image, the stack: Linux would unmap them, we do not
+        raise SyscallError(Errno.EINVAL, "only memory from mmap or brk can be unmapped")
+    vmspace.unmap_anonymous(pages)
     return 0
 
 
