@@ -184,7 +184,7 @@ def _per_op(run: _Run) -> tuple[float, dict[str, float], dict[str, float], int]:
     marker_cycles = extra.cycles - end.cycles
     cycles = (end.cycles - ops_mark.cycles) - marker_cycles
     categories: dict[str, float] = {}
-    for name in set(end.by_category) | set(ops_mark.by_category) | set(extra.by_category):
+    for name in sorted({*end.by_category, *ops_mark.by_category, *extra.by_category}):
         span = end.by_category[name] - ops_mark.by_category[name]
         marker = extra.by_category[name] - end.by_category[name]
         categories[name] = (span - marker) / run.ops
@@ -196,7 +196,7 @@ def _per_op(run: _Run) -> tuple[float, dict[str, float], dict[str, float], int]:
     }
     breakdown.update({k: v for k, v in categories.items() if v})  # per server, and "other"
     before, after = run.calls_at_marks[1], run.calls_at_marks[2]
-    calls = {name: (after[name] - before[name]) / run.ops for name in after}
+    calls = {name: (after[name] - before[name]) / run.ops for name in sorted(after)}
     return cycles / run.ops, breakdown, calls, ops_mark.cycles - load.cycles
 
 
