@@ -41,6 +41,7 @@ from underbridge.kernel.ipc.underbridge import CONTROL_WINDOW, GATE_WINDOW, REGI
 from underbridge.kernel.kernel import IPC_CATEGORY, Kernel
 from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
+from underbridge.kernel.objects.thread import Thread
 from underbridge.machine.cpu import Machine
 from underbridge.sqlite_source import amalgamation_dir, sqlite_object
 from underbridge.toolchain import build_program, guest_root, symbol
@@ -152,7 +153,7 @@ class _Run:
         self.recorder = MarkRecorder(self.kernel).watch(self.app)
         self.kernel.syscall_observers.append(self._note_calls)
 
-    def _note_calls(self, thread: object, number: int, args: tuple[int, ...]) -> None:
+    def _note_calls(self, _thread: Thread, _number: int, _args: tuple[int, ...]) -> None:
         if len(self.recorder.marks) > len(self.calls_at_marks):  # the recorder just marked
             self.calls_at_marks.append({name: c.read() for name, c in self.call_counters.items()})
 
