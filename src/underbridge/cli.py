@@ -345,6 +345,7 @@ def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
     console.print(reproduction.paper_table())
     console.print(reproduction.ratio_table(result))
     console.print(ycsb_part.throughput_table(ycsb_result))
+    console.print(ycsb_part.breakdown_table(ycsb_result))
     written = [result.json_path, result.plot_path, ycsb_result.json_path, ycsb_result.plot_path]
     console.print(f"[dim]wrote {', '.join(escape(str(path)) for path in written)}[/]")
 
