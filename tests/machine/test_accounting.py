@@ -69,3 +69,58 @@ def test_charged_events_are_added_and_tallies_subtract():
     delta = machine.tally() - before
     assert delta.cycles == 2 * cycles("swapgs") + cycles("sysret")
     assert delta.events == {"swapgs": 2, "sysret": 1}
+
+
+# -- attribution: every cycle in exactly one category ---------------------------------
+
+
+def run_hello_attributed() -> Machine:
+    from underbridge.kernel.kernel import Kernel
+    from underbridge.kernel.loader import parse_elf
+    from underbridge.toolchain import build_program
+
+    elf = build_program("hello", base=0x40_0000)
+    image = parse_elf(elf.read_bytes())
+    machine = Machine()
+    machine.attribute("app", image.segments[0].vaddr, image.end)
+    kernel = Kernel(machine)
+    kernel.spawn(elf, ["hello"])
+    kernel.run()
+    return machine
+
+
+def test_categories_split_the_total_exactly() -> None:
+    machine = run_hello_attributed()
+    tally = machine.tally()
+    assert sum(tally.by_category.values()) == tally.cycles
+    assert set(tally.by_category) == {"app", "kernel"}  # guest code, and syscall charges
+    assert machine.accounting is not None
+    assert tally.by_category["app"] == machine.accounting.block_cycles
+    assert tally.by_category["kernel"] == machine.accounting.charged_cycles
+
+
+def test_attribution_is_deterministic() -> None:
+    assert run_hello_attributed().tally() == run_hello_attributed().tally()
+
+
+def test_ranges_may_not_overlap() -> None:
+    machine = Machine()
+    machine.attribute("a", 0x1000, 0x3000)
+    with pytest.raises(ValueError, match="overlapping"):
+        machine.attribute("b", 0x2000, 0x4000)
+    with pytest.raises(ValueError, match="bad"):
+        machine.attribute("c", 0x5000, 0x5000)
+
+
+def test_charges_follow_charge_to_and_moves_keep_the_total() -> None:
+    machine = Machine()
+    machine.attribute("code", 0x1000, 0x2000)
+    previous = machine.charge_to("ipc")
+    machine.charge("sysret")
+    machine.charge_to(previous)
+    machine.charge("swapgs")
+    machine.reattribute(0x1800, "ipc", 10)  # nothing ran there: "code" may go negative
+    tally = machine.tally()
+    assert tally.by_category["ipc"] == COSTS["sysret"].cycles + 10
+    assert tally.by_category["kernel"] == COSTS["swapgs"].cycles
+    assert tally.cycles == COSTS["sysret"].cycles + COSTS["swapgs"].cycles
