@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 
 from underbridge.asm import assemble
+from underbridge.kernel.kernel import Kernel
+from underbridge.kernel.loader import parse_elf
 from underbridge.machine.accounting import block_cost, instruction_event, is_mov_to_cr3
 from underbridge.machine.costs import COSTS, REFERENCE, cycles
 from underbridge.machine.cpu import ExitKind, Machine
+from underbridge.toolchain import build_program
 
 from .conftest import Scratch
 
@@ -75,10 +78,6 @@ def test_charged_events_are_added_and_tallies_subtract():
 
 
 def run_hello_attributed() -> Machine:
-    from underbridge.kernel.kernel import Kernel
-    from underbridge.kernel.loader import parse_elf
-    from underbridge.toolchain import build_program
-
     elf = build_program("hello", base=0x40_0000)
     image = parse_elf(elf.read_bytes())
     machine = Machine()
