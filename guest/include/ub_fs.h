@@ -30,7 +30,9 @@
 #define FS_CLOSE 2
 /* {FS_READ, handle, offset, len} -> {0, n}: n bytes at buf; n < len only at end of file */
 #define FS_READ 3
-/* {FS_WRITE, handle, offset, len} buf holds the data -> {0, len}; a gap reads as zeros */
+/* {FS_WRITE, handle, offset, len} buf holds the data -> {0, len}; a gap reads as zeros.
+ * A write that fills the device fails with FS_ENOSPC but keeps the bytes it managed to
+ * store, and the file's size covers them (the reply cannot carry a count and an error). */
 #define FS_WRITE 4
 /* {FS_TRUNCATE, handle, size} -> {0}: the file is now `size` bytes (shrink or grow) */
 #define FS_TRUNCATE 5
@@ -48,7 +50,8 @@
 #define FS_UNLOCK 11
 /* {FS_CHECK_RESERVED, handle} -> {0, 1 if any handle holds RESERVED or above} */
 #define FS_CHECK_RESERVED 12
-/* {FS_STATFS} -> {0, total blocks, free blocks, free inodes} */
+/* {FS_STATFS} -> {0, total blocks (the whole device, metadata included), free blocks,
+ * free inodes} */
 #define FS_STATFS 13
 
 /* lock levels, as SQLite numbers them */
