@@ -198,7 +198,7 @@ def _per_op(run: _Run) -> tuple[float, dict[str, float], dict[str, float], int]:
     breakdown.update({k: v for k, v in categories.items() if v})  # per server, and "other"
     before, after = run.calls_at_marks[1], run.calls_at_marks[2]
     calls = {name: (after[name] - before[name]) / run.ops for name in sorted(after)}
-    return cycles / run.ops, breakdown, calls, ops_mark.cycles - load.cycles
+    return cycles / run.ops, breakdown, calls, ops_mark.cycles - load.cycles - marker_cycles
 
 
 def run(mode: str, records: int, ops: int, seed: int = 1, *,
