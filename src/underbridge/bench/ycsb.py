@@ -32,6 +32,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from underbridge.bench.ipc import IN_KERNEL_MODES
 from underbridge.bench.markers import MarkRecorder
 from underbridge.bench.ycsb_workload import YcsbSummary, run_native
 from underbridge.fs.storage import FS_BASE, RAMDISK_BASE, Storage, start_storage
@@ -42,15 +43,14 @@ from underbridge.kernel.kernel import IPC_CATEGORY, Kernel
 from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import Thread
+from underbridge.machine.costs import NOMINAL_HZ
 from underbridge.machine.cpu import Machine
 from underbridge.sqlite_source import amalgamation_dir, sqlite_object
 from underbridge.toolchain import build_program, guest_root, symbol
 
 MODES = DESIGNS
-IN_KERNEL_MODES = frozenset({"underbridge"})
 YCSB_BASE = 0x0800_0000
 DB_NAME = "ycsb.db"
-NOMINAL_HZ = 2_000_000_000  # base clock of the paper's Xeon Gold 6138
 APP, SERVER = "application", "server"
 PROGRESS_EVERY_S = 0.2
 

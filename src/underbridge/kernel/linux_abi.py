@@ -40,6 +40,7 @@ from underbridge.kernel import umem
 from underbridge.kernel.objects.thread import Thread
 from underbridge.kernel.syscalls import Errno
 from underbridge.machine.context import Reg
+from underbridge.machine.costs import NOMINAL_HZ
 from underbridge.machine.physmem import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 HEAP_LIMIT = 256 << 20
 MMAP_TOP = 0x7F00_0000_0000
-NOMINAL_HZ = 2_000_000_000  # the paper's Xeon Gold 6138 base clock
 MAX_IOVEC = 1024
 _IOVEC = struct.Struct("<QQ")
 _TIMESPEC = struct.Struct("<qq")

@@ -20,6 +20,9 @@ from typing import Final
 SKYBRIDGE = "SkyBridge, Mi et al., EuroSys 2019, Table 1 (Skylake)"
 UNDERBRIDGE_TALK = "UnderBridge, Gu et al., USENIX ATC 2020, talk slides"
 UNDERBRIDGE_PAPER = "UnderBridge, Gu et al., USENIX ATC 2020, section 1"
+#: The clock simulated cycles are read at, as time: the base clock of the paper's
+#: machine (Intel Xeon Gold 6138, 2.0 GHz). Throughputs and the guests' clock use it.
+NOMINAL_HZ: Final = 2_000_000_000
 # Measured for this project: seL4 commit 1326364bc9135d9445d936ebc01e38a402c1f4c6 built
 # with its own CMake (pc99, x86_64, single core, fastpath on, non-MCS, release) by Debian
 # gcc 12.2 -O2; the compiled kernel's path from the syscall entry to sysretq (both
