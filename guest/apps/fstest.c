@@ -50,28 +50,6 @@ static int failures;
 
 /* ---- helpers -------------------------------------------------------------------------- */
 
-static int streq(const char *a, const char *b)
-{
-    while (*a && *a == *b)
-        a++, b++;
-    return *a == *b;
-}
-
-/* A non-negative decimal; -1 if s is not one. */
-static long parse_count(const char *s)
-{
-    long n = 0;
-
-    if (*s == '\0')
-        return -1;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9' || n > (0x7fffffffffffffffL - 9) / 10)
-            return -1;
-        n = n * 10 + (*s - '0');
-    }
-    return n;
-}
-
 /* Files are written and checked 8 bytes at a time (byte by byte, the client's loops would
  * cost more than the servers' work); the type may alias anything and sit anywhere. */
 typedef uint64_t __attribute__((may_alias, aligned(1))) any_u64;
@@ -585,13 +563,13 @@ int main(int argc, char **argv)
 {
     struct ub_conn conn;
     long size = 0, seed = 0;
-    int write = argc == 5 && streq(argv[1], "write");
-    int read = argc == 3 && streq(argv[1], "read");
-    int suite = argc == 2 && streq(argv[1], "suite");
+    int write = argc == 5 && ub_streq(argv[1], "write");
+    int read = argc == 3 && ub_streq(argv[1], "read");
+    int suite = argc == 2 && ub_streq(argv[1], "suite");
 
     if (write) {
-        size = parse_count(argv[3]);
-        seed = parse_count(argv[4]);
+        size = ub_parse_count(argv[3]);
+        seed = ub_parse_count(argv[4]);
     }
     if (!(write || read || suite) || size < 0 || seed < 0)
         return usage();

@@ -26,28 +26,6 @@ static int usage(void)
     return 2;
 }
 
-/* Parse a non-negative decimal; -1 if s is not one. */
-static long parse_count(const char *s)
-{
-    long n = 0;
-
-    if (*s == '\0')
-        return -1;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9' || n > (0x7fffffffffffffffL - 9) / 10)
-            return -1;
-        n = n * 10 + (*s - '0');
-    }
-    return n;
-}
-
-static int streq(const char *a, const char *b)
-{
-    while (*a && *a == *b)
-        a++, b++;
-    return *a == *b;
-}
-
 /* The relay service is only held, never served: this handler exists because a
  * service is registered with its handler's address. */
 static void relay_handle(struct ub_msg *msg)
@@ -122,14 +100,14 @@ int main(int argc, char **argv)
     int as_server = 0;
 
     for (int i = 1; i < argc; i++) {
-        if (streq(argv[i], "--as-server"))
+        if (ub_streq(argv[i], "--as-server"))
             as_server = 1;
         else if (npos < 2)
             pos[npos++] = argv[i];
         else
             return usage();
     }
-    long rounds = npos > 0 ? parse_count(pos[0]) : -1;
+    long rounds = npos > 0 ? ub_parse_count(pos[0]) : -1;
     if (rounds < 0)
         return usage();
     const char *service = npos > 1 ? pos[1] : ECHO_SERVICE;

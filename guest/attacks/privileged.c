@@ -24,41 +24,34 @@
     __asm__ volatile("lea 1f+4(%%rip), %%rbx\n\tjmp *%%rbx\n1:\tmov $0x0f000000, %%eax\n\t" \
                      second ::: "rax", "rbx", "memory")
 
-static int streq(const char *a, const char *b)
-{
-    while (*a && *a == *b)
-        a++, b++;
-    return *a == *b;
-}
-
 int main(int argc, char **argv)
 {
     if (argc != 3)
         return 2;
     const char *name = argv[1];
-    int hidden = streq(argv[2], "hidden"), span = streq(argv[2], "span");
+    int hidden = ub_streq(argv[2], "hidden"), span = ub_streq(argv[2], "span");
     ub_printf("attempting %s (%s)\n", name, argv[2]);
-    if (streq(name, "cr4")) {
+    if (ub_streq(name, "cr4")) {
         if (span) SPAN(".byte 0x22, 0xe0"); /* and ah, al; with the 0f: mov cr4, rax */
         else if (hidden) HIDDEN("0x9090909090e0220f"); else PLAIN("mov %%rax, %%cr4");
-    } else if (streq(name, "cr0")) {
+    } else if (ub_streq(name, "cr0")) {
         if (hidden) HIDDEN("0x9090909090c0220f"); else PLAIN("mov %%rax, %%cr0");
-    } else if (streq(name, "cr3")) {
+    } else if (ub_streq(name, "cr3")) {
         if (hidden) HIDDEN("0x9090909090d8220f"); else PLAIN("mov %%rax, %%cr3");
-    } else if (streq(name, "wrmsr")) {
+    } else if (ub_streq(name, "wrmsr")) {
         if (span) SPAN(".byte 0x30, 0xc0"); /* xor al, al; with the 0f: wrmsr */
         else if (hidden) HIDDEN("0x909090909090300f"); else PLAIN("wrmsr");
-    } else if (streq(name, "lgdt")) {
+    } else if (ub_streq(name, "lgdt")) {
         if (hidden) HIDDEN("0x909090909010010f"); else PLAIN("lgdt (%%rax)");
-    } else if (streq(name, "lidt")) {
+    } else if (ub_streq(name, "lidt")) {
         if (hidden) HIDDEN("0x909090909018010f"); else PLAIN("lidt (%%rax)");
-    } else if (streq(name, "hlt")) {
+    } else if (ub_streq(name, "hlt")) {
         if (hidden) HIDDEN("0x90909090909090f4"); else PLAIN("hlt");
-    } else if (streq(name, "cli")) {
+    } else if (ub_streq(name, "cli")) {
         if (hidden) HIDDEN("0x90909090909090fa"); else PLAIN("cli");
-    } else if (streq(name, "invlpg")) {
+    } else if (ub_streq(name, "invlpg")) {
         if (hidden) HIDDEN("0x909090909038010f"); else PLAIN("invlpg (%%rax)");
-    } else if (streq(name, "out")) {
+    } else if (ub_streq(name, "out")) {
         if (hidden) HIDDEN("0x90909090909090ee"); else PLAIN("out %%al, %%dx");
     } else {
         return 2;

@@ -124,4 +124,13 @@ void *memset(void *dst, int c, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
 size_t strlen(const char *s);
 
+/* ---- argument helpers (ublib.c) ------------------------------------------------ */
+
+/* 1 if the NUL-terminated strings a and b are equal, else 0. */
+int ub_streq(const char *a, const char *b);
+
+/* The non-negative decimal s ("0", "42"; no sign, no spaces), or -1 if s is not one or
+ * does not fit in a long. */
+long ub_parse_count(const char *s);
+
 #endif

@@ -263,3 +263,26 @@ size_t strlen(const char *s)
         p++;
     return (size_t)(p - s);
 }
+
+/* ---- argument helpers -------------------------------------------------------------- */
+
+int ub_streq(const char *a, const char *b)
+{
+    while (*a && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
+
+long ub_parse_count(const char *s)
+{
+    long n = 0;
+
+    if (*s == '\0')
+        return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || n > (0x7fffffffffffffffL - 9) / 10)
+            return -1;
+        n = n * 10 + (*s - '0');
+    }
+    return n;
+}
