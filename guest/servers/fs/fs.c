@@ -1010,22 +1010,24 @@ static long open_inode(struct request *rq, struct file **fp, struct inode *ip)
     return iget((*fp)->inum, ip) < 0 ? -FS_EIO : 0;
 }
 
-/* Is {offset, len} a transfer through one buffer? */
-static long check_io(long offset, long len)
+/* The inode a READ or WRITE {handle, offset, len} names, once {offset, len} is checked
+ * to be a transfer through one buffer. */
+static long open_for_io(struct request *rq, struct inode *ip)
 {
-    if (offset < 0 || len < 0 || len > UB_IPC_BUFFER_SIZE)
+    struct file *f;
+
+    if (rq->arg[1] < 0 || rq->arg[2] < 0 || rq->arg[2] > UB_IPC_BUFFER_SIZE)
         return -FS_EINVAL;
-    return 0;
+    return open_inode(rq, &f, ip);
 }
 
 static long fs_read(struct request *rq)
 {
-    struct file *f;
     struct inode ip;
     long offset = rq->arg[1], len = rq->arg[2];
-    long r = check_io(offset, len);
+    long r = open_for_io(rq, &ip);
 
-    if (r < 0 || (r = open_inode(rq, &f, &ip)) < 0)
+    if (r < 0)
         return r;
     rq->out[0] = (long)readi(&ip, rq->buf, (uint64_t)offset, (uint64_t)len);
     return 0;
@@ -1033,12 +1035,11 @@ static long fs_read(struct request *rq)
 
 static long fs_write(struct request *rq)
 {
-    struct file *f;
     struct inode ip;
     long offset = rq->arg[1], len = rq->arg[2];
-    long r = check_io(offset, len);
+    long r = open_for_io(rq, &ip);
 
-    if (r < 0 || (r = open_inode(rq, &f, &ip)) < 0)
+    if (r < 0)
         return r;
     if ((uint64_t)offset > MAXFILE_BYTES - (uint64_t)len)
         return -FS_EFBIG;
