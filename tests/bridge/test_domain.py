@@ -7,10 +7,11 @@ import pytest
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.domain import KeyAllocator, kernel_call_pkru
 from underbridge.errors import SyscallError
-from underbridge.kernel.ipc.underbridge import REGION_SIZE
+from underbridge.kernel.ipc.underbridge import CURRENT_THREAD_PAGE, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.syscalls import Errno
 from underbridge.machine.cpu import Machine
+from underbridge.machine.paging import PageFlags
 from underbridge.machine.pkru import access_disabled, write_disabled
 from underbridge.toolchain import build_program
 
@@ -52,10 +53,18 @@ def system():
 
 
 def test_every_page_of_the_kernel_page_table_is_user_and_keyed(system):
-    """Rule 2: no U=0 page for a ring-0 server to reach around PKRU."""
+    """Rule 2: no U=0 page for a ring-0 server to reach around PKRU, but the read-only
+    current-thread word."""
     kernel, _echo, _relay = system
-    for _vaddr, mapping in kernel.machine.kernel_space.mappings():
-        assert mapping.flags.user
+    supervisor = [(vaddr, mapping.flags) for vaddr, mapping in
+                  kernel.machine.kernel_space.mappings() if not mapping.flags.user]
+    assert supervisor == [(CURRENT_THREAD_PAGE, PageFlags())]  # not writable, not executable
+
+
+def test_the_current_thread_word_names_the_thread_ring_0_code_runs_on(system):
+    kernel, _echo, relay = system
+    frame = kernel.machine.kernel_space.translate(CURRENT_THREAD_PAGE)
+    assert kernel.machine.mem.read_u64(frame) == relay.threads[0].tid
 
 
 def test_each_server_region_carries_its_own_key_only(system):

@@ -309,7 +309,8 @@ def test_the_projects_programs_write_no_pkru(program, base):
 def test_a_gate_has_exactly_its_two_checked_wrpkrus():
     spec = GateSpec(address=0x6000_3000, client_pkru=0x5555_5550, server_pkru=0x5555_5545,
                     save_area=0x01FF_0000, control=0x7000_3000, stack_top=0x01FE_0000,
-                    handler=0x0100_1234, badge=3, buffer=0x5000_0003_0000)
+                    handler=0x0100_1234, badge=3, buffer=0x5000_0003_0000,
+                    current_thread=0x7F00_1000)
     code = generate(spec)
     findings = scan_code(code, vaddr=spec.address)
     assert len(findings) == 2

@@ -7,7 +7,10 @@ mappings made in kernel/ipc/underbridge.py):
      Applications run in ring 3 on their own page tables, which map none of the kernel's
      pages and none of any in-kernel server's pages.
   2. Every page on the kernel page table is U=1, so PKRU governs ring-0 data access to
-     all of them (a U=0 page would be open to every ring-0 server).
+     all of them (a U=0 page would be open to every ring-0 server). One exception: the
+     current-thread word (kernel/ipc/underbridge.py CURRENT_THREAD_PAGE), U=0 and
+     read-only on purpose, so that every gate can read it and no server can write it
+     (CR0.WP=1). It holds the running thread's id, nothing secret.
   3. Key 0 is the kernel's: its text, its data (the GDT), gate code, gate save areas of
      kernel-side calls. No server's PKRU ever opens key 0. Gate pages are executable and
      not writable: a server can call into them but neither read nor write them.

@@ -6,33 +6,63 @@ it needs: it trusts no register or memory its caller controls.
 
 Calling convention (the IPC library's `call *gate`):
   in:  RSI, RDI, R8, R9 = mr0..mr3
-  out: RAX = 0, or -EPERM if the caller does not hold the connection;
-       RSI, RDI, R8, R9 = the reply's mr0..mr3
+  out: RAX = 0, -EPERM if the caller does not hold the connection, or -EBUSY if a call
+       on this connection is already in progress; RSI, RDI, R8, R9 = the reply's mr0..mr3
   clobbers RAX, RCX, RDX, R10, R11 and flags; preserves RBX, RBP, R12-R15 and RSP
   (restored from the save area, which the server cannot reach).
+
+Memory a gate uses, and who can write it:
+  - the save area (SAVE_AREA_SIZE bytes, in the client's own domain): the caller's RSP
+    and callee-saved registers, and the id of the thread whose call is in progress
+    (CALLER_SLOT; 0 when none). Only the client's PKRU opens it, so the server can
+    neither read the caller's registers nor forge or replay a call record.
+  - the current-thread word (`current_thread`): the id of the thread the CPU runs,
+    written by the kernel before it runs ring-0 code, on a read-only supervisor page
+    (U=0, so PKRU does not govern it; CR0.WP=1, so ring 0 cannot write it).
+  - the control page (the connection's shared key): the call token.
 
 What the gate checks, in order:
   1. Caller authentication: the current PKRU (rdpkru) must be the connection's client
      PKRU. Servers cannot change their PKRU themselves, so this identifies the domain.
-  2. It writes a call token into the connection's control page (shared key: only the
-     two parties can write it), then switches PKRU with an immediate and, after
-     `wrpkru`, compares EAX with that immediate (ERIM's pattern): a jump straight onto
-     the `wrpkru` with a chosen EAX stops at `ud2`.
-  3. In the server's PKRU it checks and clears the call token: a jump past step 1 onto
-     the legitimate switch finds no token (or faults writing it) and stops at `ud2`.
-  4. It saves the caller's RSP and callee-saved registers in the caller's own domain,
-     zeroes every register that is not part of the message (no value crosses the
-     boundary but the four message registers, in either direction), runs the
-     registered handler on the server's stack with a struct ub_msg, and comes back the
-     same way: return token written under the server's PKRU, switch back with an
-     immediate and a check, token checked, caller state restored, `ret`.
-Threads are never preempted inside a gate (kernel/ipc/underbridge.py), as a gate would
+  2. One call at a time: the save area's caller slot must be free; the gate then records
+     the current thread in it and saves the caller's registers there.
+  3. It writes a call token into the control page, then switches PKRU with an immediate
+     and, after `wrpkru`, compares EAX with that immediate (ERIM's pattern): a jump
+     straight onto the `wrpkru` with a chosen EAX stops at `ud2`.
+  4. In the server's PKRU it checks and clears the call token: a jump past step 1 onto
+     the legitimate switch by a domain outside the connection finds no token (or faults
+     writing it) and stops at `ud2`.
+  5. It zeroes every register that is not part of the message (no value crosses the
+     boundary but the four message registers, in either direction), runs the handler on
+     the server's stack with a struct ub_msg, and switches back with an immediate and
+     a check.
+  6. The return: in the client's PKRU, the caller slot must hold the current thread.
+     This is what makes a return into the client happen only as the genuine end of a
+     call in progress on that same thread. The server cannot write the slot (client's
+     domain) nor the current-thread word (the kernel's), so a server thread that jumps
+     into the return half (to return into the client's code on a thread of its own, with
+     a reply of its choosing) stops at `ud2`; and the slot is cleared there, so a record
+     is consumed once. Then the caller's registers are restored and the gate returns.
+The kernel never takes a PKRU from memory a guest can write: when it ends a call itself
+(the server died), the caller's PKRU comes from its domain (kernel/ipc/gate_calls.py).
+Threads are never preempted inside a gate (the kernel checks `in_gate`), as a gate would
 run with interrupts off, so no other thread can observe a token between write and check.
+
+Layout stability: a gate is rewritten in place when a party's PKRU changes (a new
+connection gives it a new shared key), possibly while a thread is inside the handler
+and will return into it. Every PKRU immediate therefore has a fixed-size encoding, so
+the rewritten gate has the same instruction boundaries (tested).
+
+Gates are generated from one template, assembled once per process by GNU as with
+sentinel values that are then patched (`generate`), so a connection costs no assembler
+run; a test checks the patched bytes against a direct assembly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import struct
+from dataclasses import dataclass, replace
 
 from underbridge.asm import assemble
 from underbridge.kernel.syscalls import Errno
@@ -40,10 +70,11 @@ from underbridge.kernel.syscalls import Errno
 MSG_SIZE = 48  # struct ub_msg: badge, buf, mr[4]
 SAVED_REGS = ("rsp", "rbx", "rbp", "r12", "r13", "r14", "r15")
 SCRUBBED = ("ebx", "ebp", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d")
-SAVE_AREA_SIZE = 8 * len(SAVED_REGS)
-CALL_TOKEN = 0  # offsets in the control page
-RETURN_TOKEN = 8
+CALLER_SLOT = 8 * len(SAVED_REGS)  # offset in the save area: the calling thread's id
+SAVE_AREA_SIZE = CALLER_SLOT + 8
+CALL_TOKEN = 0  # offset in the control page
 PAGE_SPAN = 4096
+LOW_LIMIT = 1 << 31  # everything a gate names by a 32-bit absolute address lies below
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,23 +88,35 @@ class GateSpec:
     handler: int  # the server's registered void handler(struct ub_msg *)
     badge: int
     buffer: int
+    current_thread: int  # the kernel's read-only current-thread word
+
+
+def _imm32(value: int) -> str:
+    """A 32-bit immediate operand of fixed size (never the short imm8 form)."""
+    return f".long {value:#x}"
 
 
 def _switch_pkru(value: int, abort: str, *, zero_ecx_edx: bool = True) -> list[str]:
-    """A checked switch: wrpkru with an immediate, then compare EAX with it (ERIM)."""
+    """A checked switch: wrpkru with an immediate, then compare EAX with it (ERIM).
+
+    `cmp eax, imm32` is spelled as bytes (0x3d id) so that its size does not depend
+    on the value: GNU as would pick the 3-byte imm8 form for values like 0xfffffff3.
+    """
     zero = ["xor ecx, ecx", "xor edx, edx"] if zero_ecx_edx else []
-    return [*zero, f"mov eax, {value:#x}", "wrpkru", f"cmp eax, {value:#x}", f"jne {abort}"]
+    return [*zero, f"mov eax, {value:#x}", "wrpkru", ".byte 0x3d", _imm32(value),
+            f"jne {abort}"]
 
 
 def gate_source(spec: GateSpec) -> str:
     """The gate's assembly (Intel syntax), every value an immediate.
 
-    The gate, its save area, its control page and the handler lie below 2 GiB, so the
-    gate names them with absolute 32-bit addresses and calls the handler directly: no
-    register a caller could have set is ever used for an address.
+    The gate, its save area, its control page, the current-thread word and the handler
+    lie below 2 GiB, so the gate names them with absolute 32-bit addresses and calls
+    the handler directly: no register a caller could have set is ever used for an
+    address.
     """
-    for name in ("address", "save_area", "control", "handler"):
-        if getattr(spec, name) + PAGE_SPAN > 1 << 31:
+    for name in ("address", "save_area", "control", "handler", "current_thread"):
+        if getattr(spec, name) + PAGE_SPAN > LOW_LIMIT:
             raise ValueError(f"a gate's {name} must lie below 2 GiB")
     if spec.badge >= 1 << 31:
         raise ValueError("badges beyond 2**31 do not fit the gate's immediate")
@@ -81,20 +124,23 @@ def gate_source(spec: GateSpec) -> str:
             for i, reg in enumerate(SAVED_REGS)]
     restore = [f"mov {reg}, qword ptr [{spec.save_area + 8 * i:#x}]"
                for i, reg in enumerate(SAVED_REGS)]
+    caller = f"qword ptr [{spec.save_area + CALLER_SLOT:#x}]"
+    current = f"qword ptr [{spec.current_thread:#x}]"
     call_token = f"qword ptr [{spec.control + CALL_TOKEN:#x}]"
-    return_token = f"qword ptr [{spec.control + RETURN_TOKEN:#x}]"
     lines = [
         # 1. only the connection's client domain may pass
-        "xor ecx, ecx", "rdpkru", f"cmp eax, {spec.client_pkru:#x}", "jne .Ldeny",
+        "xor ecx, ecx", "rdpkru", ".byte 0x3d", _imm32(spec.client_pkru), "jne .Ldeny",
+        # 2. one call at a time, bound to the thread that makes it
+        f"mov rax, {current}", f"cmp {caller}, 0", "jne .Lbusy", f"mov {caller}, rax",
         *save, f"mov {call_token}, 1",
         # the server sees nothing of the caller's registers but the message
         *(f"xor {reg}, {reg}" for reg in SCRUBBED),
-        # 2. switch to the server's domain, checked. ECX and EDX are still zero from
+        # 3. switch to the server's domain, checked. ECX and EDX are still zero from
         # rdpkru; a jump here with other values takes #GP at wrpkru, which is no bypass.
         *_switch_pkru(spec.server_pkru, ".Labort", zero_ecx_edx=False),
-        # 3. the call token proves the caller came through step 1
+        # 4. the call token proves the caller came through step 1
         f"cmp {call_token}, 1", "jne .Labort", f"mov {call_token}, 0",
-        # 4. the handler, on the server's stack
+        # 5. the handler, on the server's stack
         f"mov rsp, {spec.stack_top - MSG_SIZE:#x}",
         f"mov qword ptr [rsp], {spec.badge:#x}",
         f"mov rax, {spec.buffer:#x}", "mov [rsp + 8], rax",
@@ -102,23 +148,112 @@ def gate_source(spec: GateSpec) -> str:
         "mov rdi, rsp", f"call {spec.handler:#x}",
         "mov rsi, [rsp + 16]", "mov rdi, [rsp + 24]", "mov r8, [rsp + 32]", "mov r9, [rsp + 40]",
         # back to the client's domain, the same way
-        f"mov {return_token}, 1",
         *_switch_pkru(spec.client_pkru, ".Labort"),
-        f"cmp {return_token}, 1", "jne .Labort", f"mov {return_token}, 0",
-        # nor does the caller see the server's: the rest is restored or zero
-        "xor r10d, r10d", "xor r11d, r11d", *restore,
-        "xor eax, eax", "ret",
+        # 6. only the genuine return of this thread's call in progress gets through;
+        # RAX ends 0 (success) exactly when the caller slot held the current thread,
+        # and that 0 is what clears the slot.
+        f"mov rax, {current}", f"xor rax, {caller}", "jne .Labort", f"mov {caller}, rax",
+        # nor does the caller see the server's registers: the rest is restored or zero
+        "xor r10d, r10d", "xor r11d, r11d", *restore, "ret",
         ".Ldeny:", f"mov rax, {-int(Errno.EPERM)}", "ret",
+        ".Lbusy:", f"mov rax, {-int(Errno.EBUSY)}", "ret",
         ".Labort:", "ud2",
     ]
     return "\n".join(lines)
 
 
-def generate(spec: GateSpec) -> bytes:
-    """The gate's machine code, assembled for its address."""
+def assemble_gate(spec: GateSpec) -> bytes:
+    """The gate assembled directly for `spec` (GNU as; the reference for `generate`)."""
     if spec.stack_top % 16:
         raise ValueError("the server stack top must be 16-byte aligned")
     return assemble(gate_source(spec), origin=spec.address)
+
+
+# -- the template ---------------------------------------------------------------------------
+#
+# The template is the gate assembled once with a base value for every field. Where each
+# field's operands sit is found by assembling it again with that one field moved by
+# _DELTA: every byte of each of its operands changes (each byte gets +1 or +2), and
+# nothing else does. Every operand has a fixed-size encoding (32-bit displacements and
+# immediates below 2 GiB, the fixed-size PKRU immediates, one 64-bit immediate for the
+# buffer, the handler's call rel32), so patching a copy of the template with real values
+# gives the bytes a direct assembly would (a test checks it).
+
+_BASE = {"client_pkru": 0x1000_0000, "server_pkru": 0x1100_0000, "save_area": 0x1200_0000,
+         "control": 0x1300_0000, "stack_top": 0x1400_0000, "badge": 0x1500_0000,
+         "current_thread": 0x1600_0000, "handler": 0x1700_0000, "address": 0x1800_0000,
+         "buffer": 0x5000_0000_0000}
+_DELTA = 0x0101_0101_0101_0110  # every byte changes; keeps 16-byte alignment
+_ABSOLUTE = ("client_pkru", "server_pkru", "save_area", "control", "stack_top", "badge",
+             "current_thread")
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    code: bytes
+    absolute: tuple[tuple[int, str, int], ...]  # (offset, field, addend): a 32-bit value
+    buffer: tuple[int, ...]  # offsets of the buffer's 64-bit immediate
+    handler: tuple[int, ...]  # offsets of the handler call's rel32
+
+
+def _operands(base: bytes, moved: bytes, width: int) -> list[int]:
+    """Start offsets of the `width`-byte runs where `moved` differs from `base`."""
+    if len(base) != len(moved):
+        raise AssertionError("a gate's size must not depend on its values")
+    runs: list[list[int]] = []
+    for index, (was, now) in enumerate(zip(base, moved, strict=True)):
+        if was == now:
+            continue
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    if any(len(run) != width for run in runs):
+        raise AssertionError("the gate template does not have fixed-size operands")
+    return [run[0] for run in runs]
+
+
+@functools.cache
+def _template() -> _Template:
+    base_spec = GateSpec(**_BASE)
+    code = assemble_gate(base_spec)
+
+    def moved(name: str, delta: int) -> bytes:
+        return assemble_gate(replace(base_spec, **{name: _BASE[name] + delta}))
+
+    absolute = []
+    for name in _ABSOLUTE:
+        for offset in _operands(code, moved(name, _DELTA & 0xFFFF_FFFF), 4):
+            value = int.from_bytes(code[offset : offset + 4], "little")
+            absolute.append((offset, name, value - _BASE[name]))
+    buffer = tuple(_operands(code, moved("buffer", _DELTA), 8))
+    handler = tuple(_operands(code, moved("handler", _DELTA & 0xFFFF_FFFF), 4))
+    if len(buffer) != 1 or len(handler) != 1:
+        raise AssertionError("the gate template did not assemble as expected")
+    return _Template(code, tuple(absolute), buffer, handler)
+
+
+def generate(spec: GateSpec) -> bytes:
+    """The gate's machine code for its address: the template, patched with `spec`."""
+    gate_source(spec)  # the same checks as a direct assembly
+    if spec.stack_top % 16:
+        raise ValueError("the server stack top must be 16-byte aligned")
+    template = _template()
+    code = bytearray(template.code)
+    for offset, name, addend in template.absolute:
+        struct.pack_into("<I", code, offset, (getattr(spec, name) + addend) & 0xFFFF_FFFF)
+    for offset in template.buffer:
+        struct.pack_into("<Q", code, offset, spec.buffer)
+    for offset in template.handler:  # call rel32: relative to the end of the call
+        struct.pack_into("<i", code, offset, spec.handler - (spec.address + offset + 4))
+    return bytes(code)
+
+
+@functools.cache
+def tombstone() -> bytes:
+    """What a gate becomes when its server is gone under a live in-kernel client: every
+    call returns -EPIPE at once (kernel/ipc/underbridge.py `closed`)."""
+    return assemble(f"mov rax, {-int(Errno.EPIPE)}\nret")
 
 
 def wrpkru_offsets(code: bytes) -> list[int]:

@@ -169,19 +169,27 @@ class Kernel:
             self.machine.charge_to(previous)
         self._last_space = space
         self._switch_cause = KERNEL_CATEGORY
+        if thread.context.cpl == 0:
+            self.ipc.about_to_run(self, thread.tid)
         result = self.machine.run(thread.context, budget=self.sched.quantum)
         if result.kind is ExitKind.SYSCALL:
             self._syscall(thread)
         elif result.kind is ExitKind.FAULT:
             assert result.fault is not None
             if not portio.emulate_trapped_io(self, thread, result.fault):
-                self.end_group(thread.group, Ending(GroupState.FAULTED, fault=result.fault))
+                self._fault(thread, result.fault)
         elif result.kind is ExitKind.PREEMPTED:
             if not self.ipc.in_gate(thread.context.rip):  # gates run "with interrupts off"
                 self.sched.preempt()
         else:  # HALTED: guest code executed hlt in ring 0
-            self.end_group(thread.group, Ending(GroupState.FAULTED,
-                                                fault=self.machine.halt_fault(thread.context)))
+            self._fault(thread, self.machine.halt_fault(thread.context))
+
+    def _fault(self, thread: Thread, fault: Fault) -> None:
+        """End the cap group to blame: the thread's own, or, if the thread was running
+        another domain's handler in a call, that server's (the IPC design says which;
+        ending it makes the thread's call return -EPIPE and the caller go on)."""
+        culprit = self.ipc.fault_culprit(self, thread)
+        self.end_group(culprit, Ending(GroupState.FAULTED, fault=fault))
 
     def _syscall(self, thread: Thread) -> None:
         self.sched.entered_kernel()
@@ -251,16 +259,17 @@ class Kernel:
             self.ipc.close_service(self, obj)
             self.services.pop(obj.name, None)
             for conn in obj.connections:
-                self.close_connection(conn)
+                self.close_connection(conn, server_gone=True)
         if isinstance(obj, Connection):
             self.close_connection(obj)
         else:
             obj.destroy()
 
-    def close_connection(self, conn: Connection) -> None:
-        """Close a connection: its gate and keys first, then its buffer (both sides)."""
+    def close_connection(self, conn: Connection, *, server_gone: bool = False) -> None:
+        """Close a connection: its gate and keys first, then its buffer (both sides).
+        server_gone: the server's side is going away, not the client's."""
         if conn.alive:
-            self.ipc.closed(self, conn)
+            self.ipc.closed(self, conn, server_gone=server_gone)
             conn.close()
 
     def thread_exit(self, thread: Thread) -> None:

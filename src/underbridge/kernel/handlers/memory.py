@@ -36,5 +36,5 @@ def sys_pmo_map(kernel: Kernel, thread: Thread, slot: int, vaddr: int, prot: int
 
 
 def sys_pmo_unmap(kernel: Kernel, thread: Thread, vaddr: int, *_: int) -> int:
-    thread.group.vmspace.unmap_pmo(vaddr)
+    thread.group.vmspace.unmap_pmo_for_guest(vaddr)
     return 0

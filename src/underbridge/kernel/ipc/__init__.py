@@ -52,8 +52,10 @@ class IpcDesign(Protocol):
     def connect(self, kernel: Kernel, conn: Connection) -> int:
         """Map a new connection's buffer where its parties need it; its gate or 0."""
 
-    def closed(self, kernel: Kernel, conn: Connection) -> None:
-        """A connection is being closed: release what the design set up for it."""
+    def closed(self, kernel: Kernel, conn: Connection, *, server_gone: bool = False) -> None:
+        """A connection is being closed (by its client, or, with server_gone, because
+        its service is going away): release what the design set up for it; a call still
+        in progress on it returns -EPIPE."""
 
     def ended(self, kernel: Kernel, group: CapGroup) -> None:
         """A cap group has ended."""
@@ -63,6 +65,13 @@ class IpcDesign(Protocol):
 
     def foreign(self, thread: Thread) -> bool:
         """Is the thread executing another domain's code, inside a call it made?"""
+
+    def about_to_run(self, kernel: Kernel, tid: int) -> None:
+        """Ring-0 code is about to run on thread `tid`."""
+
+    def fault_culprit(self, kernel: Kernel, thread: Thread) -> CapGroup:
+        """The cap group to end for a fault of `thread`: its own, or that of the server
+        whose handler it was running in a call."""
 
 
 def design_named(name: str) -> IpcDesign:

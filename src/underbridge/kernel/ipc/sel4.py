@@ -117,12 +117,13 @@ class Sel4Ipc:
     def connect(self, kernel: Kernel, conn: Connection) -> int:
         """Map the buffer into both parties' address spaces; no gate."""
         client, server = conn.client.vmspace, conn.service.server.vmspace
-        client.map_pmo(conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE)
+        rw = Prot.READ | Prot.WRITE
+        client.map_pmo(conn.buffer, conn.buffer_vaddr, rw, pinned=True)
         if server is not client:
-            server.map_pmo(conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE)
+            server.map_pmo(conn.buffer, conn.buffer_vaddr, rw, pinned=True)
         return 0
 
-    def closed(self, kernel: Kernel, conn: Connection) -> None:
+    def closed(self, kernel: Kernel, conn: Connection, *, server_gone: bool = False) -> None:
         """Nothing beyond what closing the connection itself does."""
 
     def ended(self, kernel: Kernel, group: CapGroup) -> None:
@@ -133,6 +134,13 @@ class Sel4Ipc:
 
     def foreign(self, thread: Thread) -> bool:
         return False
+
+    def about_to_run(self, kernel: Kernel, tid: int) -> None:
+        """No gates, so nothing to tell ring-0 code about the running thread."""
+
+    def fault_culprit(self, kernel: Kernel, thread: Thread) -> CapGroup:
+        """Threads never run another cap group's code: a fault is the thread's own."""
+        return thread.group
 
     def close_service(self, kernel: Kernel, service: Service) -> None:
         for client, _conn, _msg in service.pending:

@@ -35,18 +35,20 @@ from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_c
 from underbridge.bridge.rewrite import RewriteRefused, rewrite_elf
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import SyscallError, UserError
+from underbridge.kernel.ipc import gate_calls
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread
 from underbridge.kernel.syscalls import Errno, Prot
-from underbridge.machine.context import Reg
+from underbridge.machine.context import CpuContext, Reg
 from underbridge.machine.cpu import ExitKind
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.physmem import PAGE_SIZE, PhysAddr
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel
+    from underbridge.machine.faults import Fault
 
 REGION_SIZE = 16 << 20  # each in-kernel server's system-wide virtual-address region
 SERVER_STACK_PAGES = 16
@@ -58,6 +60,11 @@ GATE_WINDOW = 0x6000_0000  # key 0, r-x: one page per connection
 CONTROL_WINDOW = 0x7000_0000  # shared key: a connection's tokens, one page each
 KERNEL_SAVE_WINDOW = 0x7800_0000  # key 0: save areas of the kernel's own calls
 IO_ROUTINES_PAGE = 0x7F00_0000  # key 0, r-x: the checked port-I/O routines (bridge/iocall.py)
+# The id of the thread the CPU runs, for gates to bind a call to its thread (gate.py).
+# A supervisor page (U=0), read-only, not executable: every ring-0 server can read it,
+# none can write it (CR0.WP=1; the monitor traps `mov cr0`). It holds nothing secret.
+CURRENT_THREAD_PAGE = 0x7F00_1000
+MAX_GATES = (IO_ROUTINES_PAGE - KERNEL_SAVE_WINDOW) // PAGE_SIZE  # gate slots (the smallest window)
 LOW_LIMIT = GATE_WINDOW  # in-kernel server regions end below this
 KERNEL_CALL_STACK = 0x6300_0000_0000  # key 0: the stack the kernel calls gates on
 KERNEL_RETURN_PAGE = 0x6300_0001_0000  # key 0, r-x
@@ -76,11 +83,17 @@ class DomainState:
     next_free: int  # bump allocator for per-connection pages, growing down
     pages: list[int] = field(default_factory=list)  # pages of live allocations
     reusable: dict[int, list[int]] = field(default_factory=dict)  # page count -> lows
+    tombstones: list[int] = field(default_factory=list)  # gate slots answering -EPIPE
+
+    @property
+    def pkru(self) -> int:
+        return self.domain.pkru
 
 
 @dataclass(eq=False)
 class GateState:
     conn: Connection
+    slot: int  # its pages: GATE_WINDOW, CONTROL_WINDOW (, KERNEL_SAVE_WINDOW) + slot pages
     shared_key: int
     address: int
     control: int
@@ -90,6 +103,26 @@ class GateState:
     server: DomainState
     pages: list[int] = field(default_factory=list)  # kernel_space pages to unmap
     borrowed: list[tuple[DomainState, int, int]] = field(default_factory=list)
+
+    @property
+    def caller_party(self) -> DomainState | None:
+        return self.client
+
+    @property
+    def callee_party(self) -> DomainState:
+        return self.server
+
+    @property
+    def caller_pkru(self) -> int:
+        return kernel_call_pkru(self.shared_key) if self.client is None else self.client.pkru
+
+
+@dataclass(eq=False)
+class Upcall:
+    """A call the kernel makes through a gate for an application thread."""
+
+    tid: int  # the application thread's id: the gate records calls under it
+    context: CpuContext
 
 
 class UnderbridgeIpc:
@@ -103,6 +136,10 @@ class UnderbridgeIpc:
         self._sel4 = Sel4Ipc(kpti=False)
         self._kernel_pages_ready = False
         self._io_routines: iocall.IoRoutines | None = None
+        self._free_slots: list[int] = []  # gate slots given back, lowest last
+        self._next_slot = 1
+        self._current_tid = 0  # what the current-thread word holds
+        self._upcall: Upcall | None = None  # the kernel's gate call in progress, if any
 
     # -- placement ------------------------------------------------------------------
 
@@ -153,6 +190,8 @@ class UnderbridgeIpc:
     def ended(self, kernel: Kernel, group: CapGroup) -> None:
         state = self.domains.pop(group, None)
         if state is not None:
+            for slot in state.tombstones:
+                self._release_slot(kernel, slot)
             self._unmap_and_free(kernel, state.pages)  # unmapped before their frames go
             self.keys.release(state.domain.key)
 
@@ -173,38 +212,45 @@ class UnderbridgeIpc:
         self._ensure_kernel_pages(kernel)
         key = self.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
         client = self.domains.get(conn.client)
+        slot = self._take_slot()
         try:
             # The buffer: once on the kernel page table under the shared key, and in
-            # an application client's own page table.
+            # an application client's own page table; neither party can unmap it.
             server.group.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr,
-                                         Prot.READ | Prot.WRITE, pkey=key)
+                                         Prot.READ | Prot.WRITE, pkey=key, pinned=True)
             if client is None:
                 conn.client.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr,
-                                            Prot.READ | Prot.WRITE)
-            state = self._build(kernel, conn, key, client, server)
+                                            Prot.READ | Prot.WRITE, pinned=True)
+            state = self._build(kernel, conn, slot, key, client, server)
         except BaseException:
             self.keys.release(key)
+            self._free_slots.append(slot)
             raise
         self.gates[conn] = state
-        for party in (client, server):
-            if party is not None:
-                party.domain.shared_keys.add(key)
-                self._refresh(kernel, party)
+        self._share_key(kernel, [client, server], key, add=True)
         self._emit_gate(kernel, state)
         # Only an in-kernel client may call the gate itself: an application's page table
         # does not map it, and the kernel calls it on the application's behalf.
         return state.address if client is not None else 0
 
-    def _build(self, kernel: Kernel, conn: Connection, key: int, client: DomainState | None,
-               server: DomainState) -> GateState:
-        gate_at = GATE_WINDOW + conn.badge * PAGE_SIZE
-        control = CONTROL_WINDOW + conn.badge * PAGE_SIZE
+    def _take_slot(self) -> int:
+        if self._free_slots:
+            return self._free_slots.pop()
+        if self._next_slot >= MAX_GATES:
+            raise SyscallError(Errno.ENOMEM, f"all {MAX_GATES} gate slots are in use")
+        self._next_slot += 1
+        return self._next_slot - 1
+
+    def _build(self, kernel: Kernel, conn: Connection, slot: int, key: int,
+               client: DomainState | None, server: DomainState) -> GateState:
+        gate_at = GATE_WINDOW + slot * PAGE_SIZE
+        control = CONTROL_WINDOW + slot * PAGE_SIZE
         pages = [gate_at, control]
         self._map(kernel, gate_at, PageFlags(user=True, executable=True, pkey=KERNEL_KEY))
         self._map(kernel, control, PageFlags(user=True, writable=True, pkey=key))
         borrowed = []
         if client is None:
-            save_area = KERNEL_SAVE_WINDOW + conn.badge * PAGE_SIZE
+            save_area = KERNEL_SAVE_WINDOW + slot * PAGE_SIZE
             self._map(kernel, save_area, PageFlags(user=True, writable=True, pkey=KERNEL_KEY))
             pages.append(save_area)
         else:
@@ -212,7 +258,7 @@ class UnderbridgeIpc:
             borrowed.append((client, save_area, 1))
         stack_low = self._domain_pages(kernel, server, CALL_STACK_PAGES)
         borrowed.append((server, stack_low, CALL_STACK_PAGES))
-        return GateState(conn, key, gate_at, control, save_area,
+        return GateState(conn, slot, key, gate_at, control, save_area,
                          stack_low + CALL_STACK_PAGES * PAGE_SIZE, client, server, pages,
                          borrowed)
 
@@ -257,45 +303,129 @@ class UnderbridgeIpc:
         ret = self._map(kernel, KERNEL_RETURN_PAGE, PageFlags(user=True, executable=True))
         # Never run by the kernel (run() stops first); a server jumping here gets #UD.
         kernel.machine.mem.write(ret, b"\x0f\x0b" * (PAGE_SIZE // 2))
+        self._map(kernel, CURRENT_THREAD_PAGE, PageFlags(user=False))
         self._kernel_pages_ready = True
 
-    def _refresh(self, kernel: Kernel, state: DomainState) -> None:
-        """A domain's PKRU changed: its threads and every gate that names it follow."""
-        pkru = state.domain.pkru
-        for thread in state.group.threads:
-            thread.context.pkru = pkru
-        for gate in self.gates.values():
-            if state in (gate.client, gate.server):
-                self._emit_gate(kernel, gate)
+    def about_to_run(self, kernel: Kernel, tid: int) -> None:
+        """Ring-0 code is about to run on thread `tid`: the current-thread word says so."""
+        if self._kernel_pages_ready and tid != self._current_tid:
+            frame = kernel.machine.kernel_space.translate(CURRENT_THREAD_PAGE)
+            assert frame is not None
+            kernel.machine.mem.write_u64(frame, tid)
+            self._current_tid = tid
+
+    def _share_key(self, kernel: Kernel, parties: list[DomainState | None], key: int, *,
+                   add: bool) -> None:
+        """Open (or close) a shared key in the parties' domains.
+
+        A domain's PKRU changes, so every thread executing that domain's code follows:
+        the domain's own threads at home, and threads of other domains that run its
+        handler in a call (they hold its PKRU). A thread of the domain that is itself
+        inside another domain's handler keeps that domain's PKRU: its way back is its
+        gate's return half, whose immediate is rewritten here. A thread's PKRU is always
+        the PKRU of the domain whose code it runs.
+        """
+        for party in parties:
+            if party is None or party.group not in self.domains:
+                continue
+            old = party.pkru
+            (party.domain.shared_keys.add if add else party.domain.shared_keys.discard)(key)
+            for thread in self._ring0_threads():
+                if thread.context.pkru == old:
+                    thread.context.pkru = party.pkru
+            for gate in self.gates.values():
+                if party in (gate.client, gate.server):
+                    self._emit_gate(kernel, gate)
+
+    def _ring0_threads(self) -> list[Thread]:
+        return [thread for state in self.domains.values() for thread in state.group.threads
+                if thread.alive]
 
     def _emit_gate(self, kernel: Kernel, state: GateState) -> None:
-        client_pkru = (kernel_call_pkru(state.shared_key) if state.client is None
-                       else state.client.domain.pkru)
         spec = gates.GateSpec(
-            address=state.address, client_pkru=client_pkru,
-            server_pkru=state.server.domain.pkru, save_area=state.save_area,
+            address=state.address, client_pkru=state.caller_pkru,
+            server_pkru=state.server.pkru, save_area=state.save_area,
             control=state.control, stack_top=state.stack_top,
             handler=state.conn.service.handler, badge=state.conn.badge,
-            buffer=state.conn.buffer_vaddr)
-        frame = kernel.machine.kernel_space.translate(state.address)
+            buffer=state.conn.buffer_vaddr, current_thread=CURRENT_THREAD_PAGE)
+        self._write_gate_page(kernel, state.address, gates.generate(spec))
+
+    def _write_gate_page(self, kernel: Kernel, address: int, code: bytes) -> None:
+        frame = kernel.machine.kernel_space.translate(address)
         assert frame is not None
         kernel.machine.mem.zero(frame)
-        kernel.machine.mem.write(frame, gates.generate(spec))
+        kernel.machine.mem.write(frame, code)
         kernel.machine.code_changed(kernel.machine.kernel_space)
 
-    def closed(self, kernel: Kernel, conn: Connection) -> None:
+    def closed(self, kernel: Kernel, conn: Connection, *, server_gone: bool = False) -> None:
+        """Release a connection's gate, keys and pages.
+
+        A call still in progress on it ends first: its thread returns -EPIPE to the
+        caller. If the server went away under a live in-kernel client, the gate's page
+        stays, rewritten to answer -EPIPE (a tombstone), so the client's later calls
+        fail cleanly instead of faulting; the slot is freed when the client ends.
+        """
         state = self.gates.pop(conn, None)
         if state is None:
             return
-        self._unmap_and_free(kernel, state.pages)
+        self._end_call_in_progress(kernel, state)
+        pages = state.pages
+        if server_gone and state.client is not None and state.client.group.running:
+            pages = [page for page in pages if page != state.address]
+            self._write_gate_page(kernel, state.address, gates.tombstone())
+            state.client.tombstones.append(state.slot)
+        else:
+            self._free_slots.append(state.slot)
+        self._unmap_and_free(kernel, pages)
         for owner, low, count in state.borrowed:
             if owner.group in self.domains:  # else its whole region is already gone
                 self._return_pages(kernel, owner, low, count)
-        for party in (state.client, state.server):
-            if party is not None and party.group in self.domains:
-                party.domain.shared_keys.discard(state.shared_key)
-                self._refresh(kernel, party)
+        self._share_key(kernel, [state.client, state.server], state.shared_key, add=False)
         self.keys.release(state.shared_key)
+
+    def _release_slot(self, kernel: Kernel, slot: int) -> None:
+        self._unmap_and_free(kernel, [GATE_WINDOW + slot * PAGE_SIZE])
+        self._free_slots.append(slot)
+
+    # -- calls in progress ----------------------------------------------------------------
+
+    def _end_call_in_progress(self, kernel: Kernel, state: GateState) -> None:
+        """The call through this gate (if any) returns -EPIPE to its caller now."""
+        tid = gate_calls.caller_of(kernel.machine, state)
+        if not tid:
+            return
+        for own, context in self._contexts_of(tid):
+            route = gate_calls.path(kernel.machine, self.gates.values(), tid, own)
+            if state not in route:
+                continue
+            later = route[route.index(state) + 1 :]
+            if gate_calls.unwind(kernel.machine, context, state, tid):
+                gate_calls.clear(kernel.machine, later)
+            elif state.client is not None:  # the caller forged its save area: its loss
+                gate_calls.clear(kernel.machine, [state, *later])
+                kernel.kill(state.client.group)
+
+    def _contexts_of(self, tid: int) -> list[tuple[DomainState | None, CpuContext]]:
+        """The CPU state (and home domain) of thread `tid`: a ring-0 thread, or the
+        kernel's gate call for an application thread."""
+        if self._upcall is not None and self._upcall.tid == tid:
+            return [(None, self._upcall.context)]
+        return [(state, thread.context) for state in self.domains.values()
+                for thread in state.group.threads if thread.tid == tid and thread.alive]
+
+    def fault_culprit(self, kernel: Kernel, thread: Thread) -> CapGroup:
+        """The cap group to end for a fault of `thread` (gate_calls.culprit says why)."""
+        own = self.domains.get(thread.group)
+        if own is None:
+            return thread.group
+        return self._culprit(kernel, thread.tid, own, thread.context) or thread.group
+
+    def _culprit(self, kernel: Kernel, tid: int, own: DomainState | None,
+                 context: CpuContext) -> CapGroup | None:
+        route = gate_calls.path(kernel.machine, self.gates.values(), tid, own)
+        party = gate_calls.culprit(route, own, context.pkru, self.in_gate(context.rip),
+                                   self.domains.values())
+        return None if party is None else party.group
 
     def in_gate(self, rip: int) -> bool:
         return GATE_WINDOW <= rip < CONTROL_WINDOW
@@ -303,7 +433,7 @@ class UnderbridgeIpc:
     def foreign(self, thread: Thread) -> bool:
         """Is this thread executing in another domain (inside a call it made)?"""
         state = self.domains.get(thread.group)
-        return state is not None and thread.context.pkru != state.domain.pkru
+        return state is not None and thread.context.pkru != state.pkru
 
     # -- calls ----------------------------------------------------------------------
 
@@ -316,7 +446,7 @@ class UnderbridgeIpc:
         machine.charge("swapgs", 2)
         machine.charge("sel4_fastpath_call")
         machine.charge("cr3_write")  # to the kernel page table
-        status, reply = self._call_gate(kernel, state, msg)
+        status, reply = self._call_gate(kernel, client.tid, state, msg)
         machine.charge("cr3_write")  # back to the application's
         machine.charge("sysret")
         context = client.context
@@ -324,32 +454,65 @@ class UnderbridgeIpc:
         for reg, value in zip(REPLY_TO_APP, reply, strict=True):
             context[reg] = value
 
-    def _call_gate(self, kernel: Kernel, state: GateState, msg: Message
+    def _call_gate(self, kernel: Kernel, tid: int, state: GateState, msg: Message
                    ) -> tuple[int, Message]:
-        """Call a gate from key-0 kernel state; run the server's handler to completion."""
+        """Call a gate from key-0 kernel state for application thread `tid`; run the
+        server's handler (and whatever it calls) to completion.
+
+        A fault ends the domain to blame (gate_calls.culprit), which ends its calls in
+        progress: the kernel's own call returns -EPIPE, or a server further out carries
+        on. A handler that runs MAX_UPCALL_SLICES slices without returning is killed.
+        """
         machine = kernel.machine
         context = machine.new_context(ring=0, page_table=machine.kernel_space,
                                       rip=state.address, rsp=KERNEL_CALL_STACK + PAGE_SIZE - 8,
-                                      pkru=kernel_call_pkru(state.shared_key))
+                                      pkru=state.caller_pkru)
         stack = machine.kernel_space.translate(KERNEL_CALL_STACK + PAGE_SIZE - 8)
         assert stack is not None
         machine.mem.write_u64(stack, KERNEL_RETURN)
         for reg, value in zip(GATE_REGS, msg, strict=True):
             context[reg] = value
-        server = state.server.group
-        for _ in range(MAX_UPCALL_SLICES):
-            result = machine.run(context, budget=kernel.sched.quantum, stop_at=KERNEL_RETURN)
-            if result.kind is ExitKind.RETURNED:
-                mr0, mr1, mr2, mr3 = (context[reg] for reg in GATE_REGS)
-                return signed(context[Reg.RAX]), (mr0, mr1, mr2, mr3)
-            if result.kind is ExitKind.FAULT:
-                assert result.fault is not None
-                kernel.terminate(server, result.fault)
-                return -Errno.EPIPE, (0, 0, 0, 0)
-            if result.kind is ExitKind.SYSCALL:
-                context[Reg.RAX] = -Errno.EDEADLK & 0xFFFF_FFFF_FFFF_FFFF
-        kernel.kill(server)  # a handler that never returns to the kernel
-        return -Errno.EPIPE, (0, 0, 0, 0)
+        self._upcall = Upcall(tid, context)
+        try:
+            for _ in range(MAX_UPCALL_SLICES):
+                if context.rip == KERNEL_RETURN:
+                    break
+                self.about_to_run(kernel, tid)
+                self._upcall_slice(kernel, context)
+            for _ in range(len(self.domains) + 1):  # a handler that never returns:
+                if context.rip == KERNEL_RETURN:  # end domains from the inside out
+                    break
+                self._end_innermost(kernel, context, None)
+            else:
+                context.rip, context[Reg.RAX] = KERNEL_RETURN, -Errno.EPIPE % (1 << 64)
+        finally:
+            self._upcall = None
+        mr0, mr1, mr2, mr3 = (context[reg] for reg in GATE_REGS)
+        return signed(context[Reg.RAX]), (mr0, mr1, mr2, mr3)
+
+    def _upcall_slice(self, kernel: Kernel, context: CpuContext) -> None:
+        assert self._upcall is not None
+        result = kernel.machine.run(context, budget=kernel.sched.quantum, stop_at=KERNEL_RETURN)
+        if result.kind is ExitKind.SYSCALL:
+            context[Reg.RAX] = -Errno.EDEADLK & 0xFFFF_FFFF_FFFF_FFFF
+        elif result.kind in (ExitKind.FAULT, ExitKind.HALTED):
+            fault = result.fault or kernel.machine.halt_fault(context)
+            self._end_innermost(kernel, context, fault)
+
+    def _end_innermost(self, kernel: Kernel, context: CpuContext, fault: Fault | None) -> None:
+        """End the domain to blame for the kernel's gate call being stuck or faulting."""
+        assert self._upcall is not None
+        group = self._culprit(kernel, self._upcall.tid, None, context)
+        if group is None:
+            # No call in progress: the gate itself refused (e.g. -EBUSY) or the stack
+            # was left in a state the kernel cannot resume. End the call here.
+            context.rip = KERNEL_RETURN
+            context[Reg.RAX] = -Errno.EPIPE & 0xFFFF_FFFF_FFFF_FFFF
+            return
+        if fault is None:
+            kernel.kill(group)
+        else:
+            kernel.terminate(group, fault)
 
     def reply_wait(self, kernel: Kernel, server: Thread, service: Service,
                    reply: Message) -> None:

@@ -11,6 +11,9 @@ Invariants:
   - Only page-aligned ranges inside [USER_MIN, USER_END) are mapped for guests.
   - Destroying the VmSpace unmaps every PMO (which stay alive for their other holders)
     and frees the private frames and the page table.
+  - A pinned PMO mapping (a connection's shared buffer) belongs to the kernel: the
+    guest cannot unmap it (PMO_UNMAP gives EPERM); it goes when its PMO is destroyed
+    (the connection closes) or the VmSpace is.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ USER_END = 1 << 47
 class PmoMapping:
     pmo: Pmo
     prot: Prot
+    pinned: bool = False  # the kernel's: the guest cannot unmap it
 
 
 class VmSpace:
@@ -103,8 +107,12 @@ class VmSpace:
                                              f"mapping window [{low:#x}, {high:#x})")
         self.map_pmo(pmo, vaddr, prot)
 
-    def map_pmo(self, pmo: Pmo, vaddr: int, prot: Prot, *, pkey: int | None = None) -> None:
-        """Map the whole PMO at vaddr, tagged with this space's key unless told another."""
+    def map_pmo(self, pmo: Pmo, vaddr: int, prot: Prot, *, pkey: int | None = None,
+                pinned: bool = False) -> None:
+        """Map the whole PMO at vaddr, tagged with this space's key unless told another.
+
+        pinned: the mapping is the kernel's (a connection's buffer), not the guest's to
+        unmap."""
         self._check_range(vaddr, pmo.size)
         flags = PageFlags(writable=bool(prot & Prot.WRITE), user=True,
                           pkey=self.pkey if pkey is None else pkey)
@@ -117,8 +125,16 @@ class VmSpace:
             for index in range(mapped):
                 self.table.unmap(vaddr + index * PAGE_SIZE)
             raise SyscallError(Errno.ENOMEM, "no memory for page tables") from None
-        self.pmo_mappings[vaddr] = PmoMapping(pmo, prot)
+        self.pmo_mappings[vaddr] = PmoMapping(pmo, prot, pinned)
         pmo.mappings.append((self, vaddr))
+
+    def unmap_pmo_for_guest(self, vaddr: int) -> None:
+        """PMO_UNMAP: like unmap_pmo, but never a mapping the kernel pinned."""
+        mapping = self.pmo_mappings.get(vaddr)
+        if mapping is not None and mapping.pinned:
+            raise SyscallError(Errno.EPERM, f"the memory object at {vaddr:#x} is a "
+                                            "connection's buffer, mapped by the kernel")
+        self.unmap_pmo(vaddr)
 
     def unmap_pmo(self, vaddr: int) -> None:
         mapping = self.pmo_mappings.pop(vaddr, None)
