@@ -18,6 +18,8 @@ from underbridge.machine.cpu import KERNEL_DATA
 from underbridge.machine.oracle import Access, Violation
 from underbridge.machine.pkru import pkru_allowing
 
+from .regress.test_isolation_breaks import BREAK_ROWS
+
 PKEY_AD = "protection key access-disabled (PKRU.AD)"
 ABSENT = "page not present"
 GATE_ABORT = "ud2"
@@ -42,6 +44,23 @@ OBSERVED: dict[str, tuple[str, ...]] = {
     "boot-stub-wrpkru": ("#PF fetch of 0xffffffff80001005", ABSENT, "ring 0"),
     "gate-return-page": ("#UD invalid opcode at rip 0x630000010800", "ring 0"),
     "app-read-server": ("#PF read of 0x", ABSENT, "ring 3"),
+    "deputy-register": ("register(own memory) ok", "register(name in echo's stack) = -14",
+                        "register(name in the control page) = -14"),
+    "deputy-connect": ("connect(own memory) ok", "connect(name in echo's stack) = -14",
+                       "connect(name in the control page) = -14"),
+    "deputy-spawn": ("spawn(own memory) ok", "spawn(name in echo's stack) = -14",
+                     "spawn(name in the control page) = -14",
+                     "spawn(arguments in echo's stack) = -14",
+                     "spawn(arguments in the control page) = -14"),
+    "thread-into-gate": ("#UD invalid opcode at rip 0x6000", f"pkru {ECHO_PKRU:#010x}", GATE_ABORT),
+    "thread-into-echo": ("#PF read of 0x1ffef", PKEY_AD, "ring 0", "mov rdi, qword ptr [rsp]"),
+    "pmo-foreign": ("map(own window) = 0", "unmap(own window) = 0", "map(echo's stack) = -22",
+                    "map(gate) = -22", "map(control page) = -22",
+                    "map(own region's upper half) = -22", "unmap(echo's stack) = -22",
+                    "unmap(gate) = -22"),
+    "code-alias": ("#PF fetch of 0x", "instruction fetch from a no-execute page", "ring 0",
+                   ": wrpkru"),
+    "code-write": ("#PF write of 0x", "write to a read-only page", "ring 0"),
 }
 VM_EXIT = "VMEXIT privileged instruction in ring 0, denied by the monitor"
 for _name, _insn in (("cr4", "mov cr4, rax"), ("cr0", "mov cr0, rax"), ("cr3", "mov cr3, rax"),
@@ -65,7 +84,8 @@ def result() -> redteam.RedTeamResult:
 
 
 def test_every_row_is_checked_here():
-    assert [spec.id for spec in redteam.ATTACKS] == list(OBSERVED)
+    assert sorted(spec.id for spec in redteam.ATTACKS) == sorted([*OBSERVED, *BREAK_ROWS])
+    assert len(redteam.ATTACKS) >= 50
 
 
 @pytest.mark.parametrize("row_id", list(OBSERVED))

@@ -57,4 +57,20 @@ static inline int attack_write(unsigned long address, unsigned long value, const
     return 1;
 }
 
+/* ---- rows with a partner (a second in-kernel program: the victim) ------------------
+ * They find each other by service name. A victim prints what it observed as
+ * "victim: ..." lines; the red team compares them with the row's expected ones. */
+#define ATTACK_SERVICE "attacker" /* the attacker's own service, when it is a server */
+#define VICTIM_SERVICE "victim"   /* the victim's, when it is a server */
+
+/* The calls of victim_client's "buffer" mode to the unmap_buffer attacker (mr[0]). */
+#define OP_HELLO 1 /* the server notes the shared buffer's address */
+#define OP_POLL 2  /* reply mr[0] = 1 once the server has tried to unmap it, else 0 */
+#define OP_CHECK 3 /* reply mr[0] = 1 if the buffer starts with "ok", else 0 */
+#define OP_BYE 4   /* the client is done */
+
+/* A stack for a program's second thread (ub_thread_create wants its 16-byte aligned top). */
+#define ATTACK_STACK_SIZE 16384
+#define ATTACK_STACK(name) static char name[ATTACK_STACK_SIZE] __attribute__((aligned(16)))
+
 #endif

@@ -24,6 +24,16 @@ a page fault its reason, access and address; for a gate, the ud2 and the PKRU it
 for an attacker that should survive, exactly the "observed:" lines it must print), the
 victim check passes, and the attacker printed no "LEAKED" or "broken" line.
 
+A row may add a partner: a second in-kernel program (guest/attacks/<program>.c, in its
+own region PARTNER_BASE) spawned just before or after the attacker, its victim (or its
+accomplice). Attacker and partner find each other by service name (attack.h). Once the
+partner has connected as a client, its gate is disassembled like the legitimate one
+(targets partner_gate, partner_gate_abort, partner_gate_return: the instruction after the
+gate's call of the handler) and its PKRU is noted (partner_pkru). Globals a program
+exports are targets too: attacker_<name>, partner_<name> (the spec's `symbols`). Such a
+row PASSES only if, besides the above, the partner is still alive once the attack is
+over and printed exactly the spec's "victim: " lines, and no LEAKED or broken line.
+
 To add a row (say, a privileged instruction in ring 0), write guest/attacks/<name>.c and
 append an AttackSpec to ATTACKS.
 """
@@ -32,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,18 +55,20 @@ from underbridge.bridge.scan import scan_elf
 from underbridge.errors import UserError
 from underbridge.kernel.ipc.underbridge import KERNEL_RETURN, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
+from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import ThreadState
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, Machine
 from underbridge.machine.oracle import Access, Violation
-from underbridge.toolchain import build_program, guest_root
+from underbridge.toolchain import build_program, guest_root, symbol
 
 if TYPE_CHECKING:
     from underbridge.kernel.ipc.underbridge import GateState, UnderbridgeIpc
 
 LEGIT_BASE = PINGPONG_BASE  # the legitimate in-kernel client's region
 ATTACK_BASE = 0x0300_0000  # row i's in-kernel attacker is linked at ATTACK_BASE + i * 16 MiB
+PARTNER_BASE = 0x5F00_0000  # a row's partner: the last region below the gates (LOW_LIMIT)
 APP_BASE = 0x40_0000  # applications (ring 3, own page table)
 VICTIM_ROUNDS = 20
 MAX_EVENTS = 20_000  # kernel events one program may take before it counts as hung
@@ -89,6 +101,17 @@ class Expect:
 
 
 @dataclass(frozen=True, slots=True)
+class Partner:
+    """A second in-kernel program on a row's stage: the attack's victim or accomplice."""
+
+    program: str  # guest/attacks/<program>.c, linked at PARTNER_BASE
+    args: tuple[str, ...] = ()  # like AttackSpec.args (stage targets only)
+    before: bool = False  # spawned before the attacker (else just after it)
+    lines: tuple[str, ...] = ()  # exactly the "victim: " lines it must print
+    symbols: tuple[str, ...] = ()  # its globals, published as targets partner_<name>
+
+
+@dataclass(frozen=True, slots=True)
 class AttackSpec:
     id: str
     attack: str  # the table's "attack" column
@@ -96,6 +119,8 @@ class AttackSpec:
     args: tuple[str, ...]
     expect: Expect
     in_kernel: bool = True  # False: an application in ring 3
+    partner: Partner | None = None
+    symbols: tuple[str, ...] = ()  # the attacker's globals, as targets attacker_<name>
 
 
 def _pkey_fault(access: Access, target: str, text: str) -> Expect:
@@ -107,6 +132,8 @@ def _absent(access: Access, target: str, text: str) -> Expect:
 
 
 EFAULT = "-14"
+EPIPE = "-32"
+EINVAL = "-22"
 ATTACKS: tuple[AttackSpec, ...] = (
     AttackSpec("read-server", "in-kernel server reads echo's stack (echo's saved RSP)",
                "read_server", ("{echo_stack}",),
@@ -178,6 +205,85 @@ ATTACKS: tuple[AttackSpec, ...] = (
                ("{echo_stack}",),
                _absent(Access.READ, "echo_stack", "#PF not present in ring 3, attacker ends"),
                in_kernel=False),
+    # -- the isolation breaks of issue 10: each row fails until the kernel stops it --
+    AttackSpec("pkru-refresh",
+               "victim server S calls attacker R with its secret's address; R's handler spins "
+               "on S's thread while R's second thread connects to S (a PKRU refresh of S's "
+               "threads), then reads the secret", "pkru_refresh", (),
+               _pkey_fault(Access.READ, "partner_secret",
+                           "#PF protection key (AD) reading S's secret in R's handler; R "
+                           "ends, S's call returns -EPIPE (-32), S lives on"),
+               partner=Partner("secret_server", before=True, lines=(f"call = {EPIPE}",),
+                               symbols=("secret",))),
+    AttackSpec("forged-return",
+               "attacker R keeps victim client V's call in its handler; R's second thread "
+               "jumps into the return half of V's gate (after its call of the handler) with "
+               "RSP at a forged reply", "forged_return", (),
+               Expect("#UD at V's gate's ud2 (its return check), V's PKRU; R ends, V's call "
+                      "returns -EPIPE (-32), V sees no forged reply and lives on",
+                      "#UD", rip="partner_gate_abort", pkru="partner_pkru"),
+               partner=Partner("victim_client", ("call",), lines=(f"call = {EPIPE}",))),
+    AttackSpec("server-fault",
+               "attacker R's handler reads echo's stack while victim client V's call runs it "
+               "(on V's thread)", "faulty_server", ("{echo_stack}",),
+               _pkey_fault(Access.READ, "echo_stack",
+                           "#PF protection key (AD) in R's handler; R ends, not V: V's call "
+                           "returns -EPIPE (-32), V lives on"),
+               partner=Partner("victim_client", ("call",), lines=(f"call = {EPIPE}",))),
+    AttackSpec("unmap-buffer",
+               "attacker R PMO_UNMAPs the shared buffer of victim client V's connection "
+               "(mapped on the kernel page table V runs on)", "unmap_buffer", (),
+               Expect("-EPERM (-1): the buffer's mappings are the kernel's; V writes its "
+                      "buffer and R reads it back", reports=("unmap = -1",)),
+               partner=Partner("victim_client", ("buffer",), lines=("buffer ok",))),
+    # -- PKU Pitfalls (Connor et al., USENIX Security 2020), adapted to this kernel --
+    *(AttackSpec(f"deputy-{call}",
+                 f"confused deputy: {name} with its name pointer in echo's stack and in the "
+                 f"gate's control page" + (", its argument block in each" if extra else ""),
+                 "deputy_names", (call, "{echo_stack}", "{gate_control}"),
+                 Expect("-EFAULT (-14) for each foreign pointer, attacker runs on",
+                        reports=(f"{call}(own memory) ok",
+                                 f"{call}(name in echo's stack) = {EFAULT}",
+                                 f"{call}(name in the control page) = {EFAULT}",
+                                 *((f"{call}(arguments in echo's stack) = {EFAULT}",
+                                    f"{call}(arguments in the control page) = {EFAULT}")
+                                   if extra else ()))))
+      for call, name, extra in (("register", "IPC_REGISTER", False),
+                                ("connect", "IPC_CONNECT", False),
+                                ("spawn", "SPAWN", True))),
+    AttackSpec("thread-into-gate",
+               "THREAD_CREATE with the entry on a gate's switch, past its caller check",
+               "thread_entry", ("{gate_switch}", "0x0"),
+               Expect("#UD at the gate's ud2 (no call token), echo's PKRU, attacker ends",
+                      "#UD", rip="gate_abort", pkru="echo_pkru")),
+    AttackSpec("thread-into-echo",
+               "THREAD_CREATE with the entry at echo's entry point and the stack in echo's "
+               "memory", "thread_entry", ("{echo_entry}", "{echo_thread_stack}"),
+               _pkey_fault(Access.READ, "echo_thread_rsp",
+                           "#PF protection key (AD) at the first read of echo's stack, "
+                           "attacker ends")),
+    AttackSpec("pmo-foreign",
+               "PMO_MAP a writable PMO over echo's stack, a gate, its control page, its own "
+               "region's kernel half; PMO_UNMAP echo's stack and a gate", "pmo_foreign",
+               ("{echo_stack}", "{gate}", "{gate_control}", "{attacker_window}"),
+               Expect("-EINVAL (-22) for every page outside its own window, attacker runs on",
+                      reports=("map(own window) = 0", "unmap(own window) = 0",
+                               f"map(echo's stack) = {EINVAL}", f"map(gate) = {EINVAL}",
+                               f"map(control page) = {EINVAL}",
+                               f"map(own region's upper half) = {EINVAL}",
+                               f"unmap(echo's stack) = {EINVAL}", f"unmap(gate) = {EINVAL}"))),
+    AttackSpec("code-alias",
+               "write wrpkru; ret into a PMO mapped writable, then call it (no PMO is "
+               "executable)", "code_alias", ("{attacker_window}",),
+               Expect("#PF fetch from a no-execute page, attacker ends", "#PF",
+                      Violation.FETCH_NX, Access.FETCH, address="attacker_window")),
+    AttackSpec("code-write",
+               "write wrpkru over its own code after the load-time scan", "code_write", (),
+               Expect("#PF write to a read-only page (its code), attacker ends", "#PF",
+                      Violation.WRITE_READ_ONLY, Access.WRITE, address="attacker_patch_site"),
+               symbols=("patch_site",)),
+    # The lead adds the row for guest/attacks/pkru_split.c (helper "rewrite"): a wrpkru
+    # split across two executable pages that each scan clean.
 )
 
 
@@ -224,6 +330,8 @@ class RowResult:
     attacker_output: str
     victim: str  # "" when the victim check passed, else what went wrong
     attacker: CapGroup | None  # None: the kernel refused to load it
+    targets: dict[str, int] = field(default_factory=dict)  # as resolved for this row
+    partner_output: str = ""  # the partner's console, if the row has one
 
     @property
     def passed(self) -> bool:
@@ -272,7 +380,9 @@ def _run_until(kernel: Kernel, done: Callable[[], bool]) -> bool:
     return done()
 
 
-def _gate_targets(machine: Machine, gate: GateState) -> dict[str, int]:
+def _gate_targets(machine: Machine, gate: GateState, prefix: str = "gate") -> dict[str, int]:
+    """A gate's entry, first wrpkru, the switch before it, its ud2, the instruction after
+    its call of the handler (where the return half starts) and its control page."""
     code = machine.read_virtual(machine.kernel_space, gate.address, 4096)
     first = wrpkru_offsets(code)[0]
     insns = list(Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, gate.address))
@@ -280,8 +390,14 @@ def _gate_targets(machine: Machine, gate: GateState) -> dict[str, int]:
     switch = next(i.address for i in reversed(before)
                   if i.mnemonic == "mov" and i.op_str.startswith("eax,"))
     abort = next(i.address for i in insns if i.mnemonic == "ud2")
-    return {"gate": gate.address, "gate_wrpkru": gate.address + first, "gate_switch": switch,
-            "gate_abort": abort, "gate_control": gate.control}
+    call = next(i for i in insns if i.mnemonic == "call")
+    return {prefix: gate.address, f"{prefix}_wrpkru": gate.address + first,
+            f"{prefix}_switch": switch, f"{prefix}_abort": abort,
+            f"{prefix}_return": call.address + call.size, f"{prefix}_control": gate.control}
+
+
+def _symbols(elf: Path, names: tuple[str, ...], prefix: str) -> dict[str, int]:
+    return {f"{prefix}_{name}": symbol(elf, name)[0] for name in names}
 
 
 def _io_denied(machine: Machine, routines: IoRoutines) -> int:
@@ -296,7 +412,8 @@ def build_stage() -> Stage:
     machine = Machine()
     kernel = Kernel(machine, ipc="underbridge")
     kernel.register_program("hello", build_program("hello", base=APP_BASE))
-    echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=True)
+    echo_elf = build_program("echo", base=ECHO_BASE)
+    echo = kernel.spawn(echo_elf, ["echo"], in_kernel=True)
     if not _run_until(kernel, lambda: "echo" in kernel.services
                       and echo.threads[0].state is ThreadState.BLOCKED):
         raise RedTeamError(f"echo did not come up: {bytes(echo.console)!r}")
@@ -309,8 +426,13 @@ def build_stage() -> Stage:
     ipc = cast("UnderbridgeIpc", kernel.ipc)
     gate = next(g for g in ipc.gates.values() if g.conn.client is client)
     root = machine.kernel_space.root
+    echo_stack = echo.threads[0].context[Reg.RSP]
     targets = {
-        "echo_stack": echo.threads[0].context[Reg.RSP],
+        "echo_stack": echo_stack,
+        # a thread started with its stack top here first touches echo_thread_rsp
+        "echo_thread_stack": echo_stack & ~0xF,
+        "echo_thread_rsp": (echo_stack & ~0xF) - 8,
+        "echo_entry": parse_elf(echo_elf.read_bytes(), name="echo").entry,
         "echo_pkru": ipc.domains[echo].domain.pkru,
         "kernel_data": KERNEL_DATA,
         "pt_root": root,
@@ -350,9 +472,7 @@ def _victim_problem(stage: Stage) -> str:
 # -- one row ----------------------------------------------------------------------------
 
 
-def _argv(spec: AttackSpec, targets: dict[str, int]) -> list[str]:
-    return [spec.program, *(word.format(**{k: f"{v:#x}" for k, v in targets.items()})
-                            for word in spec.args)]
+MISSING = -1  # a target that never appeared (no fault field ever equals it)
 
 
 def _matches(expect: Expect, attacker: CapGroup, reports: list[str], targets: dict[str, int],
@@ -363,10 +483,13 @@ def _matches(expect: Expect, attacker: CapGroup, reports: list[str], targets: di
     fault = attacker.fault
     if attacker.state is not GroupState.FAULTED or fault is None:
         return False
+
+    def target(name: str | None) -> int | None:
+        return None if name is None else targets.get(name, MISSING)
+
     wanted = ((expect.reason, fault.reason), (expect.access, fault.access),
-              (None if expect.address is None else targets[expect.address], fault.address),
-              (None if expect.rip is None else targets[expect.rip], fault.rip),
-              (None if expect.pkru is None else targets[expect.pkru], fault.pkru))
+              (target(expect.address), fault.address), (target(expect.rip), fault.rip),
+              (target(expect.pkru), fault.pkru))
     return (fault.mnemonic == expect.exception and fault.cpl == cpl
             and all(want is None or want == got for want, got in wanted)
             and (expect.instruction is None or fault.instruction.startswith(expect.instruction)))
@@ -384,14 +507,80 @@ def _found(elf: Path, finding: tuple[str, bool] | None) -> str:
     return ""
 
 
+def _lines(group: CapGroup) -> list[str]:
+    return bytes(group.console).decode(errors="replace").splitlines()
+
+
+def _note_partner_gate(stage: Stage, partner: CapGroup | None, targets: dict[str, int]) -> None:
+    """Once the partner has connected as a client, publish its gate's targets and PKRU."""
+    if partner is None or "partner_gate" in targets:
+        return
+    ipc = cast("UnderbridgeIpc", stage.kernel.ipc)
+    gate = next((g for g in ipc.gates.values() if g.conn.client is partner), None)
+    if gate is not None:
+        targets.update(_gate_targets(stage.machine, gate, "partner_gate"))
+        targets["partner_pkru"] = ipc.domains[partner].domain.pkru
+
+
+def _settled(group: CapGroup) -> bool:
+    """Has the partner ended, or is each of its threads blocked for good (or gone)?"""
+    return not group.running or all(t.state in (ThreadState.BLOCKED, ThreadState.DEAD)
+                                    for t in group.threads)
+
+
+def _partner_said(partner: CapGroup) -> tuple[str, ...]:
+    return tuple(line.removeprefix("victim: ") for line in _lines(partner)
+                 if line.startswith("victim: "))
+
+
+def _partner_problem(partner: CapGroup | None, wanted: Partner | None) -> str:
+    """'' if the partner is alive and printed exactly its expected lines, else what not."""
+    if partner is None or wanted is None:
+        return ""
+    problems = []
+    if not partner.running:
+        how = (partner.fault.describe() if partner.fault is not None
+               else f"exited with status {partner.exit_status}")
+        problems.append(f"{partner.name} is gone ({how})")
+    said = _partner_said(partner)
+    if said != wanted.lines:
+        problems.append(f"{partner.name} printed " + (" | ".join(said) or "nothing")
+                        + " instead of " + " | ".join(wanted.lines))
+    problems.extend(f"{partner.name}: {line}" for line in _lines(partner)
+                    if any(word in line for word in BAD_WORDS) and not line.startswith("victim: "))
+    return "; ".join(problems)
+
+
+def _spawn(kernel: Kernel, elf: Path, program: str, args: tuple[str, ...],
+           targets: dict[str, int], *, in_kernel: bool) -> CapGroup:
+    argv = [program, *(word.format(**{k: f"{v:#x}" for k, v in targets.items()})
+                       for word in args)]
+    return kernel.spawn(elf, argv, name=program, in_kernel=in_kernel)
+
+
 def run_row(index: int, spec: AttackSpec) -> RowResult:
     stage = build_stage()
     kernel = stage.kernel
     base = ATTACK_BASE + index * REGION_SIZE if spec.in_kernel else APP_BASE
     elf = build_program(attack_source(spec.program), base=base)
+    targets = {**stage.targets, "attacker_window": base + REGION_SIZE // 4,
+               **_symbols(elf, spec.symbols, "attacker")}
+    partner = None
+    partner_elf = None
+    if spec.partner is not None:
+        partner_elf = build_program(attack_source(spec.partner.program), base=PARTNER_BASE)
+        targets.update(_symbols(partner_elf, spec.partner.symbols, "partner"))
+
+    def spawn_partner() -> CapGroup:
+        assert spec.partner is not None and partner_elf is not None
+        return _spawn(kernel, partner_elf, spec.partner.program, spec.partner.args, targets,
+                      in_kernel=True)
+
+    if spec.partner is not None and spec.partner.before:
+        partner = spawn_partner()
     try:
-        attacker = kernel.spawn(elf, _argv(spec, stage.targets), name=spec.program,
-                                in_kernel=spec.in_kernel)
+        attacker = _spawn(kernel, elf, spec.program, spec.args, targets,
+                          in_kernel=spec.in_kernel)
     except UserError as error:  # refused at load
         observed = f"refused at load: {str(error).splitlines()[0]}"
         found = _found(elf, spec.expect.finding)
@@ -400,8 +589,17 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
         verdict = (PASS if spec.expect.refused_at_load and not victim
                    and (spec.expect.finding is None or found) else FAIL)
         return RowResult(spec, observed + (f"; victim: {victim}" if victim else ""), verdict,
-                         "", victim, None)
-    _run_until(kernel, lambda: not attacker.running)
+                         "", victim, None, targets)
+    if spec.partner is not None and partner is None:
+        partner = spawn_partner()
+
+    def attack_over() -> bool:
+        _note_partner_gate(stage, partner, targets)
+        return not attacker.running
+
+    _run_until(kernel, attack_over)
+    if partner is not None:  # what the attack left it to do (a call that returns, ...)
+        _run_until(kernel, lambda: _settled(partner))
     output = bytes(attacker.console).decode(errors="replace")
     lines = output.splitlines()
     reports = [line.removeprefix("observed: ") for line in lines if line.startswith("observed: ")]
@@ -415,13 +613,18 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
     elif spec.expect.exception is not None or attacker.exit_status != 0:
         parts.append(f"exited with status {attacker.exit_status}")
     parts.extend(line for line in bad if line not in parts)
+    if partner is not None:
+        parts.append(f"{partner.name}: " + (" | ".join(_partner_said(partner)) or "(silent)"))
     matched = not spec.expect.refused_at_load and _matches(
-        spec.expect, attacker, reports, stage.targets, cpl=0 if spec.in_kernel else 3)
-    victim = _victim_problem(stage)
+        spec.expect, attacker, reports, targets, cpl=0 if spec.in_kernel else 3)
+    victim = "; ".join(problem for problem in (_victim_problem(stage),
+                                               _partner_problem(partner, spec.partner))
+                       if problem)
     if victim:
         parts.append(f"victim: {victim}")
     verdict = PASS if matched and not victim and not bad else FAIL
-    return RowResult(spec, "; ".join(parts), verdict, output, victim, attacker)
+    return RowResult(spec, "; ".join(parts), verdict, output, victim, attacker, targets,
+                     "" if partner is None else bytes(partner.console).decode(errors="replace"))
 
 
 def run(specs: tuple[AttackSpec, ...] = ATTACKS,
