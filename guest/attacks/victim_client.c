@@ -10,7 +10,9 @@
  *           also checks that it runs on our own thread: a thread of another domain
  *           that got there has its syscalls refused (-EDEADLK), which we report as
  *           "victim: broken: ..." (our code ran on a thread that is not ours) before
- *           ending that thread with ud2.
+ *           ending that thread with ud2. If the call failed, our own thread calls once
+ *           more and the watcher prints "victim: next call = <result>" (a server that
+ *           is gone must keep answering -EPIPE, not fault us).
  *   buffer  OP_HELLO, then OP_POLL until the server says it tried to unmap our shared
  *           buffer, then write "ok" into the buffer and have the server check it
  *           (OP_CHECK): "victim: buffer ok", then OP_BYE.
@@ -25,6 +27,8 @@ static volatile long reply0;
 static volatile long after_call; /* a syscall's result just after the call returned */
 static volatile long returns;    /* how often the code after the call ran */
 static volatile long reported;
+static volatile long next_status = 1; /* the second call's result, if one was made */
+static volatile long finished;        /* our own thread is done calling */
 ATTACK_STACK(watcher_stack);
 
 static void block_for_good(void)
@@ -35,9 +39,11 @@ static void block_for_good(void)
 static void watcher(unsigned long unused)
 {
     (void)unused;
-    while (!returns)
+    while (!returns || (!finished && after_call == 0))
         ub_yield();
     ub_printf("victim: call = %ld\n", status);
+    if (status < 0 && finished)
+        ub_printf("victim: next call = %ld\n", next_status);
     if (status == 0)
         ub_printf("victim: reply mr0 = 0x%lx\n", reply0);
     if (after_call != 0)
@@ -65,6 +71,11 @@ static int call_mode(struct ub_conn *conn)
             ub_yield();
         __builtin_trap();
     }
+    if (r < 0) {
+        long again[4] = {1, 2, 3, 4};
+        next_status = ub_ipc_call(conn, again);
+    }
+    finished = 1;
     block_for_good();
     return 1;
 }

@@ -222,14 +222,16 @@ ATTACKS: tuple[AttackSpec, ...] = (
                Expect("#UD at V's gate's ud2 (its return check), V's PKRU; R ends, V's call "
                       "returns -EPIPE (-32), V sees no forged reply and lives on",
                       "#UD", rip="partner_gate_abort", pkru="partner_pkru"),
-               partner=Partner("victim_client", ("call",), lines=(f"call = {EPIPE}",))),
+               partner=Partner("victim_client", ("call",),
+                               lines=(f"call = {EPIPE}", f"next call = {EPIPE}"))),
     AttackSpec("server-fault",
                "attacker R's handler reads echo's stack while victim client V's call runs it "
                "(on V's thread)", "faulty_server", ("{echo_stack}",),
                _pkey_fault(Access.READ, "echo_stack",
                            "#PF protection key (AD) in R's handler; R ends, not V: V's call "
                            "returns -EPIPE (-32), V lives on"),
-               partner=Partner("victim_client", ("call",), lines=(f"call = {EPIPE}",))),
+               partner=Partner("victim_client", ("call",),
+                               lines=(f"call = {EPIPE}", f"next call = {EPIPE}"))),
     AttackSpec("unmap-buffer",
                "attacker R PMO_UNMAPs the shared buffer of victim client V's connection "
                "(mapped on the kernel page table V runs on)", "unmap_buffer", (),

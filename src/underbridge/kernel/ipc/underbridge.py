@@ -365,10 +365,11 @@ class UnderbridgeIpc:
         stays, rewritten to answer -EPIPE (a tombstone), so the client's later calls
         fail cleanly instead of faulting; the slot is freed when the client ends.
         """
-        state = self.gates.pop(conn, None)
+        state = self.gates.get(conn)
         if state is None:
             return
         self._end_call_in_progress(kernel, state)
+        del self.gates[conn]
         pages = state.pages
         if server_gone and state.client is not None and state.client.group.running:
             pages = [page for page in pages if page != state.address]
