@@ -4,7 +4,9 @@ A block-entry hook adds the block's static cost: one cycle per instruction, exce
 instruction that is itself a costed primitive (wrpkru, vmfunc, syscall, sysret,
 swapgs, mov to CR3), which adds its row of COSTS instead. Each distinct block is
 decoded once (capstone) per address space; the hook itself does two dict lookups and
-two additions. Python kernel work is charged by name with `charge`.
+two additions. Python kernel work is charged by name with `charge`. This class is the
+reference; the machine normally runs `NativeAccounting` (native_accounting.py), which
+does the per-block work in C with the same counts.
 
 Invariants:
   - Counts depend only on which blocks executed and which events were charged, so the
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-from unicorn import Uc
+from unicorn import UC_HOOK_BLOCK, Uc
 
 from underbridge.machine.costs import COSTS
 from underbridge.machine.monitor import Monitor
@@ -209,22 +211,26 @@ class Accounting:
         if cache is not None:
             cache.clear()
 
+    def install(self, uc: Uc) -> None:
+        """Register the block hook on `uc`."""
+        uc.hook_add(UC_HOOK_BLOCK, self.on_block)
+
+    def check(self) -> None:
+        """Raise what a hook callback raised (the binding raises for Python hooks itself)."""
+
     def on_block(self, uc: Uc, address: int, size: int, _data: object) -> None:
-        """UC_HOOK_BLOCK callback: the hot path of accounting and of the secure monitor."""
+        """UC_HOOK_BLOCK callback: the hot path of accounting and of the secure monitor.
+
+        The reference implementation; native_accounting.py does the same in C."""
         if self.instructions >= self.deadline:
             self.deadline_reached = True
             uc.emu_stop()
             return
         cost = self._blocks.get(address)
         if cost is None or cost.size != size:
-            cost = block_cost(self._read_code(address, size), address,
-                              self.category_of(address))
+            cost = self._decode(address, size)
             self._blocks[address] = cost
-        monitor = self.monitor
-        if (cost.trap is not None and monitor is not None and monitor.armed
-                and address != monitor.allowed_block):
-            monitor.trap = cost.trap  # stop before this block runs (see machine/monitor.py)
-            uc.emu_stop()
+        if self._monitor_stops(uc, address, cost):
             return
         if not self.counting:
             return
@@ -233,3 +239,16 @@ class Accounting:
         self.category_cycles[cost.category] += cost.cycles
         if cost.events:
             self.block_events.update(cost.events)
+
+    def _decode(self, address: int, size: int) -> BlockCost:
+        return block_cost(self._read_code(address, size), address, self.category_of(address))
+
+    def _monitor_stops(self, uc: Uc, address: int, cost: BlockCost) -> bool:
+        """Stop the CPU before a ring-0 block holding a privileged instruction."""
+        monitor = self.monitor
+        if (cost.trap is not None and monitor is not None and monitor.armed
+                and address != monitor.allowed_block):
+            monitor.trap = cost.trap  # stop before this block runs (see machine/monitor.py)
+            uc.emu_stop()
+            return True
+        return False

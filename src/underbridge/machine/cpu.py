@@ -33,6 +33,7 @@ Invariants:
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass
 from enum import Enum
 
@@ -41,7 +42,6 @@ from unicorn import (
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
     UC_ERR_INSN_INVALID,
-    UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_MODE_64,
@@ -86,6 +86,16 @@ KERNEL_RW = PageFlags(user=True, writable=True, pkey=0)
 
 DEFAULT_MEMORY_MIB = 64
 UNLIMITED_COUNT = 1 << 62
+
+
+def accounting_class() -> type[Accounting]:
+    """The block hook's implementation: native (C) unless $UNDERBRIDGE_ACCOUNTING=python
+    asks for the Python reference, or gcc is missing. Both give the same counts."""
+    if os.environ.get("UNDERBRIDGE_ACCOUNTING", "native") == "python":
+        return Accounting
+    from underbridge.machine import native_accounting
+
+    return native_accounting.NativeAccounting if native_accounting.available() else Accounting
 
 
 class ExitKind(Enum):
@@ -149,10 +159,10 @@ class Machine:
         self.uc.hook_add(UC_HOOK_INSN, self._on_port_out, None, 1, 0, UC_X86_INS_OUT)
         if accounting or monitor:
             self.monitor = Monitor() if monitor else None
-            self._decoder = Accounting(self._read_running_code, counting=accounting,
-                                       monitor=self.monitor)
+            self._decoder = accounting_class()(self._read_running_code, counting=accounting,
+                                               monitor=self.monitor)
             self.accounting = self._decoder if accounting else None
-            self.uc.hook_add(UC_HOOK_BLOCK, self._decoder.on_block)
+            self._decoder.install(self.uc)
 
     def _map_kernel_pages(self) -> None:
         text = self._map_kernel_page(KERNEL_TEXT, KERNEL_CODE)
@@ -426,6 +436,8 @@ class Machine:
             self.uc.emu_start(begin, until)
         else:
             self.uc.emu_start(begin, until, count=budget or UNLIMITED_COUNT)
+        if self._decoder is not None:
+            self._decoder.check()
 
     def _budget_spent(self, budget: int) -> bool:
         if self.accounting is not None:
