@@ -25,15 +25,12 @@ fastpath, the closest measured kernel IPC path (costs.py).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from underbridge.bridge import admission, iocall
 from underbridge.bridge import gate as gates
-from underbridge.bridge import iocall
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
-from underbridge.bridge.rewrite import RewriteRefused, rewrite_elf
-from underbridge.bridge.scan import scan_elf
 from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.ipc import gate_calls
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
@@ -161,13 +158,12 @@ class UnderbridgeIpc:
             raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
                              f"below {LOW_LIMIT:#x}")
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
-        if rewrite:
-            with contextlib.suppress(RewriteRefused):  # verified below either way
-                elf = rewrite_elf(elf, name=name, io_routines=self.io_routines(kernel)).data
-        report = scan_elf(elf, name=name)
-        if report.pkru_writers:
+        # Cached by content (bridge/admission.py): the same binary is rewritten once.
+        routines = self.io_routines(kernel) if rewrite else None
+        elf, pkru_writers = admission.vet(elf, name=name, io_routines=routines, rewrite=rewrite)
+        if pkru_writers:
             self.keys.release(domain.key)
-            found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in report.pkru_writers[:5])
+            found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in pkru_writers[:5])
             raise UserError(f"{name} cannot run in kernel space: its code can change PKRU "
                             f"({found})", hint="underbridge scan shows every occurrence; "
                             "run it in user space instead")
