@@ -66,7 +66,9 @@ def test_bench_machine_json_reports_every_figure():
     for key in ("mips_accounting_on", "mips_accounting_off", "syscall_roundtrip_wall_us",
                 "wrpkru_pair_wall_us"):
         assert report[key] > 0
-    assert report["mips_accounting_off"] > report["mips_accounting_on"]
+    # No order between the two: with the native block hook, accounting can be faster than
+    # the engine's own instruction counting, which the machine uses when accounting is off.
+    assert report["loop_sim_cycles"] > report["loop_iterations"]
 
 
 def test_bench_ipc_json_has_the_documented_shape():

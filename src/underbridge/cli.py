@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -22,9 +22,9 @@ from rich.table import Table
 
 from underbridge.errors import UserError
 from underbridge.kernel.ipc import DESIGNS
-from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.objects.capgroup import CapGroup, GroupState
-from underbridge.machine.cpu import Machine
+
+if TYPE_CHECKING:  # commands import what they run, so `--help` loads no emulator
+    from underbridge.kernel.objects.capgroup import CapGroup
 
 F = TypeVar("F", bound=Callable[..., Any])
 RUN_BASE = 0x40_0000
@@ -56,6 +56,8 @@ def main() -> None:
 
 
 def _exit_code(process: CapGroup) -> int:
+    from underbridge.kernel.objects.capgroup import GroupState
+
     if process.state is GroupState.FAULTED:
         return 128 + (process.fault.vector if process.fault else 0)
     return (process.exit_status or 0) & 0xFF
@@ -78,6 +80,8 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
       underbridge run hello
       underbridge run --c mine.c first-arg second-arg
     """
+    from underbridge.kernel.kernel import Kernel
+    from underbridge.machine.cpu import Machine
     from underbridge.toolchain import build_program
 
     if program is None and c_file is None:
