@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # commands import what they run, so `--help` loads no emulato
 F = TypeVar("F", bound=Callable[..., Any])
 RUN_BASE = 0x40_0000
 EXIT_USER_ERROR = 2
+NO_ACCOUNTING_HELP = "Wall time only, no simulated cycles: shows what accounting costs."
 
 console = Console(soft_wrap=True, highlight=False)
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -200,9 +201,10 @@ def bench() -> None:
 @click.option("--mode", type=click.Choice(DESIGNS), default="sel4", show_default=True,
               help="The IPC design the kernel uses.")
 @click.option("--rounds", type=click.IntRange(min=3), default=10_000, show_default=True)
+@click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def bench_ipc(mode: str, rounds: int, as_json: bool) -> None:
+def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> None:
     """IPC round trips between the echo server and the pingpong client, per path."""
     from rich.progress import Progress
 
@@ -210,7 +212,8 @@ def bench_ipc(mode: str, rounds: int, as_json: bool) -> None:
 
     with Progress(console=errors, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"{mode} round trips", total=rounds * len(ipc_bench.PATHS))
-        result = ipc_bench.run(mode, rounds, progress=lambda n: bar.advance(task, n))
+        result = ipc_bench.run(mode, rounds, progress=lambda n: bar.advance(task, n),
+                               accounting=not no_accounting)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -219,11 +222,12 @@ def bench_ipc(mode: str, rounds: int, as_json: bool) -> None:
     table.add_column("simulated cycles / round trip", justify="right")
     table.add_column("wall us / round trip", justify="right")
     for row in result.results:
-        table.add_row(row.path, f"{row.sim_cycles_per_rtt:,.0f}", f"{row.wall_us_per_rtt:.1f}")
+        cycles = "-" if row.sim_cycles_per_rtt is None else f"{row.sim_cycles_per_rtt:,.0f}"
+        table.add_row(row.path, cycles, f"{row.wall_us_per_rtt:.1f}")
     console.print(table)
-    for row in result.results:
+    for row in result.results if not no_accounting else ():
         events = ", ".join(f"{name} x{count:g}"
-                           for name, count in sorted(row.events_per_rtt.items()))
+                           for name, count in sorted((row.events_per_rtt or {}).items()))
         console.print(f"[dim]{row.path} hardware events per round trip: {events}[/]")
 
 
@@ -237,10 +241,11 @@ def bench_ipc(mode: str, rounds: int, as_json: bool) -> None:
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=1, show_default=True)
 @click.option("--db-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Copy the database file out of the file system to this host path.")
+@click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def bench_ycsb(mode: str, records: int, ops: int, seed: int, db_out: Path | None,
-               as_json: bool) -> None:
+               no_accounting: bool, as_json: bool) -> None:
     """SQLite under YCSB workload A inside the microkernel, file operations over IPC."""
     from rich.progress import Progress
 
@@ -249,7 +254,8 @@ def bench_ycsb(mode: str, records: int, ops: int, seed: int, db_out: Path | None
     with Progress(console=errors, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"{mode}: records loaded + operations", total=records + ops)
         result = ycsb.run(mode, records, ops, seed, db_out=db_out,
-                          progress=lambda done, total: bar.update(task, completed=done))
+                          progress=lambda done, total: bar.update(task, completed=done),
+                          accounting=not no_accounting)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -303,7 +309,16 @@ def bench_machine(scale: float, as_json: bool) -> None:
     table.add_row("syscall round trip into Python", f"{result.syscall_roundtrip_wall_us:.2f} us")
     table.add_row("wrpkru pair (two domain switches)", f"{result.wrpkru_pair_wall_us:.2f} us")
     table.add_row("loop simulated cycles", f"{result.loop_sim_cycles:,}")
+    table.add_row("floor: wrpkru pair, no hook", f"{result.wrpkru_pair_floor_us:.2f} us")
+    table.add_row("floor: syscall hook + context restore", f"{result.syscall_floor_us:.2f} us")
     console.print(table)
+    paths = Table(title="IPC round trips against their floors (accounting on)")
+    for column in ("design", "path", "wall us/rtt", "entries", "floor us", "x floor"):
+        paths.add_column(column, justify="left" if column in ("design", "path") else "right")
+    for row in result.ipc:
+        paths.add_row(row.mode, row.path, f"{row.wall_us_per_rtt:.1f}", str(row.kernel_entries),
+                      f"{row.floor_us:.2f}", f"{row.ratio:.1f}")
+    console.print(paths)
 
 
 # -- reproduce ----------------------------------------------------------------------

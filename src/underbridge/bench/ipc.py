@@ -39,10 +39,10 @@ class BenchFailed(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class PathResult:
     path: str
-    sim_cycles_per_rtt: float
+    sim_cycles_per_rtt: float | None  # None: measured with --no-accounting
     wall_us_per_rtt: float
     rounds: int
-    events_per_rtt: dict[str, float] = field(default_factory=dict)
+    events_per_rtt: dict[str, float] | None = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +53,14 @@ class IpcBenchResult:
 
     def to_json(self) -> dict[str, object]:
         return {"mode": self.mode, "rounds": self.rounds,
-                "results": [asdict(r) for r in self.results]}
+                "results": [{k: v for k, v in asdict(r).items() if v is not None}
+                            for r in self.results]}
 
 
-def run_path(mode: str, path: str, rounds: int, progress: Progress | None = None) -> PathResult:
-    machine = Machine()
+def run_path(mode: str, path: str, rounds: int, progress: Progress | None = None, *,
+             accounting: bool = True) -> PathResult:
+    """accounting=False: wall time only (no cycle figures), to see what accounting costs."""
+    machine = Machine(accounting=accounting)
     kernel = Kernel(machine, ipc=mode)
     in_kernel = mode in IN_KERNEL_MODES
     echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=in_kernel)
@@ -76,11 +79,15 @@ def run_path(mode: str, path: str, rounds: int, progress: Progress | None = None
     if not echo.running:
         raise BenchFailed(f"echo ended early: {bytes(echo.console).decode(errors='replace')}")
     cycles, wall, events = recorder.per_round(rounds)
+    if not accounting:
+        return PathResult(path, None, wall * 1e6, rounds, None)
     return PathResult(path, cycles, wall * 1e6, rounds, events)
 
 
-def run(mode: str, rounds: int, progress: Progress | None = None) -> IpcBenchResult:
+def run(mode: str, rounds: int, progress: Progress | None = None, *,
+        accounting: bool = True) -> IpcBenchResult:
     if rounds < 1:
         raise ValueError("at least one round is needed")
-    return IpcBenchResult(mode, rounds, tuple(run_path(mode, path, rounds, progress)
+    return IpcBenchResult(mode, rounds, tuple(run_path(mode, path, rounds, progress,
+                                                       accounting=accounting)
                                               for path in PATHS))
