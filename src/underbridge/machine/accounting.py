@@ -39,6 +39,7 @@ from underbridge.machine.monitor import Monitor
 from underbridge.machine.privileged import privileged_name
 
 _DISASSEMBLER = Cs(CS_ARCH_X86, CS_MODE_64)
+_CYCLES = {name: cost.cycles for name, cost in COSTS.items()}  # charge() is hot
 NO_DEADLINE = 1 << 62
 OTHER, KERNEL = "other", "kernel"  # the categories every machine has
 
@@ -135,6 +136,7 @@ class Accounting:
         self.deadline = NO_DEADLINE
         self.deadline_reached = False
         self.categories: list[str] = [OTHER, KERNEL]
+        self._category_ids = {name: index for index, name in enumerate(self.categories)}
         self.category_cycles: list[int] = [0, 0]
         self._ranges: list[tuple[int, int, int]] = []  # sorted (start, end, category)
         self._charge_category = 1
@@ -149,10 +151,15 @@ class Accounting:
     # -- attribution -----------------------------------------------------------------
 
     def category_index(self, name: str) -> int:
-        if name not in self.categories:
-            self.categories.append(name)
-            self.category_cycles.append(0)
-        return self.categories.index(name)
+        index = self._category_ids.get(name)
+        if index is None:
+            index = self._category_ids[name] = self._new_category(name)
+        return index
+
+    def _new_category(self, name: str) -> int:
+        self.categories.append(name)
+        self.category_cycles.append(0)
+        return len(self.categories) - 1
 
     def attribute(self, name: str, start: int, end: int) -> None:
         """Count blocks starting in [start, end) under category `name` from now on."""
@@ -196,7 +203,7 @@ class Accounting:
 
     def charge(self, event: str, times: int = 1) -> None:
         """Add `times` occurrences of a primitive done by the (Python) kernel."""
-        cycles = COSTS[event].cycles * times
+        cycles = _CYCLES[event] * times
         self.charged_cycles += cycles
         self.charged[event] += times
         self.category_cycles[self._charge_category] += cycles

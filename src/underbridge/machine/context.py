@@ -53,6 +53,9 @@ class Reg(IntEnum):
 
 
 SYSCALL_ARG_REGS = (Reg.RDI, Reg.RSI, Reg.RDX, Reg.R10, Reg.R8, Reg.R9)
+_ARG_INDEXES = tuple(int(reg) for reg in SYSCALL_ARG_REGS)
+_unpack_u64 = _U64.unpack_from  # bound once: these are the kernel's hottest calls
+_pack_u64 = _U64.pack_into
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,20 +73,21 @@ class ContextLayout:
 class CpuContext:
     """One saved CPU state, editable in place."""
 
-    __slots__ = ("_view", "layout", "uc_context")
+    __slots__ = ("_regs", "_view", "layout", "uc_context")
 
     def __init__(self, uc_context: UcContext, layout: ContextLayout) -> None:
         self.uc_context = uc_context
         self.layout = layout
+        self._regs = layout.regs  # read on every register access: one attribute, not two
         address = ctypes.cast(uc_context.context, ctypes.c_void_p).value
         buffer = (ctypes.c_ubyte * layout.size).from_address(address)
         self._view = memoryview(buffer).cast("B")
 
     def __getitem__(self, reg: Reg) -> int:
-        return _U64.unpack_from(self._view, self.layout.regs[reg])[0]
+        return _unpack_u64(self._view, self._regs[reg])[0]
 
     def __setitem__(self, reg: Reg, value: int) -> None:
-        _U64.pack_into(self._view, self.layout.regs[reg], value & 0xFFFF_FFFF_FFFF_FFFF)
+        _pack_u64(self._view, self._regs[reg], value & 0xFFFF_FFFF_FFFF_FFFF)
 
     @property
     def rip(self) -> int:
@@ -122,7 +126,8 @@ class CpuContext:
         return _U32.unpack_from(self._view, self.layout.cs_selector)[0] & 3
 
     def syscall_args(self) -> tuple[int, ...]:
-        return tuple(self[reg] for reg in SYSCALL_ARG_REGS)
+        view, regs = self._view, self._regs
+        return tuple(_unpack_u64(view, regs[reg])[0] for reg in _ARG_INDEXES)
 
     def copy_from(self, other: CpuContext) -> None:
         """Make this context an exact copy of `other` (both of the same machine)."""

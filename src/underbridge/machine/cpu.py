@@ -42,6 +42,7 @@ from unicorn import (
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
     UC_ERR_INSN_INVALID,
+    UC_ERR_OK,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_MODE_64,
@@ -49,6 +50,7 @@ from unicorn import (
     Uc,
     UcError,
 )
+from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
     UC_CPU_X86_SKYLAKE_SERVER,
     UC_X86_INS_IN,
@@ -73,6 +75,7 @@ from underbridge.machine.monitor import Monitor
 from underbridge.machine.paging import PageFlags, PageTable, VirtAddr
 from underbridge.machine.physmem import PAGE_SIZE, FrameAllocator, PhysMem
 
+_TLB_FLUSH = (UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH  # uc_ctl's code, no arguments
 KERNEL_TEXT = VirtAddr(0xFFFF_FFFF_8000_0000)
 KERNEL_STUBS = VirtAddr(KERNEL_TEXT + PAGE_SIZE)
 KERNEL_DATA = VirtAddr(0xFFFF_FFFF_8010_0000)
@@ -470,7 +473,10 @@ class Machine:
         self._space = space
 
     def _flush_tlb(self) -> None:
-        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        # uc_ctl called directly: the binding's ctl() wrapper costs more than the flush.
+        status = uclib.uc_ctl(self.uc._uch, _TLB_FLUSH)
+        if status != UC_ERR_OK:
+            raise UcError(status)
         self._tlb_stale = False
 
     # -- faults ---------------------------------------------------------------------

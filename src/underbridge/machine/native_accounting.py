@@ -244,12 +244,11 @@ class NativeAccounting(Accounting):
         self.charged.clear()
         self.category_cycles = []
 
-    def category_index(self, name: str) -> int:
-        if name not in self.categories:
-            if len(self.categories) == UB_CATEGORIES:
-                raise ValueError(f"more than {UB_CATEGORIES} accounting categories")
-            self.categories.append(name)
-        return self.categories.index(name)
+    def _new_category(self, name: str) -> int:
+        if len(self.categories) == UB_CATEGORIES:
+            raise ValueError(f"more than {UB_CATEGORIES} accounting categories")
+        self.categories.append(name)  # its counter in C memory is already there, at zero
+        return len(self.categories) - 1
 
     def tally(self) -> Tally:
         cycles = self.category_cycles[: len(self.categories)]
