@@ -145,6 +145,7 @@ class Machine:
                             gdt_vaddr=KERNEL_DATA, syscall_entry=SYSCALL_ENTRY_AT)
         self._space = self.kernel_space
         self.layout, self._templates = self._calibrate_and_capture_rings()
+        self._zeroed: dict[int, CpuContext] = {}
         for boot_only in (KERNEL_TEXT, KERNEL_STUBS):
             frame = self.kernel_space.unmap(boot_only)
             if frame is not None:
@@ -342,14 +343,23 @@ class Machine:
         if ring not in self._templates:
             raise ValueError(f"ring must be 0 or 3, not {ring}")
         context = CpuContext(self.uc.context_save(), self.layout)
-        context.copy_from(self._templates[ring])
-        for reg in Reg:
-            context[reg] = 0
+        context.copy_from(self._zeroed_template(ring))
         context[Reg.CR3] = page_table.root
         context.rip = rip
         context[Reg.RSP] = rsp
         context.pkru = pkru
         return context
+
+    def _zeroed_template(self, ring: int) -> CpuContext:
+        """The ring's template with every register of `Reg` zero (made once per ring)."""
+        zeroed = self._zeroed.get(ring)
+        if zeroed is None:
+            zeroed = CpuContext(self.uc.context_save(), self.layout)
+            zeroed.copy_from(self._templates[ring])
+            for reg in Reg:
+                zeroed[reg] = 0
+            self._zeroed[ring] = zeroed
+        return zeroed
 
     def set_paging_controls(self, context: CpuContext, *, write_protect: bool,
                             protection_keys: bool) -> None:
