@@ -21,6 +21,22 @@ Hardware events of one round trip:
                  table), [gate], CR3 write (back), swapgs, sysret
 The kernel's decode-and-dispatch work on the app-server path is charged as seL4's Call
 fastpath, the closest measured kernel IPC path (costs.py).
+
+Where the kernel writes a ring-0 thread's PKRU, RSP or RIP, and why each is safe:
+  - a PKRU refresh (`_share_key`): only threads that hold the changed domain's PKRU,
+    i.e. run its code, get its new PKRU; a thread inside another domain's handler
+    keeps that domain's PKRU (break A1 was the opposite);
+  - ending a call whose server is gone (`_end_call_in_progress`, gate_calls.unwind):
+    registers from the caller's save area, PKRU from the caller's domain, RIP from the
+    caller's stack read with the caller's rights;
+  - syscall results and replies (sel4.deliver, give_reply, Kernel.wake_with): only RAX
+    and message registers, of a thread blocked in a syscall, which it made from its own
+    domain (a syscall from inside another domain's handler is refused with -EDEADLK
+    before any handler runs, `foreign`);
+  - THREAD_CREATE copies its creator's PKRU, which is the creator's own (same reason);
+  - preemption never writes registers, and never happens inside a gate (`in_gate`);
+  - the kernel's own gate calls for applications run in a context of their own
+    (`Upcall`), to completion, before any other thread runs.
 """
 
 from __future__ import annotations
