@@ -242,7 +242,7 @@ class Kernel:
         for thread in group.threads:
             self.sched.remove(thread)
             thread.mark_destroyed()
-        for obj in reversed(group.owned):
+        for obj in reversed(list(group.owned)):  # closing a connection edits `owned`
             self.destroy_object(obj)
         group.vmspace.destroy()
         self.ipc.ended(self, group)
@@ -258,7 +258,7 @@ class Kernel:
         if isinstance(obj, Service):
             self.ipc.close_service(self, obj)
             self.services.pop(obj.name, None)
-            for conn in obj.connections:
+            for conn in list(obj.connections):
                 self.close_connection(conn, server_gone=True)
         if isinstance(obj, Connection):
             self.close_connection(obj)
@@ -267,10 +267,16 @@ class Kernel:
 
     def close_connection(self, conn: Connection, *, server_gone: bool = False) -> None:
         """Close a connection: its gate and keys first, then its buffer (both sides).
-        server_gone: the server's side is going away, not the client's."""
+        server_gone: the server's side is going away, not the client's.
+
+        A closed connection leaves its service's and its client's lists, or a client
+        that connects and closes forever would grow them forever.
+        """
         if conn.alive:
             self.ipc.closed(self, conn, server_gone=server_gone)
             conn.close()
+            conn.service.connections.remove(conn)
+            conn.client.owned.remove(conn)
 
     def thread_exit(self, thread: Thread) -> None:
         self.sched.remove(thread)

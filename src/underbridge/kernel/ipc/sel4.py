@@ -147,8 +147,10 @@ class Sel4Ipc:
             kernel.fail_blocked(client, Errno.EPIPE)
         service.pending.clear()
         service.receivers.clear()
-        for conn in service.connections:
-            for thread in conn.client.threads:
-                if thread.calling is conn:
+        # Every running group, not just the service's connections: a caller whose
+        # connection was closed during its call has left service.connections.
+        for group in kernel.groups.values():
+            for thread in group.threads if group.running else ():
+                if thread.calling is not None and thread.calling.service is service:
                     thread.calling = None
                     kernel.fail_blocked(thread, Errno.EPIPE)
