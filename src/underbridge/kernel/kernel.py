@@ -317,5 +317,17 @@ class Kernel:
         if thread.alive and thread.state is ThreadState.BLOCKED:
             self.wake_with(thread, -errno)
 
+    # -- queries -------------------------------------------------------------------
+
+    def blocked(self) -> list[Thread]:
+        """The blocked threads of live cap groups, in creation order.
+
+        Once `run` has returned because no thread is ready, each of these waits for
+        something no thread can do any more: a deadlock, unless it is a server waiting
+        for callers. Each names what it waits on in `waiting_on`.
+        """
+        return [thread for group in self.groups.values() if group.running
+                for thread in group.threads if thread.state is ThreadState.BLOCKED]
+
 
 __all__ = ["Kernel", "SyscallError"]
