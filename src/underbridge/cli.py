@@ -162,7 +162,8 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
         args = (program, *args)  # with --c, every positional word is an argument
     source: Path | str = c_file if c_file is not None else str(program)
     elf = build_program(source, base=RUN_BASE)
-    name = shown(Path(source).stem if c_file is not None else str(program))
+    stem = Path(source).stem if c_file is not None else str(program)
+    name = shown(stem)  # for reports; argv[0] keeps the bytes it was given
 
     def stream(_process: CapGroup, data: bytes) -> None:
         if not as_json:
@@ -171,11 +172,15 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
 
     machine = Machine(accounting=not no_accounting)
     kernel = Kernel(machine, console=stream)
-    process = kernel.spawn(elf, [name, *args], name=name)
+    process = kernel.spawn(elf, [stem, *args], name=name)
+
+    def budget_spent() -> bool:  # checked between kernel events, a quantum apart at most
+        return budget > 0 and machine.clock() >= budget
+
     started = time.perf_counter()
-    kernel.run(until=lambda: budget > 0 and machine.clock() >= budget)
+    kernel.run(until=budget_spent)
     wall = time.perf_counter() - started
-    outcome = _outcome(process, budget > 0 and machine.clock() >= budget)
+    outcome = _outcome(process, budget_spent())
     blocked = kernel.blocked() if outcome == "deadlock" else []
     unit = "instructions" if no_accounting else "cycles"
     tally = machine.tally()
