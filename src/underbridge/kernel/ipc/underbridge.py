@@ -50,7 +50,7 @@ from underbridge.bridge import iocall
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
 from underbridge.bridge.rewrite import RewriteRefused, rewrite_elf
 from underbridge.bridge.scan import scan_elf
-from underbridge.errors import SyscallError, UserError
+from underbridge.errors import ElfError, SyscallError, UserError
 from underbridge.kernel.ipc import gate_calls
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
 from underbridge.kernel.objects.capgroup import CapGroup
@@ -174,8 +174,8 @@ class UnderbridgeIpc:
         rewrite=False keeps the binary as built (it is still verified).
         """
         if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
-            raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
-                             f"below {LOW_LIMIT:#x}")
+            raise ElfError(f"{name} is linked at {base:#x}, but in-kernel servers are linked at "
+                           f"{REGION_SIZE:#x}-aligned bases below {LOW_LIMIT:#x}")
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
         if rewrite:
             with contextlib.suppress(RewriteRefused):  # verified below either way
