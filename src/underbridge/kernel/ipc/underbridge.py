@@ -176,18 +176,30 @@ class UnderbridgeIpc:
         if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
             raise ElfError(f"{name} is linked at {base:#x}, but in-kernel servers are linked at "
                            f"{REGION_SIZE:#x}-aligned bases below {LOW_LIMIT:#x}")
+        owner = next((s.group.name for s in self.domains.values() if s.base == base), None)
+        if owner is not None:
+            raise UserError(f"{name} is linked at {base:#x}, the region of {owner}, which is "
+                            "in kernel space already", hint="link each in-kernel server at "
+                            f"its own {REGION_SIZE:#x}-aligned base")
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
+        try:
+            elf = self._deprivileged(kernel, name, elf, rewrite=rewrite)
+        except BaseException:
+            self.keys.release(domain.key)
+            raise
+        return domain, base + REGION_SIZE - PAGE_SIZE, elf
+
+    def _deprivileged(self, kernel: Kernel, name: str, elf: bytes, *, rewrite: bool) -> bytes:
         if rewrite:
             with contextlib.suppress(RewriteRefused):  # verified below either way
                 elf = rewrite_elf(elf, name=name, io_routines=self.io_routines(kernel)).data
         report = scan_elf(elf, name=name)
         if report.pkru_writers:
-            self.keys.release(domain.key)
             found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in report.pkru_writers[:5])
             raise UserError(f"{name} cannot run in kernel space: its code can change PKRU "
                             f"({found})", hint="underbridge scan shows every occurrence; "
                             "run it in user space instead")
-        return domain, base + REGION_SIZE - PAGE_SIZE, elf
+        return elf
 
     def refuse(self, domain: Domain) -> None:
         self.keys.release(domain.key)
