@@ -449,9 +449,11 @@ def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--only", "only", multiple=True, metavar="ROW",
+              help="Run only this row (its id, e.g. forged-return); repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @user_errors
-def redteam(as_json: bool) -> None:
+def redteam(only: tuple[str, ...], as_json: bool) -> None:
     """Attack the in-kernel servers and check each attack is stopped the expected way.
 
     \b
@@ -463,9 +465,16 @@ def redteam(as_json: bool) -> None:
 
     from underbridge import redteam as red
 
+    known = {spec.id for spec in red.ATTACKS}
+    if unknown := [row for row in only if row not in known]:
+        raise UserError(f"no red-team row {unknown[0]!r}",
+                        hint="the ids are in the first column of `underbridge redteam --json`"
+                             " and in ATTACKS (src/underbridge/redteam.py)")
+    specs = tuple(spec for spec in red.ATTACKS if not only or spec.id in only)
     with Progress(console=errors, transient=True, disable=as_json) as bar:
-        task = bar.add_task("attacks", total=len(red.ATTACKS))
-        result = red.run(progress=lambda spec: bar.update(task, advance=1, description=spec.id))
+        task = bar.add_task("attacks", total=len(specs))
+        result = red.run(specs, progress=lambda spec: bar.update(task, advance=1,
+                                                                 description=spec.id))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

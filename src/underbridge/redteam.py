@@ -340,7 +340,7 @@ class RowResult:
         return self.verdict == PASS
 
     def to_json(self) -> dict[str, str]:
-        return {"attack": self.spec.attack, "expected": self.spec.expect.text,
+        return {"id": self.spec.id, "attack": self.spec.attack, "expected": self.spec.expect.text,
                 "observed": self.observed, "verdict": self.verdict}
 
 
@@ -632,7 +632,9 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
 def run(specs: tuple[AttackSpec, ...] = ATTACKS,
         progress: Callable[[AttackSpec], None] | None = None) -> RedTeamResult:
     rows = []
-    for index, spec in enumerate(specs):
+    for position, spec in enumerate(specs):
+        # a row of the table keeps its own attacker region, whichever rows run with it
+        index = ATTACKS.index(spec) if spec in ATTACKS else position
         rows.append(run_row(index, spec))
         if progress is not None:
             progress(spec)
