@@ -209,7 +209,7 @@ class Kernel:
         """End the cap group to blame: the thread's own, or, if the thread was running
         another domain's handler in a call, that server's (the IPC design says which;
         ending it makes the thread's call return -EPIPE and the caller go on)."""
-        culprit = self.ipc.fault_culprit(self, thread)
+        culprit = self.ipc.code_owner(self, thread)
         self.end_group(culprit, Ending(GroupState.FAULTED, fault=fault))
 
     def _syscall(self, thread: Thread) -> None:

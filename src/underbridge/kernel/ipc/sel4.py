@@ -138,8 +138,8 @@ class Sel4Ipc:
     def about_to_run(self, kernel: Kernel, tid: int) -> None:
         """No gates, so nothing to tell ring-0 code about the running thread."""
 
-    def fault_culprit(self, kernel: Kernel, thread: Thread) -> CapGroup:
-        """Threads never run another cap group's code: a fault is the thread's own."""
+    def code_owner(self, kernel: Kernel, thread: Thread) -> CapGroup:
+        """Threads never run another cap group's code."""
         return thread.group
 
     def close_service(self, kernel: Kernel, service: Service) -> None:

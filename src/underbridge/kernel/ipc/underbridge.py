@@ -442,8 +442,9 @@ class UnderbridgeIpc:
         return [(state, thread.context) for state in self.domains.values()
                 for thread in state.group.threads if thread.tid == tid and thread.alive]
 
-    def fault_culprit(self, kernel: Kernel, thread: Thread) -> CapGroup:
-        """The cap group to end for a fault of `thread` (gate_calls.culprit says why)."""
+    def code_owner(self, kernel: Kernel, thread: Thread) -> CapGroup:
+        """The cap group whose code `thread` runs, to blame for its fault and whose rights
+        apply to its trapped port I/O (gate_calls.culprit says how it is decided)."""
         own = self.domains.get(thread.group)
         if own is None:
             return thread.group
