@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING
 from underbridge.bridge import gate as gates
 from underbridge.bridge import iocall
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
-from underbridge.bridge.rewrite import RewriteRefused, rewrite_elf
+from underbridge.bridge.rewrite import RewriteRefused, check_code_size, rewrite_elf
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
+from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread
@@ -118,11 +119,14 @@ class UnderbridgeIpc:
             wrpkru, or an occurrence the rewriter could not break up) is refused with
             the findings. Port I/O the rewriter could not convert stays, trapped by
             the secure monitor at run time.
-        rewrite=False keeps the binary as built (it is still verified).
+        rewrite=False keeps the binary as built (it is still verified). A binary with more
+        code than rewrite.MAX_CODE_BYTES is refused first (CodeTooLarge): loading costs
+        time linear in the code.
         """
         if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
             raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
                              f"below {LOW_LIMIT:#x}")
+        check_code_size(parse_elf(elf, name=name), name)
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
         if rewrite:
             with contextlib.suppress(RewriteRefused):  # verified below either way
