@@ -36,7 +36,7 @@ from underbridge.bridge.rewrite import RewriteRefused, check_code_size, rewrite_
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
-from underbridge.kernel.loader import parse_elf
+from underbridge.kernel.loader import ElfImage, Segment, parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread
@@ -93,6 +93,12 @@ class GateState:
     borrowed: list[tuple[DomainState, int, int]] = field(default_factory=list)
 
 
+def _outside_region(image: ElfImage, base: int) -> Segment | None:
+    """A segment not inside [base, base + REGION_SIZE / 2), if any."""
+    return next((s for s in image.segments
+                 if s.vaddr < base or s.end > base + REGION_SIZE // 2), None)
+
+
 class UnderbridgeIpc:
     name = "underbridge"
     kpti = False
@@ -121,16 +127,29 @@ class UnderbridgeIpc:
             the secure monitor at run time.
         rewrite=False keeps the binary as built (it is still verified). A binary with more
         code than rewrite.MAX_CODE_BYTES is refused first (CodeTooLarge): loading costs
-        time linear in the code.
+        time linear in the code. So is one with a segment outside the lower half of its
+        region (the upper half is the kernel's, for stacks and connection pages): no
+        executable page of a server then adjoins another server's or the kernel's, so
+        the scan of its own image covers every run of executable pages its code can run
+        through (no wrpkru split across two images).
         """
         if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
             raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
                              f"below {LOW_LIMIT:#x}")
-        check_code_size(parse_elf(elf, name=name), name)
+        image = parse_elf(elf, name=name)
+        check_code_size(image, name)
+        outside = _outside_region(image, base)
+        if outside is not None:
+            raise UserError(f"{name}: its segment at {outside.vaddr:#x} lies outside "
+                            f"[{base:#x}, {base + REGION_SIZE // 2:#x}), the lower half of "
+                            "its kernel-space region", hint="link it at one base, as "
+                            "underbridge's toolchain does, or run it in user space")
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
         if rewrite:
             with contextlib.suppress(RewriteRefused):  # verified below either way
-                elf = rewrite_elf(elf, name=name, io_routines=self.io_routines(kernel)).data
+                rewritten = rewrite_elf(elf, name=name, io_routines=self.io_routines(kernel))
+                if _outside_region(parse_elf(rewritten.data, name=name), base) is None:
+                    elf = rewritten.data  # (unless its trampolines do not fit)
         report = scan_elf(elf, name=name)
         if report.pkru_writers:
             self.keys.release(domain.key)
