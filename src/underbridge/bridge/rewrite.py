@@ -18,10 +18,11 @@ COST (bounded: a binary is refused before any work past its limits)
   - MAX_CODE_BYTES (4 MiB) of executable pages: CodeTooLarge, checked first; the kernel
     checks it before placing a server in kernel space, rewritten or not (the scan is
     linear too). The largest program here, SQLite with the YCSB driver, has 0.8 MiB of
-    code, the servers 4 to 13 KiB; a 4 MiB binary of random bytes, the worst case for
-    the sweep, takes seconds.
+    code (placed in kernel space in about 2 s), the servers 4 to 13 KiB. Random bytes
+    are the sweep's worst case (an instruction per 2.5 bytes, many of them privileged):
+    a scan of 4 MiB of them takes about 7 s of CPU.
   - MAX_SITES (4096) spots to patch (hidden PKRU writers and port I/O instructions):
-    each costs a trampoline built by trial; compiled code has a handful.
+    each costs a trampoline built by trial (about 0.5 ms); compiled code has a handful.
 
 TECHNIQUE
   Instructions come from capstone's linear sweep of each executable region, exactly as
