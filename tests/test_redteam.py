@@ -77,6 +77,10 @@ for _name in ("wrpkru", "xrstor"):
         OBSERVED[f"priv-{_name}-{_variant}"] = (
             "refused at load", "can change PKRU", f"{_name} found at 0x",
             "aligned" if _variant == "plain" else ": movabs rax, 0x90909090")
+for _variant in ("plain", "hidden"):
+    OBSERVED[f"pkru-split-{_variant}"] = (
+        "refused at load", "can change PKRU", "wrpkru found at 0x",
+        "aligned" if _variant == "plain" else ": mov eax, 0xef010f90")
 
 
 @pytest.fixture(scope="module")

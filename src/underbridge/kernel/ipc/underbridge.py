@@ -48,11 +48,12 @@ from typing import TYPE_CHECKING
 from underbridge.bridge import gate as gates
 from underbridge.bridge import iocall
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
-from underbridge.bridge.rewrite import RewriteRefused, rewrite_elf
+from underbridge.bridge.rewrite import RewriteRefused, check_code_size, rewrite_elf
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import ElfError, SyscallError, UserError
 from underbridge.kernel.ipc import gate_calls
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
+from underbridge.kernel.loader import ElfImage, Segment, parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread
@@ -141,6 +142,12 @@ class Upcall:
     context: CpuContext
 
 
+def _outside_region(image: ElfImage, base: int) -> Segment | None:
+    """A segment not inside [base, base + REGION_SIZE / 2), if any."""
+    return next((s for s in image.segments
+                 if s.vaddr < base or s.end > base + REGION_SIZE // 2), None)
+
+
 class UnderbridgeIpc:
     name = "underbridge"
     kpti = False
@@ -171,7 +178,13 @@ class UnderbridgeIpc:
             wrpkru, or an occurrence the rewriter could not break up) is refused with
             the findings. Port I/O the rewriter could not convert stays, trapped by
             the secure monitor at run time.
-        rewrite=False keeps the binary as built (it is still verified).
+        rewrite=False keeps the binary as built (it is still verified). A binary with more
+        code than rewrite.MAX_CODE_BYTES is refused first (CodeTooLarge): loading costs
+        time linear in the code. So is one with a segment outside the lower half of its
+        region (the upper half is the kernel's, for stacks and connection pages): no
+        executable page of a server then adjoins another server's or the kernel's, so
+        the scan of its own image covers every run of executable pages its code can run
+        through (no wrpkru split across two images).
         """
         if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
             raise ElfError(f"{name} is linked at {base:#x}, but in-kernel servers are linked at "
@@ -181,18 +194,29 @@ class UnderbridgeIpc:
             raise UserError(f"{name} is linked at {base:#x}, the region of {owner}, which is "
                             "in kernel space already", hint="link each in-kernel server at "
                             f"its own {REGION_SIZE:#x}-aligned base")
+        image = parse_elf(elf, name=name)
+        check_code_size(image, name)
+        outside = _outside_region(image, base)
+        if outside is not None:
+            raise UserError(f"{name}: its segment at {outside.vaddr:#x} lies outside "
+                            f"[{base:#x}, {base + REGION_SIZE // 2:#x}), the lower half of "
+                            "its kernel-space region", hint="link it at one base, as "
+                            "underbridge's toolchain does, or run it in user space")
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
         try:
-            elf = self._deprivileged(kernel, name, elf, rewrite=rewrite)
+            elf = self._deprivileged(kernel, name, base, elf, rewrite=rewrite)
         except BaseException:
             self.keys.release(domain.key)
             raise
         return domain, base + REGION_SIZE - PAGE_SIZE, elf
 
-    def _deprivileged(self, kernel: Kernel, name: str, elf: bytes, *, rewrite: bool) -> bytes:
+    def _deprivileged(self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool
+                      ) -> bytes:
         if rewrite:
             with contextlib.suppress(RewriteRefused):  # verified below either way
-                elf = rewrite_elf(elf, name=name, io_routines=self.io_routines(kernel)).data
+                rewritten = rewrite_elf(elf, name=name, io_routines=self.io_routines(kernel))
+                if _outside_region(parse_elf(rewritten.data, name=name), base) is None:
+                    elf = rewritten.data  # (unless its trampolines do not fit)
         report = scan_elf(elf, name=name)
         if report.pkru_writers:
             found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in report.pkru_writers[:5])
