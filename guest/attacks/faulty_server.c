@@ -8,7 +8,7 @@
  * Expected hardware response: #PF protection key access-disabled (PKRU.AD) reading
  * echo's stack, ring 0, with our PKRU. The fault is ours: the kernel ends us (not V),
  * and V's call returns -EPIPE (-32): V prints "victim: call = -32" and stays alive.
- * Checked by: tests/regress/test_isolation_breaks.py (row server-fault).
+ * Checked by: tests/regress/test_handler_fault_ended_the_caller.py (row server-fault).
  */
 #include "attack.h"
 #include "ub_ipc.h"

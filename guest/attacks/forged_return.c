@@ -16,7 +16,7 @@
  * with V's PKRU: the check comes after the switch). The fault is ours: the kernel ends
  * us, and V's genuine call, still inside our handler, returns -EPIPE: V prints only
  * "victim: call = -32" and stays alive.
- * Checked by: tests/regress/test_isolation_breaks.py (row forged-return).
+ * Checked by: tests/regress/test_forged_gate_return.py (row forged-return).
  */
 #include "attack.h"
 #include "ub_ipc.h"

@@ -15,7 +15,7 @@
  * foreign domain alone, so the handler's read of S's secret takes #PF protection key
  * access-disabled (PKRU.AD), ring 0. The fault is ours: the kernel ends us (not S),
  * and S's call returns -EPIPE: S prints "victim: call = -32" and stays alive.
- * Checked by: tests/regress/test_isolation_breaks.py (row pkru-refresh).
+ * Checked by: tests/regress/test_pkru_refresh_in_a_foreign_handler.py (row pkru-refresh).
  */
 #include "attack.h"
 #include "ub_ipc.h"

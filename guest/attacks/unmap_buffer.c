@@ -11,7 +11,7 @@
  * the kernel, so PMO_UNMAP returns -EPERM (-1): we report "observed: unmap = -1" and
  * exit 0 once V is done, and V writes its buffer and gets it checked by us ("victim:
  * buffer ok").
- * Checked by: tests/regress/test_isolation_breaks.py (row unmap-buffer).
+ * Checked by: tests/regress/test_server_unmaps_client_buffer.py (row unmap-buffer).
  */
 #include "attack.h"
 #include "ub_ipc.h"

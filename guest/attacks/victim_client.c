@@ -123,9 +123,7 @@ int main(int argc, char **argv)
         return 2;
     }
     struct ub_conn conn;
-    long r;
-    while ((r = ub_ipc_connect(ATTACK_SERVICE, &conn)) == -UB_ESRCH)
-        ub_yield();
+    long r = ub_ipc_connect_when_up(ATTACK_SERVICE, &conn);
     if (r < 0) {
         ub_printf("victim: cannot connect: %ld\n", r);
         return 1;

@@ -42,6 +42,10 @@ struct ub_conn {
  * (-UB_ESRCH if no such service). */
 long ub_ipc_connect(const char *name, struct ub_conn *conn);
 
+/* Like ub_ipc_connect, but yields and tries again while no service has that name yet
+ * (its server is still starting). */
+long ub_ipc_connect_when_up(const char *name, struct ub_conn *conn);
+
 /* Send mr[0..3] and block for the reply. Returns 0 with the reply in mr[0..3], or
  * -UB_Exxx with mr[] untouched (-UB_EPIPE if the server is gone).
  * Inline, like seL4's seL4_Call: the fast path is a few register moves and one

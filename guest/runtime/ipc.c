@@ -9,6 +9,7 @@
  */
 #include "ub.h"
 #include "ub_ipc.h"
+#include "ub_sys.h"
 
 /* ---- raw syscalls ------------------------------------------------------------------ */
 
@@ -91,4 +92,12 @@ long ub_ipc_connect(const char *name, struct ub_conn *conn)
     conn->buf_size = size;
     conn->gate = gate;
     return 0;
+}
+
+long ub_ipc_connect_when_up(const char *name, struct ub_conn *conn)
+{
+    long r;
+    while ((r = ub_ipc_connect(name, conn)) == -UB_ESRCH)
+        ub_yield();
+    return r;
 }

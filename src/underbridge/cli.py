@@ -8,7 +8,9 @@ is caught, so a kernel bug shows its traceback.
 from __future__ import annotations
 
 import json
+import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -25,14 +27,30 @@ from underbridge.kernel.ipc import DESIGNS
 
 if TYPE_CHECKING:  # commands import what they run, so `--help` loads no emulator
     from underbridge.kernel.objects.capgroup import CapGroup
+    from underbridge.kernel.objects.thread import Thread
 
 F = TypeVar("F", bound=Callable[..., Any])
 RUN_BASE = 0x40_0000
 EXIT_USER_ERROR = 2
 NO_ACCOUNTING_HELP = "Wall time only, no simulated cycles: shows what accounting costs."
+# `run`'s default budget, in simulated cycles: far above what our guests need (SQLite,
+# the largest, spends 0.16 billion on YCSB-A's 1,000 records and 1,000 operations under
+# sel4), and small enough that a guest spinning forever is stopped in wall time: a few
+# minutes of typical code, about half an hour of a one-instruction loop (the slowest
+# case: a block hook per instruction).
+DEFAULT_BUDGET = 1_000_000_000
+EXIT_BUDGET = 124  # as timeout(1) exits when its command ran out of time
+EXIT_DEADLOCK = 125
+MAX_COUNT = 1_000_000_000  # rounds and operations: more would run for days
 
 console = Console(soft_wrap=True, highlight=False)
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def shown(text: str) -> str:
+    """Text fit to print: a host name or argument that was not UTF-8 (which Python keeps
+    as surrogates) is shown with replacement characters instead of failing to print."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def user_errors(command: F) -> F:
@@ -41,10 +59,48 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            errors.print(f"[bold red]error:[/] {escape(str(error))}")
+            errors.print(f"[bold red]error:[/] {escape(shown(str(error)))}")
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    """A click callback: FloatRange lets nan through (every comparison with it is false)."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def writable_directory(directory: Path) -> None:
+    """Fail now, before a long run, if no file can be created in `directory`."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise click.BadParameter(f"cannot write in {shown(str(directory))}: "
+                                 f"{error.strerror}") from None
+
+
+def output_directory(_ctx: click.Context, _param: click.Parameter, path: Path) -> Path:
+    """A click callback: create the output directory now and check it is writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise click.BadParameter(f"cannot create {shown(str(path))}: {error.strerror}"
+                                 ) from None
+    writable_directory(path)
+    return path
+
+
+def output_file(_ctx: click.Context, _param: click.Parameter, path: Path | None
+                ) -> Path | None:
+    """A click callback: the file's directory must exist and be writable."""
+    if path is not None:
+        if not path.parent.is_dir():
+            raise click.BadParameter(f"no directory {shown(str(path.parent))}")
+        writable_directory(path.parent)
+    return path
 
 
 @click.group()
@@ -56,12 +112,28 @@ def main() -> None:
 # -- run ----------------------------------------------------------------------------
 
 
-def _exit_code(process: CapGroup) -> int:
+def _outcome(process: CapGroup, budget_spent: bool) -> str:
+    """How `run` ended: the process's state, or "budget" or "deadlock" if it still runs."""
+    if not process.running:
+        return process.state.value
+    return "budget" if budget_spent else "deadlock"  # else some thread would be ready
+
+
+def _exit_code(process: CapGroup, outcome: str) -> int:
+    """The guest's exit status; never 0 for a fault, a spent budget or a deadlock."""
+    if outcome == "budget":
+        return EXIT_BUDGET
+    if outcome == "deadlock":
+        return EXIT_DEADLOCK
     from underbridge.kernel.objects.capgroup import GroupState
 
-    if process.state is GroupState.FAULTED:
-        return 128 + (process.fault.vector if process.fault else 0)
+    if process.state is GroupState.FAULTED:  # 128 + vector, and 255 from vector 127 on
+        return min(128 + (process.fault.vector if process.fault else 0), 255)
     return (process.exit_status or 0) & 0xFF
+
+
+def _waits(threads: list[Thread]) -> str:
+    return "; ".join(f"{shown(t.name)} waits on {t.waiting_on or 'nothing'}" for t in threads)
 
 
 @main.command()
@@ -70,10 +142,13 @@ def _exit_code(process: CapGroup) -> int:
 @click.option("--c", "c_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Build and run your own C file instead of a program from guest/apps.")
 @click.option("--no-accounting", is_flag=True, help="Skip simulated-cycle accounting (faster).")
+@click.option("--budget", type=click.IntRange(min=0), default=DEFAULT_BUDGET, show_default=True,
+              help="Stop the guest after this many simulated cycles (instructions with "
+                   "--no-accounting); 0: no limit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors
 def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_accounting: bool,
-        as_json: bool) -> None:
+        budget: int, as_json: bool) -> None:
     """Build a guest C program and run it in ring 3.
 
     \b
@@ -92,7 +167,8 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
         args = (program, *args)  # with --c, every positional word is an argument
     source: Path | str = c_file if c_file is not None else str(program)
     elf = build_program(source, base=RUN_BASE)
-    name = Path(source).stem if c_file is not None else str(program)
+    stem = Path(source).stem if c_file is not None else str(program)
+    name = shown(stem)  # for reports; argv[0] keeps the bytes it was given
 
     def stream(_process: CapGroup, data: bytes) -> None:
         if not as_json:
@@ -101,15 +177,24 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
 
     machine = Machine(accounting=not no_accounting)
     kernel = Kernel(machine, console=stream)
-    process = kernel.spawn(elf, [name, *args], name=name)
+    process = kernel.spawn(elf, [stem, *args], name=name)
+
+    def budget_spent() -> bool:  # checked between kernel events, a quantum apart at most
+        return budget > 0 and machine.clock() >= budget
+
     started = time.perf_counter()
-    kernel.run()
+    kernel.run(until=budget_spent)
     wall = time.perf_counter() - started
+    outcome = _outcome(process, budget_spent())
+    blocked = kernel.blocked() if outcome == "deadlock" else []
+    unit = "instructions" if no_accounting else "cycles"
     tally = machine.tally()
     report = {
         "program": name,
-        "status": process.state.value,
+        "status": outcome,
         "exit_status": process.exit_status,
+        "budget": budget,
+        "blocked": [{"thread": shown(t.name), "waiting_on": t.waiting_on} for t in blocked],
         "fault": process.fault.to_json() if process.fault else None,
         "output": bytes(process.console).decode(errors="replace"),
         "guest_instructions": tally.instructions if not no_accounting else None,
@@ -123,11 +208,18 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
         if process.fault is not None:
             console.print(f"[bold red]{escape(name)} terminated:[/] "
                           f"{escape(process.fault.describe())}")
+        elif outcome == "budget":
+            console.print(f"[bold red]stopped:[/] budget of {budget:,} {unit} spent "
+                          "(--budget N to change it, 0 for none)")
+        elif outcome == "deadlock":
+            console.print(f"[bold red]deadlock:[/] no thread can run any more; "
+                          f"{escape(_waits(blocked))}")
         counts = ("accounting off" if no_accounting else
                   f"{tally.instructions:,} guest instructions, {tally.cycles:,} simulated cycles")
-        console.print(f"[dim]{escape(name)}: {process.state.value} "
-                      f"(status {process.exit_status}), {counts}, {wall * 1e3:.1f} ms wall[/]")
-    sys.exit(_exit_code(process))
+        status = f" (status {process.exit_status})" if outcome == "exited" else ""
+        console.print(f"[dim]{escape(name)}: {outcome}{status}, {counts}, "
+                      f"{wall * 1e3:.1f} ms wall[/]")
+    sys.exit(_exit_code(process, outcome))
 
 
 # -- demo ---------------------------------------------------------------------------
@@ -200,7 +292,8 @@ def bench() -> None:
 @bench.command("ipc")
 @click.option("--mode", type=click.Choice(DESIGNS), default="sel4", show_default=True,
               help="The IPC design the kernel uses.")
-@click.option("--rounds", type=click.IntRange(min=3), default=10_000, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=3, max=MAX_COUNT), default=10_000,
+              show_default=True)
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
@@ -236,10 +329,10 @@ def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> Non
               help="The IPC design the kernel uses.")
 @click.option("--records", type=click.IntRange(min=1, max=2_000), default=1_000,
               show_default=True, help="Records loaded first (the RAM disk holds about 2,000).")
-@click.option("--ops", type=click.IntRange(min=1), default=1_000, show_default=True,
+@click.option("--ops", type=click.IntRange(min=1, max=MAX_COUNT), default=1_000, show_default=True,
               help="YCSB-A operations after the load (50% reads, 50% updates).")
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=1, show_default=True)
-@click.option("--db-out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--db-out", type=click.Path(dir_okay=False, path_type=Path), callback=output_file,
               help="Copy the database file out of the file system to this host path.")
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
 @click.option("--json", "as_json", is_flag=True)
@@ -265,7 +358,8 @@ def bench_ycsb(mode: str, records: int, ops: int, seed: int, db_out: Path | None
 
 
 @bench.command("deprivilege")
-@click.option("--rounds", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1, max=MAX_COUNT), default=10_000,
+              show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def bench_deprivilege(rounds: int, as_json: bool) -> None:
@@ -290,6 +384,7 @@ def bench_deprivilege(rounds: int, as_json: bool) -> None:
 
 @bench.command("machine")
 @click.option("--scale", type=click.FloatRange(0.001, 100.0), default=1.0, show_default=True,
+              callback=finite,
               help="Multiply the number of iterations (smaller is faster, noisier).")
 @click.option("--json", "as_json", is_flag=True)
 def bench_machine(scale: float, as_json: bool) -> None:
@@ -328,7 +423,7 @@ def bench_machine(scale: float, as_json: bool) -> None:
 @click.option("--quick", is_flag=True, help="200 rounds per path instead of 2,000, and "
               "YCSB-A with 200 records and 200 operations instead of 1,000 each.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("out"), show_default=True,
+              default=Path("out"), show_default=True, callback=output_directory,
               help="Directory for the JSON files and charts (created).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON instead of the table.")
 @user_errors
@@ -373,9 +468,11 @@ def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--only", "only", multiple=True, metavar="ROW",
+              help="Run only this row (its id, e.g. forged-return); repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @user_errors
-def redteam(as_json: bool) -> None:
+def redteam(only: tuple[str, ...], as_json: bool) -> None:
     """Attack the in-kernel servers and check each attack is stopped the expected way.
 
     \b
@@ -387,9 +484,16 @@ def redteam(as_json: bool) -> None:
 
     from underbridge import redteam as red
 
+    known = {spec.id for spec in red.ATTACKS}
+    if unknown := [row for row in only if row not in known]:
+        raise UserError(f"no red-team row {unknown[0]!r}",
+                        hint="the ids are in the first column of `underbridge redteam --json`"
+                             " and in ATTACKS (src/underbridge/redteam.py)")
+    specs = tuple(spec for spec in red.ATTACKS if not only or spec.id in only)
     with Progress(console=errors, transient=True, disable=as_json) as bar:
-        task = bar.add_task("attacks", total=len(red.ATTACKS))
-        result = red.run(progress=lambda spec: bar.update(task, advance=1, description=spec.id))
+        task = bar.add_task("attacks", total=len(specs))
+        result = red.run(specs, progress=lambda spec: bar.update(task, advance=1,
+                                                                 description=spec.id))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

@@ -37,6 +37,17 @@ class ElfError(UserError):
     """A guest binary is not a loadable static x86-64 ELF executable."""
 
 
+class ResourceExhausted(UserError):
+    """The machine has no room for a new guest (physical frames, protection keys).
+
+    `errno` is what a guest asking for the same thing gets back (ENOMEM, ENOKEY).
+    """
+
+    def __init__(self, message: str, hint: str = "", *, errno: int) -> None:
+        super().__init__(message, hint)
+        self.errno = errno
+
+
 class SyscallError(UnderbridgeError):
     """A syscall failed; the guest receives -errno and continues."""
 

@@ -284,8 +284,14 @@ ATTACKS: tuple[AttackSpec, ...] = (
                Expect("#PF write to a read-only page (its code), attacker ends", "#PF",
                       Violation.WRITE_READ_ONLY, Access.WRITE, address="attacker_patch_site"),
                symbols=("patch_site",)),
-    # The lead adds the row for guest/attacks/pkru_split.c (helper "rewrite"): a wrpkru
-    # split across two executable pages that each scan clean.
+    # A wrpkru split across two executable pages, neither of which holds it alone.
+    *(AttackSpec(f"pkru-split-{variant}",
+                 "in-kernel server's code holds a wrpkru split across a page boundary "
+                 f"(0f 01 | ef), {'as instructions' if variant == 'plain' else 'in an immediate'}",
+                 "pkru_split", (variant,),
+                 Expect("refused at load: the scanner searches adjacent executable pages as "
+                        "one", refused_at_load=True, finding=("wrpkru", variant == "plain")))
+      for variant in ("plain", "hidden")),
 )
 
 
@@ -340,7 +346,7 @@ class RowResult:
         return self.verdict == PASS
 
     def to_json(self) -> dict[str, str]:
-        return {"attack": self.spec.attack, "expected": self.spec.expect.text,
+        return {"id": self.spec.id, "attack": self.spec.attack, "expected": self.spec.expect.text,
                 "observed": self.observed, "verdict": self.verdict}
 
 
@@ -632,7 +638,9 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
 def run(specs: tuple[AttackSpec, ...] = ATTACKS,
         progress: Callable[[AttackSpec], None] | None = None) -> RedTeamResult:
     rows = []
-    for index, spec in enumerate(specs):
+    for position, spec in enumerate(specs):
+        # a row of the table keeps its own attacker region, whichever rows run with it
+        index = ATTACKS.index(spec) if spec in ATTACKS else position
         rows.append(run_row(index, spec))
         if progress is not None:
             progress(spec)

@@ -6,7 +6,7 @@ import pytest
 
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.domain import KeyAllocator, kernel_call_pkru
-from underbridge.errors import SyscallError
+from underbridge.errors import ResourceExhausted, SyscallError
 from underbridge.kernel.ipc.underbridge import CURRENT_THREAD_PAGE, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.syscalls import Errno
@@ -144,7 +144,7 @@ def test_spawning_a_server_with_no_key_left_fails_cleanly(hello_elf):
     kernel = Kernel(machine, ipc="underbridge")
     hoard = [kernel.ipc.keys.allocate(f"placeholder {i}") for i in range(15)]
     frames = machine.frames.free_frames
-    with pytest.raises(SyscallError) as error:
+    with pytest.raises(ResourceExhausted) as error:
         kernel.spawn(build_program("hello", base=0x0300_0000), ["hello"], in_kernel=True)
     assert error.value.errno == Errno.ENOKEY and "move a server to user space" in str(error.value)
     assert machine.frames.free_frames == frames and not kernel.groups

@@ -30,7 +30,10 @@ from underbridge.bridge.scan import (
     scan_code,
     scan_elf,
 )
-from underbridge.errors import ElfError
+from underbridge.errors import ElfError, UserError
+from underbridge.kernel.kernel import Kernel
+from underbridge.kernel.loader import parse_elf
+from underbridge.machine.cpu import Machine
 
 WRPKRU = b"\x0f\x01\xef"
 
@@ -352,6 +355,63 @@ def test_segments_on_pages_apart_do_not_join():
     first = b"\x90" * 0xFFE + b"\x0f\x01"
     elf = make_elf([(0x400000, first, PF_RX), (0x402000, b"\xef\xc3", PF_RX)])
     assert scan_elf(elf).pkru_writers == ()
+
+
+# ---- occurrences split across pages (PKU Pitfalls: two pages that scan clean) -----------
+
+
+@pytest.mark.parametrize(("tail", "head", "kind"), [
+    (b"\x0f\x01", b"\xef", "wrpkru"),
+    (b"\x0f", b"\x01\xef", "wrpkru"),
+    (b"\x0f\xae", b"\x28", "xrstor"),  # xrstor [rax]
+    (b"\x0f\xc7", b"\x1c\x24", "xrstors"),  # xrstors [rsp]: ModRM and SIB on the next page
+])
+def test_an_occurrence_split_across_a_page_boundary_is_found(tail, head, kind):
+    # (a) inside one segment, (b) across two segments on adjacent pages: both one region.
+    first = b"\x90" * (0x1000 - len(tail)) + tail
+    one = make_elf([(0x400000, first + head + b"\xc3", PF_RX)])
+    two = make_elf([(0x400000, first, PF_RX), (0x401000, head + b"\xc3", PF_RX)])
+    for elf in (one, two):
+        (finding,) = scan_elf(elf).pkru_writers
+        assert (finding.escape_vaddr, finding.kind) == (0x401000 - len(tail), kind)
+        assert finding.encoding == tail + head
+    # Neither page alone holds it: a scanner that vetted pages one by one would pass both.
+    assert not [f for f in scan_code(first, vaddr=0x400000) if f.writes_pkru]
+    assert not [f for f in scan_code(head + b"\xc3", vaddr=0x401000) if f.writes_pkru]
+
+
+def test_a_run_of_adjacent_executable_segments_is_one_region():
+    nops = b"\x90" * 0x1000
+    elf = make_elf([(0x400000, nops, PF_RX), (0x401000, nops[2:] + b"\x0f\x01", PF_RX),
+                    (0x402000, b"\xef\xc3", PF_RX)])
+    (finding,) = scan_elf(elf).pkru_writers
+    assert (finding.vaddr, finding.kind, finding.aligned) == (0x401FFE, "wrpkru", True)
+    assert elf[finding.offset : finding.offset + 2] == b"\x0f\x01"  # in the middle piece
+
+
+def test_bytes_continuing_into_a_non_executable_page_are_not_an_occurrence():
+    # (c) execution cannot continue into a page without X: fetching its bytes faults.
+    first = b"\x90" * 0xFFE + b"\x0f\x01"
+    elf = make_elf([(0x400000, first, PF_RX), (0x401000, b"\xef\xc3", PF_R)])
+    assert scan_elf(elf).pkru_writers == ()
+
+
+def test_a_wrpkru_split_across_pages_is_refused():
+    source = toolchain.guest_root() / "attacks" / "pkru_split.c"
+    elf = toolchain.build_program(source, base=0x0300_0000)
+    data = elf.read_bytes()
+    where = symbols(data)
+    writers = scan_elf(elf).pkru_writers
+    assert {(f.escape_vaddr, f.kind, f.aligned) for f in writers} == {
+        (where["split_plain"], "wrpkru", True), (where["split_hidden"], "wrpkru", False)}
+    assert all((f.escape_vaddr + 2) % 0x1000 == 0 for f in writers)  # ef starts a page
+    (text,) = [s for s in parse_elf(data).segments if s.executable]
+    for page in range(0, len(text.data), 0x1000):  # no page holds one on its own
+        code = text.data[page : page + 0x1000]
+        assert not [f for f in scan_code(code, vaddr=text.vaddr + page) if f.writes_pkru]
+    kernel = Kernel(Machine(accounting=False), ipc="underbridge")
+    with pytest.raises(UserError, match=r"its code can change PKRU \(wrpkru at "):
+        kernel.spawn(elf, ["pkru_split", "plain"], in_kernel=True)
 
 
 def test_non_executable_segments_are_not_scanned():

@@ -27,9 +27,7 @@ int main(int argc, char **argv)
         ub_printf("usage: relay DOWNSTREAM\n");
         return 2;
     }
-    long r;
-    while ((r = ub_ipc_connect(argv[1], &down)) == -UB_ESRCH)
-        ub_yield();
+    long r = ub_ipc_connect_when_up(argv[1], &down);
     if (r < 0) {
         ub_printf("relay: cannot connect to %s: %ld\n", argv[1], r);
         return 1;

@@ -12,10 +12,8 @@ int main(int argc, char **argv)
 {
     long calls = argc > 1 ? ub_parse_count(argv[1]) : 1;
     struct ub_conn conn;
-    long r;
     const char *service = argc > 2 ? argv[2] : "relay";
-    while ((r = ub_ipc_connect(service, &conn)) == -UB_ESRCH)
-        ub_yield();
+    long r = ub_ipc_connect_when_up(service, &conn);
     if (r < 0) {
         ub_printf("relay_client: cannot connect: %ld\n", r);
         return 1;

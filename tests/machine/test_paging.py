@@ -18,6 +18,7 @@ from underbridge.machine.paging import (
     decode_pte,
     encode_pte,
 )
+from underbridge.machine.physmem import PAGE_SIZE
 
 flags = st.builds(PageFlags, writable=st.booleans(), user=st.booleans(),
                   executable=st.booleans(), pkey=st.integers(0, 15))
@@ -100,3 +101,67 @@ def test_destroy_returns_table_frames(machine):
     machine.frames.free(leaf)
     machine.destroy_page_table(table)
     assert machine.frames.free_frames == before
+
+
+# -- empty tables are freed ---------------------------------------------------------
+
+# Indices near the edges of each level, so sequences share and split tables at every
+# level, in both canonical halves.
+_EDGES = (0, 1, 255, 256, 510, 511)
+_VADDRS = sorted({((i4 << 39 | i3 << 30 | i2 << 21 | i1 << 12)
+                   | (0xFFFF_0000_0000_0000 if i4 >= 256 else 0))
+                  for i4 in (0, 1, 255, 256, 511) for i3 in _EDGES[::2]
+                  for i2 in _EDGES[1::2] for i1 in (0, 511)})
+_OPS = st.lists(st.tuples(st.sampled_from(("map", "unmap")), st.sampled_from(_VADDRS)),
+                max_size=60)
+
+
+def _tables_needed(vaddrs) -> int:
+    """The tables a page table with no empty one holds for these pages: the root, and one
+    table per distinct PML4, PDPT and PD entry in use."""
+    low48 = [v & ((1 << 48) - 1) for v in vaddrs]
+    return 1 + len({(shift, v >> shift) for v in low48 for shift in (39, 30, 21)})
+
+
+@given(ops=_OPS)
+def test_random_map_unmap_matches_a_dict_and_keeps_no_empty_table(machine, ops):
+    before = machine.frames.in_use
+    table = machine.new_page_table()
+    model: dict[int, int] = {}
+    for op, vaddr in ops:
+        if op == "map" and vaddr not in model:
+            model[vaddr] = machine.frames.alloc()
+            table.map(vaddr, model[vaddr], PageFlags(writable=True))
+        elif op == "map":
+            with pytest.raises(KernelBug):
+                table.map(vaddr, model[vaddr], PageFlags())
+        else:
+            frame = table.unmap(vaddr)
+            assert frame == model.pop(vaddr, None)
+            if frame is not None:
+                machine.frames.free(frame)
+        assert table.table_frames == _tables_needed(model)
+    assert {v: table.translate(v + 8) for v in _VADDRS} == \
+        {v: model[v] + 8 if v in model else None for v in _VADDRS}
+    assert dict(table.mappings()).keys() == model.keys()
+    assert machine.frames.in_use == before + table.table_frames + len(model)
+    for vaddr in list(model):
+        machine.frames.free(table.unmap(vaddr))
+    assert table.table_frames == 1 and not list(table.mappings())
+    machine.destroy_page_table(table)
+    assert machine.frames.in_use == before
+
+
+def test_unmap_frees_only_the_tables_it_emptied(machine):
+    table = machine.new_page_table()
+    near, far = 0x40_0000, 0x40_0000 + (1 << 39)  # other PML4 entries: separate paths
+    for vaddr in (near, near + PAGE_SIZE, far):
+        table.map(vaddr, machine.frames.alloc(), PageFlags())
+    assert table.table_frames == 1 + 3 + 3
+    machine.frames.free(table.unmap(near))
+    assert table.table_frames == 7 and table.translate(near + PAGE_SIZE) is not None
+    machine.frames.free(table.unmap(far))
+    assert table.table_frames == 4 and table.walk(far) == [0]
+    machine.frames.free(table.unmap(near + PAGE_SIZE))
+    assert table.table_frames == 1 and table.walk(near) == [0]
+    machine.destroy_page_table(table)

@@ -6,9 +6,10 @@ in this process and on disk under <cache>/admission/ (like guest builds, toolcha
 
 Invariants:
   - The key covers everything that decides the output: a schema tag, the vetting code
-    itself (the sources of the rewriter, scanner, port-I/O routines and ELF loader, so
-    editing any of them invalidates every entry), the input ELF, the server's name, the
-    addresses of the port-I/O routines and whether rewriting was asked for.
+    itself (the sources of the rewriter, scanner, port-I/O routines, ELF loader and the
+    region check, so editing any of them invalidates every entry), the input ELF, the
+    server's name and base, the addresses of the port-I/O routines and whether
+    rewriting was asked for.
   - Only an accepted binary is cached; a refused one is vetted again each time, so its
     report is always the rewriter's and scanner's own.
   - The scan, the check that decides whether code may run in kernel space, runs at
@@ -26,6 +27,7 @@ import hashlib
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from underbridge import toolchain
@@ -37,6 +39,7 @@ _SCHEMA = b"underbridge-admission-v1"
 _MEMO_ENTRIES = 64
 _memo: OrderedDict[str, bytes] = OrderedDict()  # key -> vetted ELF (this process vetted it)
 _VETTING_SOURCES = (
+    "kernel/ipc/underbridge.py",  # the region check behind `fits`
     "bridge/rewrite.py",
     "bridge/scan.py",
     "bridge/iocall.py",
@@ -55,7 +58,9 @@ def vetting_version() -> str:
     return digest.hexdigest()
 
 
-def cache_key(elf: bytes, *, name: str, io_routines: IoRoutines | None, rewrite: bool) -> str:
+def cache_key(
+    elf: bytes, *, name: str, io_routines: IoRoutines | None, rewrite: bool, base: int = 0
+) -> str:
     digest = hashlib.sha256(_SCHEMA)
     routines = b"" if io_routines is None else f"{io_routines.inb}:{io_routines.outb}".encode()
     for part in (
@@ -64,20 +69,29 @@ def cache_key(elf: bytes, *, name: str, io_routines: IoRoutines | None, rewrite:
         name.encode(),
         routines,
         b"rewrite" if rewrite else b"keep",
+        base.to_bytes(8, "little"),
     ):
         digest.update(len(part).to_bytes(8, "little") + part)
     return digest.hexdigest()
 
 
 def vet(
-    elf: bytes, *, name: str, io_routines: IoRoutines | None, rewrite: bool = True
+    elf: bytes,
+    *,
+    name: str,
+    io_routines: IoRoutines | None,
+    rewrite: bool = True,
+    base: int = 0,
+    fits: Callable[[bytes], bool] = lambda _elf: True,
 ) -> tuple[bytes, tuple[Finding, ...]]:
     """The binary to place in kernel space and the PKRU writers it still holds.
 
     The server is refused if the findings are not empty. rewrite=False keeps the binary
-    as built (it is still scanned). Raises ElfError for a file the loader refuses.
+    as built (it is still scanned). The rewritten binary is used only if `fits` accepts
+    it, a check that may depend on `base` (the server's region) and nothing else.
+    Raises ElfError for a file the loader refuses.
     """
-    key = cache_key(elf, name=name, io_routines=io_routines, rewrite=rewrite)
+    key = cache_key(elf, name=name, io_routines=io_routines, rewrite=rewrite, base=base)
     vetted = _memo.get(key)
     if vetted is not None:
         _memo.move_to_end(key)
@@ -86,7 +100,9 @@ def vet(
     cached = _read(path)
     if cached is None and rewrite:
         with contextlib.suppress(RewriteRefused):  # verified below either way
-            elf = rewrite_elf(elf, name=name, io_routines=io_routines).data
+            rewritten = rewrite_elf(elf, name=name, io_routines=io_routines).data
+            if fits(rewritten):
+                elf = rewritten
     elif cached is not None:
         elf = cached
     writers = scan_elf(elf, name=name).pkru_writers

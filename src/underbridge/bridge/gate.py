@@ -107,6 +107,16 @@ def _switch_pkru(value: int, abort: str, *, zero_ecx_edx: bool = True) -> list[s
             f"jne {abort}"]
 
 
+def _check(spec: GateSpec) -> None:
+    for name in ("address", "save_area", "control", "handler", "current_thread"):
+        if getattr(spec, name) + PAGE_SPAN > LOW_LIMIT:
+            raise ValueError(f"a gate's {name} must lie below 2 GiB")
+    if spec.badge >= 1 << 31:
+        raise ValueError("badges beyond 2**31 do not fit the gate's immediate")
+    if spec.stack_top % 16:
+        raise ValueError("the server stack top must be 16-byte aligned")
+
+
 def gate_source(spec: GateSpec) -> str:
     """The gate's assembly (Intel syntax), every value an immediate.
 
@@ -115,11 +125,7 @@ def gate_source(spec: GateSpec) -> str:
     the handler directly: no register a caller could have set is ever used for an
     address.
     """
-    for name in ("address", "save_area", "control", "handler", "current_thread"):
-        if getattr(spec, name) + PAGE_SPAN > LOW_LIMIT:
-            raise ValueError(f"a gate's {name} must lie below 2 GiB")
-    if spec.badge >= 1 << 31:
-        raise ValueError("badges beyond 2**31 do not fit the gate's immediate")
+    _check(spec)
     save = [f"mov qword ptr [{spec.save_area + 8 * i:#x}], {reg}"
             for i, reg in enumerate(SAVED_REGS)]
     restore = [f"mov {reg}, qword ptr [{spec.save_area + 8 * i:#x}]"
@@ -164,8 +170,6 @@ def gate_source(spec: GateSpec) -> str:
 
 def assemble_gate(spec: GateSpec) -> bytes:
     """The gate assembled directly for `spec` (GNU as; the reference for `generate`)."""
-    if spec.stack_top % 16:
-        raise ValueError("the server stack top must be 16-byte aligned")
     return assemble(gate_source(spec), origin=spec.address)
 
 
@@ -235,9 +239,7 @@ def _template() -> _Template:
 
 def generate(spec: GateSpec) -> bytes:
     """The gate's machine code for its address: the template, patched with `spec`."""
-    gate_source(spec)  # the same checks as a direct assembly
-    if spec.stack_top % 16:
-        raise ValueError("the server stack top must be 16-byte aligned")
+    _check(spec)  # the same checks as a direct assembly
     template = _template()
     code = bytearray(template.code)
     for offset, name, addend in template.absolute:

@@ -11,6 +11,19 @@ and, given the kernel's checked routines, turns port I/O into calls of them.
 ELF that `parse_elf` accepts, in which `scan_elf` finds no PKRU writer, or raises
 RewriteRefused naming the first spot it cannot rewrite and why.
 
+COST (bounded: a binary is refused before any work past its limits)
+  Linear in the executable bytes: one linear sweep, shared with the scanner, and one
+  pass over it; capstone's detailed decoding only for instructions that may name an
+  address in code and for the sites' instructions. Then linear in the sites.
+  - MAX_CODE_BYTES (4 MiB) of executable pages: CodeTooLarge, checked first; the kernel
+    checks it before placing a server in kernel space, rewritten or not (the scan is
+    linear too). The largest program here, SQLite with the YCSB driver, has 0.8 MiB of
+    code (placed in kernel space in about 2 s), the servers 4 to 13 KiB. Random bytes
+    are the sweep's worst case (an instruction per 2.5 bytes, many of them privileged):
+    a scan of 4 MiB of them takes about 7 s of CPU.
+  - MAX_SITES (4096) spots to patch (hidden PKRU writers and port I/O instructions):
+    each costs a trampoline built by trial (about 0.5 ms); compiled code has a handful.
+
 TECHNIQUE
   Instructions come from capstone's linear sweep of each executable region, exactly as
   the scanner sweeps them. A SITE is a run of whole instructions to move out of line:
@@ -76,10 +89,13 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import struct
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from capstone import (
     CS_ARCH_X86,
@@ -96,7 +112,7 @@ from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG, X86_REG_RIP
 from elftools.elf.elffile import ELFFile
 
 from underbridge.bridge.iocall import IoRoutines
-from underbridge.bridge.scan import Finding, _Region, _regions, scan_elf
+from underbridge.bridge.scan import Finding, Instruction, _Region, _regions, scan_elf, scan_image
 from underbridge.errors import UserError
 from underbridge.kernel.loader import PAGE_SIZE, ElfImage, parse_elf
 
@@ -135,6 +151,16 @@ _ACCUMULATOR_REG_FORM = {0x05: 0x01, 0x0D: 0x09, 0x15: 0x11, 0x1D: 0x19, 0x25: 0
 _PORT_IO = frozenset({"in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"})
 _BRANCH_GROUPS = frozenset({CS_GRP_JUMP, CS_GRP_CALL, CS_GRP_RET, CS_GRP_IRET,
                             CS_GRP_BRANCH_RELATIVE})
+#: The mnemonics capstone puts in _BRANCH_GROUPS (see _flow), the returns among them.
+_RETURNS = frozenset({"ret", "retf", "retfq"})
+_BRANCHES = _RETURNS | frozenset({
+    "jmp", "ljmp", "call", "lcall", "jrcxz", "jecxz", "loop", "loope", "loopne", "iret",
+    "iretd", "iretq", "sysret", "sysretq", "sysexit", "sysexitq", "xbegin",
+    *(f"j{cc}" for cc in ("a", "ae", "b", "be", "e", "g", "ge", "l", "le", "ne", "no", "np",
+                          "ns", "o", "p", "s"))})
+_NUMBER = re.compile(r"0x[0-9a-f]+|[0-9]+")
+_HEX = re.compile(r"0x[0-9a-f]+")
+_RIP_RELATIVE = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|[0-9]+)\]")
 
 
 # ---- the API --------------------------------------------------------------------------
@@ -142,6 +168,27 @@ _BRANCH_GROUPS = frozenset({CS_GRP_JUMP, CS_GRP_CALL, CS_GRP_RET, CS_GRP_IRET,
 
 class RewriteRefused(UserError):
     """The binary holds something no rewrite can remove while keeping its meaning."""
+
+
+class CodeTooLarge(RewriteRefused):
+    """More executable bytes than a server in kernel space may have (MAX_CODE_BYTES)."""
+
+
+#: Executable bytes (whole pages, as mapped) a server in kernel space may have.
+MAX_CODE_BYTES = 4 << 20
+#: Spots one rewrite may patch.
+MAX_SITES = 4096
+
+
+def check_code_size(image: ElfImage, name: str) -> None:
+    """Raise CodeTooLarge if `image` has more executable pages than MAX_CODE_BYTES."""
+    size = sum(len(region.code) for region in _regions(image.segments))
+    if size > MAX_CODE_BYTES:
+        raise CodeTooLarge(
+            f"{name}: {size / (1 << 20):.1f} MiB of executable pages, more than the "
+            f"{MAX_CODE_BYTES >> 20} MiB a server in kernel space may have (loading scans "
+            "and rewrites every byte)",
+            hint="run it in user space, or split it into smaller servers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,17 +230,24 @@ def rewrite_elf(data: bytes, *, name: str, io_routines: IoRoutines | None = None
     """Rewrite a static x86-64 ELF (see the module docstring).
 
     Raises ElfError for a file the loader refuses, RewriteRefused for one that cannot be
-    rewritten (the message names the spot and the reason).
+    rewritten (the message names the spot and the reason), CodeTooLarge (a
+    RewriteRefused) for one past MAX_CODE_BYTES.
     """
     data = bytes(data)
     image = parse_elf(data, name=name)
-    program = _Program(name, data, image, io_routines)
-    report = scan_elf(data, name=name)
+    check_code_size(image, name)
+    report, swept = scan_image(image, name)
+    program = _Program(name, data, image, io_routines, swept)
     cores = [program.core_of_finding(f) for f in report.pkru_writers]
     if io_routines is not None:
         cores += program.io_cores()
     if not cores:
         return Rewritten(data, ())
+    if len(cores) > MAX_SITES:
+        raise RewriteRefused(
+            f"{name}: {len(cores)} spots to patch (hidden PKRU writers and port I/O), more "
+            f"than the rewriter's limit of {MAX_SITES}; compiled code has a handful",
+            hint="run it in user space, or change the source so the bytes vanish")
     sites = program.plan(cores)
     result, changes = program.emit(sites)
     _verify(result, name, io_routines is not None)
@@ -203,61 +257,109 @@ def rewrite_elf(data: bytes, *, name: str, io_routines: IoRoutines | None = None
 # ---- instructions --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class _Insn:
     """One instruction of the sweep. flow: "data" (undecodable byte), "next" (falls
     through), "exit" (ret or jmp: ends a straight-line run), "branch" (anything else
-    that transfers control)."""
+    that transfers control).
 
-    vaddr: int
-    raw: bytes
-    cs: CsInsn | None
-    offset: int | None  # file offset, if every byte is in one segment's file bytes
-    flow: str
-    target: int | None  # a direct branch's target
+    `cs`, capstone's detailed decoding, is made on first use: decoding every instruction
+    in detail costs about 100 times the plain sweep, and only branches, instructions
+    that name an address in code and the instructions of sites need it.
+    """
+
+    __slots__ = ("_cs", "flow", "mnemonic", "offset", "op_str", "raw", "target", "vaddr")
+
+    def __init__(self, vaddr: int, raw: bytes, mnemonic: str, op_str: str, offset: int | None,
+                 flow: str, target: int | None) -> None:
+        self.vaddr, self.raw, self.mnemonic, self.op_str = vaddr, raw, mnemonic, op_str
+        self.offset = offset  # file offset, if every byte is in one segment's file bytes
+        self.flow, self.target = flow, target  # target: a direct branch's
+        self._cs: CsInsn | None = None
+
+    @property
+    def cs(self) -> CsInsn | None:
+        """Capstone's detailed decoding; None for an undecodable byte."""
+        if self._cs is None and self.flow != "data":
+            self._cs = _detailed(self.raw, self.vaddr)
+        return self._cs
 
     @property
     def end(self) -> int:
         return self.vaddr + len(self.raw)
 
     def __str__(self) -> str:
-        if self.cs is None:
+        if self.flow == "data":
             return f"{self.vaddr:#x}: .byte {self.raw[0]:#04x}"
-        return f"{self.vaddr:#x}: {self.cs.mnemonic} {self.cs.op_str}".rstrip()
+        return f"{self.vaddr:#x}: {self.mnemonic} {self.op_str}".rstrip()
 
 
-def _sweep(region: _Region) -> list[_Insn]:
-    disassembler = Cs(CS_ARCH_X86, CS_MODE_64)
-    disassembler.detail = True
-    disassembler.skipdata = True
-    out = []
-    for cs in disassembler.disasm(region.code, region.vaddr):
-        raw = bytes(cs.bytes)
-        offset = _file_offset(region, cs.address, len(raw))
-        if cs.id == 0:
-            out.append(_Insn(cs.address, raw, None, offset, "data", None))
-            continue
-        flow, target = _flow(cs)
-        out.append(_Insn(cs.address, raw, cs, offset, flow, target))
-    return out
+_DETAIL = Cs(CS_ARCH_X86, CS_MODE_64)
+_DETAIL.detail = True
 
 
-def _file_offset(region: _Region, vaddr: int, length: int) -> int | None:
-    for start, size, offset in region.pieces:
-        if start <= vaddr and vaddr + length <= start + size:
-            return offset + vaddr - start
-    return None
+def _detailed(raw: bytes, vaddr: int) -> CsInsn:
+    """One instruction decoded in detail (as the sweep decoded it: x86 decoding depends
+    on the bytes and the address only)."""
+    return next(_DETAIL.disasm(raw, vaddr, 1))
 
 
-def _flow(cs: CsInsn) -> tuple[str, int | None]:
-    groups = set(cs.groups)
-    if not groups & _BRANCH_GROUPS:
+class _Sweep:
+    """A region's linear sweep (the scanner's, bridge/scan.py) as _Insn objects, each
+    made on first access: planning looks at the instructions around the sites only."""
+
+    def __init__(self, region: _Region, lite: list[Instruction]) -> None:
+        self.region, self.lite = region, lite
+        self.piece_starts = [start for start, _, _ in region.pieces]
+        self.made: dict[int, _Insn] = {}
+
+    def __len__(self) -> int:
+        return len(self.lite)
+
+    @overload
+    def __getitem__(self, index: int) -> _Insn: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_Insn]: ...
+
+    def __getitem__(self, index: int | slice) -> _Insn | list[_Insn]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self.lite)))]
+        if index < 0:
+            raise IndexError(index)  # callers check their bounds; no wrapping around
+        insn = self.made.get(index)
+        if insn is None:
+            insn = self.made[index] = self._make(self.lite[index])
+        return insn
+
+    def _make(self, lite: Instruction) -> _Insn:
+        region = self.region
+        at = lite.vaddr - region.vaddr
+        raw = region.code[at : at + lite.size]
+        offset = _file_offset(region, self.piece_starts, lite.vaddr, lite.size)
+        flow, target = ("data", None) if lite.mnemonic == ".byte" else _flow(
+            lite.mnemonic, lite.op_str)  # .byte: capstone's skipdata, an undecodable byte
+        return _Insn(lite.vaddr, raw, lite.mnemonic, lite.op_str, offset, flow, target)
+
+
+def _flow(mnemonic: str, op_str: str) -> tuple[str, int | None]:
+    """An instruction's flow and direct target, from its text. The same as from
+    capstone's detail: its branch groups (_BRANCH_GROUPS) hold exactly the mnemonics
+    of _BRANCHES (after a bnd/notrack/repz word); the target is the immediate operand,
+    which capstone prints alone, for all but the returns.
+    (tests/bridge/test_rewrite.py checks both over every one- and two-byte opcode.)"""
+    if mnemonic.rsplit(" ", 1)[-1] not in _BRANCHES:
         return "next", None
-    immediates = [op.imm & _MASK64 for op in cs.operands if op.type == X86_OP_IMM]
-    target = immediates[0] if immediates and CS_GRP_RET not in groups else None
-    if cs.mnemonic in ("jmp", "ret"):
-        return "exit", target
-    return "branch", target
+    target = None
+    if mnemonic.rsplit(" ", 1)[-1] not in _RETURNS and _NUMBER.fullmatch(op_str):
+        target = int(op_str, 16 if op_str.startswith("0x") else 10) & _MASK64
+    return ("exit" if mnemonic in ("jmp", "ret") else "branch"), target
+
+
+def _file_offset(region: _Region, starts: list[int], vaddr: int, length: int) -> int | None:
+    index = bisect_right(starts, vaddr) - 1
+    if index < 0:
+        return None
+    start, size, offset = region.pieces[index]
+    return offset + vaddr - start if vaddr + length <= start + size else None
 
 
 # ---- the program: regions, sweeps, targets ---------------------------------------------
@@ -286,16 +388,17 @@ class _NoForm(Exception):
 
 
 class _Program:
-    def __init__(self, name: str, data: bytes, image: ElfImage,
-                 io_routines: IoRoutines | None) -> None:
+    def __init__(self, name: str, data: bytes, image: ElfImage, io_routines: IoRoutines | None,
+                 swept: list[tuple[_Region, list[Instruction]]]) -> None:
         self.name, self.data, self.image, self.io = name, data, image, io_routines
-        self.regions = list(_regions(image.segments))
-        self.sweeps = [_sweep(region) for region in self.regions]
-        self.starts = [[insn.vaddr for insn in sweep] for sweep in self.sweeps]
+        self.regions = [region for region, _ in swept]
+        self.sweeps = [_Sweep(region, lite) for region, lite in swept]
+        self.starts = [[insn.vaddr for insn in lite] for _, lite in swept]
         self.ranges = [(r.vaddr, r.vaddr + len(r.code)) for r in self.regions]
-        self.targets, self.data_refs = self._collect_targets()
-        self.sorted_targets = sorted(self.targets)
-        self.sorted_refs = sorted(self.data_refs)
+        self.range_starts = [low for low, _ in self.ranges]
+        self.targets: set[int] = set()  # collected by plan()
+        self.sorted_targets: list[int] = []
+        self.sorted_refs: list[int] = []
 
     def refuse(self, problem: str, hint: str = "") -> RewriteRefused:
         return RewriteRefused(
@@ -305,14 +408,20 @@ class _Program:
     # -- where control may arrive -----------------------------------------------------
 
     def in_code(self, address: int) -> bool:
-        return any(low <= address < high for low, high in self.ranges)
+        index = bisect_right(self.range_starts, address) - 1
+        return index >= 0 and address < self.ranges[index][1]
 
     def _collect_targets(self) -> tuple[set[int], set[int]]:
         targets, refs = {self.image.entry}, set()
         for sweep in self.sweeps:
-            for insn in sweep:
-                if insn.cs is not None:
-                    self._operand_addresses(insn, targets, refs)
+            for index, lite in enumerate(sweep.lite):
+                if lite.mnemonic == ".byte":
+                    continue
+                _, target = _flow(lite.mnemonic, lite.op_str)
+                if target is not None:  # a direct branch: the target is its only operand
+                    targets.add(target)
+                elif self._may_name_code(lite):
+                    self._operand_addresses(sweep[index], targets, refs)
         targets.update(a for a in self._symbols() if self.in_code(a))
         for segment in self.image.segments:
             if not segment.executable:
@@ -320,10 +429,24 @@ class _Program:
                                if self.in_code(a))
         return targets, refs
 
+    def _may_name_code(self, lite: Instruction) -> bool:
+        """Can an operand of this instruction be an address in code? False only when it
+        cannot: capstone prints every immediate and displacement above 9 in hex, so an
+        absolute address in code (at least MIN_VADDR) appears in op_str as one, and a
+        RIP-relative operand as `[rip + disp]` or `[rip - disp]`. (Saves the detailed
+        decoding of all other instructions.)"""
+        if "rip" in lite.op_str:
+            relative = _RIP_RELATIVE.search(lite.op_str)
+            if relative is None:
+                return True  # not the usual form: let the detailed decoding tell
+            disp = int(relative.group(2), 16 if relative.group(2).startswith("0x") else 10)
+            if self.in_code((lite.end + (disp if relative.group(1) == "+" else -disp))
+                            & _MASK64):
+                return True
+        return any(self.in_code(int(number, 16)) for number in _HEX.findall(lite.op_str))
+
     def _operand_addresses(self, insn: _Insn, targets: set[int], refs: set[int]) -> None:
         assert insn.cs is not None
-        if insn.target is not None:
-            targets.add(insn.target)
         for op in insn.cs.operands:
             if op.type == X86_OP_IMM and self.in_code(op.imm & _MASK64):
                 targets.add(op.imm & _MASK64)
@@ -381,12 +504,13 @@ class _Program:
     def io_cores(self) -> list[_Site]:
         cores = []
         for region, sweep in enumerate(self.sweeps):
-            for index, insn in enumerate(sweep):
-                if insn.cs is None or insn.cs.mnemonic.split()[-1] not in _PORT_IO:
+            for index, lite in enumerate(sweep.lite):
+                if lite.mnemonic.split()[-1] not in _PORT_IO:
                     continue
+                insn = sweep[index]
                 if insn.raw not in (b"\xec", b"\xee"):
                     raise self.refuse(
-                        f"port I/O `{insn.cs.mnemonic} {insn.cs.op_str}` at {insn.vaddr:#x}: "
+                        f"port I/O `{insn.mnemonic} {insn.op_str}` at {insn.vaddr:#x}: "
                         "only `in al, dx` and `out dx, al` become calls of the kernel's "
                         "checked routines (inb, outb); this form has none",
                         hint="do port I/O one byte at a time through DX and AL")
@@ -396,13 +520,17 @@ class _Program:
     # -- planning sites ---------------------------------------------------------------
 
     def plan(self, cores: list[_Site]) -> list[_Site]:
+        self.targets, data_refs = self._collect_targets()
+        self.sorted_targets, self.sorted_refs = sorted(self.targets), sorted(data_refs)
+        by_region: dict[int, list[_Site]] = {}
+        for core in cores:
+            by_region.setdefault(core.region, []).append(core)
         sites: list[_Site] = []
-        for region in range(len(self.regions)):
-            pending = _merge(sorted((c for c in cores if c.region == region),
-                                    key=lambda c: c.lo))
+        for region in sorted(by_region):
+            pending = deque(_merge(sorted(by_region[region], key=lambda c: c.lo)))
             done: list[_Site] = []
             while pending:
-                site = pending.pop(0)
+                site = pending.popleft()
                 self._check(site)
                 self._grow(site, done, pending)
                 self._check(site)
@@ -410,7 +538,7 @@ class _Program:
             sites += done
         return sites
 
-    def _grow(self, site: _Site, done: list[_Site], pending: list[_Site]) -> None:
+    def _grow(self, site: _Site, done: list[_Site], pending: deque[_Site]) -> None:
         sweep = self.sweeps[site.region]
         while sweep[site.hi].end - sweep[site.lo].vaddr < JMP_LEN:
             if self._can_prepend(site):
@@ -420,7 +548,7 @@ class _Program:
                     site.lo -= 1
             elif self._can_append(site):
                 if pending and pending[0].lo == site.hi + 1:
-                    _absorb(site, pending.pop(0))
+                    _absorb(site, pending.popleft())
                 else:
                     site.hi += 1
             else:
@@ -460,7 +588,6 @@ class _Program:
         insns = sweep[site.lo : site.hi + 1]
         start, end = insns[0].vaddr, insns[-1].end
         what = ", ".join(site.why)
-        listing = "; ".join(map(str, insns))
         for insn in _live(insns):
             if insn.flow == "data":
                 raise self.refuse(
@@ -477,8 +604,8 @@ class _Program:
         if target is not None:
             raise self.refuse(
                 f"{what}: {target:#x}, a possible jump target, lies strictly inside the "
-                f"range to patch [{start:#x}, {end:#x}) ({listing}); a jmp there would land "
-                "in the middle of the patch")
+                f"range to patch [{start:#x}, {end:#x}) ({'; '.join(map(str, insns))}); "
+                "a jmp there would land in the middle of the patch")
         ref = self.data_ref_in(start, end)
         if ref is not None:
             raise self.refuse(f"{what}: the program reads {ref:#x}, inside the range to patch "
@@ -526,8 +653,7 @@ class _Program:
         buf = bytearray()
         how = []
         live = _live(insns)
-        for insn in live:
-            index = site.lo + insns.index(insn)
+        for index, insn in enumerate(live, start=site.lo):
             build = self._forms(insn, replace_io=index in site.io)
             label = self._append(buf, at, build, f"{', '.join(site.why)}: `{insn}`")
             how.append(f"{insn} -> {label}")

@@ -30,7 +30,8 @@ WHAT IS SEARCHED, and where (Intel SDM vol. 2 encodings):
     are not reported.
 
 The linear sweep is capstone's disassembly of each region from its first byte, skipping
-one undecodable byte at a time (shown as `.byte`).
+one undecodable byte at a time (shown as `.byte`). Both searches take time linear in the
+region's size; `scan_image` hands the sweep on to the rewriter (bridge/rewrite.py).
 
 A Finding:
   offset, vaddr  file offset and virtual address of its first byte;
@@ -47,16 +48,17 @@ A Finding:
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from underbridge.errors import ElfError
-from underbridge.kernel.loader import PAGE_SIZE, Segment, parse_elf
+from underbridge.kernel.loader import PAGE_SIZE, ElfImage, Segment, parse_elf
 from underbridge.machine.privileged import privileged_name
 
 WRPKRU = b"\x0f\x01\xef"
@@ -70,14 +72,16 @@ PKRU_CLASSES: dict[str, frozenset[str]] = {
 _MEMORY_FORMS: dict[tuple[int, int], str] = {(0xAE, 5): "xrstor", (0xC7, 3): "xrstors"}
 _LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _PREFIXES = _LEGACY_PREFIXES | frozenset(range(0x40, 0x50))  # and REX
+#: Where a PKRU writer may start: 0F 01, 0F AE, 0F C7 (a candidate's second byte is no
+#: 0F, so no candidate hides inside another one).
+_ESCAPES = re.compile(rb"\x0f[\x01\xae\xc7]")
 
 
 # ---- results -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Instruction:
-    """One instruction of the linear sweep."""
+class Instruction(NamedTuple):
+    """One instruction of the linear sweep (a tuple: a sweep makes one per instruction)."""
 
     vaddr: int
     size: int
@@ -159,14 +163,22 @@ def scan_elf(source: Path | str | bytes, *, name: str | None = None) -> ScanRepo
         data, label = bytes(source), name or "<bytes>"
     else:
         data, label = _read(Path(source)), name or str(source)
-    image = parse_elf(data, name=label)
-    findings = [f for region in _regions(image.segments) for f in _scan_region(region)]
-    return ScanReport(file=label, findings=tuple(findings))
+    return scan_image(parse_elf(data, name=label), label)[0]
+
+
+def scan_image(image: ElfImage, label: str
+               ) -> tuple[ScanReport, list[tuple[_Region, list[Instruction]]]]:
+    """The report on a parsed image, and each executable region with its linear sweep
+    (for the rewriter, bridge/rewrite.py, which works on the same sweep)."""
+    swept = [(region, _sweep(region.code, region.vaddr)) for region in _regions(image.segments)]
+    findings = [f for region, sweep in swept for f in _scan_region(region, sweep)]
+    return ScanReport(file=label, findings=tuple(findings)), swept
 
 
 def scan_code(code: bytes, *, vaddr: int = 0, file_offset: int = 0) -> list[Finding]:
     """Scan raw machine code mapped at `vaddr` (e.g. a generated gate)."""
-    return _scan_region(_Region(vaddr, bytes(code), ((vaddr, len(code), file_offset),)))
+    region = _Region(vaddr, bytes(code), ((vaddr, len(code), file_offset),))
+    return _scan_region(region, _sweep(region.code, vaddr))
 
 
 def format_table(report: ScanReport) -> str:
@@ -241,8 +253,7 @@ def _region(group: list[Segment]) -> _Region:
 # ---- searching one region ----------------------------------------------------------------
 
 
-def _scan_region(region: _Region) -> list[Finding]:
-    sweep = _sweep(region.code, region.vaddr)
+def _scan_region(region: _Region, sweep: list[Instruction]) -> list[Finding]:
     starts = [insn.vaddr for insn in sweep]
     findings = [_pkru_finding(region, sweep, starts, index, kind, length)
                 for index, kind, length in _occurrences(region.code)]
@@ -255,17 +266,15 @@ def _sweep(code: bytes, vaddr: int) -> list[Instruction]:
     """Capstone's linear sweep, one `.byte` per undecodable byte."""
     disassembler = Cs(CS_ARCH_X86, CS_MODE_64)
     disassembler.skipdata = True
-    return [Instruction(*insn) for insn in disassembler.disasm_lite(code, vaddr)]
+    return list(map(Instruction._make, disassembler.disasm_lite(code, vaddr)))
 
 
 def _occurrences(code: bytes) -> Iterator[tuple[int, str, int]]:
     """(index, class, length) of every PKRU writer, at every byte offset."""
-    index = code.find(0x0F)
-    while index != -1:
-        hit = _decode_escape(code, index)
+    for match in _ESCAPES.finditer(code):
+        hit = _decode_escape(code, match.start())
         if hit is not None:
-            yield index, *hit
-        index = code.find(0x0F, index + 1)
+            yield match.start(), *hit
 
 
 def _decode_escape(code: bytes, index: int) -> tuple[str, int] | None:

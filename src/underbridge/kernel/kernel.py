@@ -23,10 +23,11 @@ in Python, so it is charged by name, never zero, never tuned):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from underbridge.errors import SyscallError, UserError
+from underbridge.errors import OutOfMemory, ResourceExhausted, SyscallError, UserError
 from underbridge.kernel import dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import IpcDesign, design_named
@@ -50,6 +51,20 @@ ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
 IPC_CATEGORY = "ipc"  # where the cycles of IPC paths are attributed (machine/accounting.py)
 SyscallObserver = Callable[[Thread, int, tuple[int, ...]], None]
+
+
+@contextmanager
+def _no_room_is_a_user_error(name: str) -> Iterator[None]:
+    """Running out of frames or protection keys while creating `name` is the user's
+    problem (a too-big program, too many in-kernel servers), told in one line. Whatever
+    was built before the failure has been given back by then."""
+    try:
+        yield
+    except OutOfMemory as error:
+        raise ResourceExhausted(f"not enough physical memory to load {name} ({error})",
+                                hint="shrink its static data", errno=Errno.ENOMEM) from None
+    except SyscallError as error:  # from placing it in kernel space: no key left
+        raise ResourceExhausted(str(error), errno=error.errno) from None
 
 
 class Kernel:
@@ -90,6 +105,8 @@ class Kernel:
         rewrite=False places the binary as built, without the rewriter (benchmarks).
         abi: "native", or "linux" for a musl-linked program (kernel/linux_abi.py), which
         runs in user space only.
+        Bad input raises a UserError: ElfError for a binary that cannot be loaded,
+        ResourceExhausted when frames or protection keys run out; nothing is left behind.
         """
         if if_unsafe not in ("refuse", "user"):
             raise ValueError(f"if_unsafe must be 'refuse' or 'user', not {if_unsafe!r}")
@@ -104,27 +121,31 @@ class Kernel:
             name, elf = name or elf, self.programs[elf]
         data = elf.read_bytes() if isinstance(elf, Path) else elf
         name = name or (elf.stem if isinstance(elf, Path) else "guest")
-        image = parse_elf(data, name=name)
-        domain = None
-        if in_kernel:
+        with _no_room_is_a_user_error(name):
+            image = parse_elf(data, name=name)
+            domain = None
+            if in_kernel:
+                try:
+                    domain, stack_top, data = self.ipc.admit(self, name, image.segments[0].vaddr,
+                                                             data, rewrite=rewrite)
+                except UserError:
+                    if if_unsafe == "refuse":
+                        raise
+                else:
+                    image = parse_elf(data, name=name)  # as the loader rewrote it
+                    ring, table, pkey, pkru = (0, self.machine.kernel_space, domain.key,
+                                               domain.pkru)
+            vmspace = None
             try:
-                domain, stack_top, data = self.ipc.admit(self, name, image.segments[0].vaddr,
-                                                         data, rewrite=rewrite)
-            except UserError:
-                if if_unsafe == "refuse":
-                    raise
-            else:
-                image = parse_elf(data, name=name)  # as the loader rewrote it
-                ring, table, pkey, pkru = 0, self.machine.kernel_space, domain.key, domain.pkru
-        vmspace = VmSpace(self.machine, table=table, pkey=pkey)
-        try:
-            entry, rsp = build_image(self.machine, vmspace, image,
-                                     argv if argv is not None else [name], stack_top)
-        except BaseException:
-            vmspace.destroy()  # give back whatever was built before the failure
-            if domain is not None:
-                self.ipc.refuse(domain)
-            raise
+                vmspace = VmSpace(self.machine, table=table, pkey=pkey)
+                entry, rsp = build_image(self.machine, vmspace, image,
+                                         argv if argv is not None else [name], stack_top)
+            except BaseException:
+                if vmspace is not None:
+                    vmspace.destroy()  # give back whatever was built before the failure
+                if domain is not None:
+                    self.ipc.refuse(domain)
+                raise
         group = CapGroup(self._next_pid, name, vmspace)
         group.io_ports = io_ports
         if abi == "linux":
@@ -188,7 +209,7 @@ class Kernel:
         """End the cap group to blame: the thread's own, or, if the thread was running
         another domain's handler in a call, that server's (the IPC design says which;
         ending it makes the thread's call return -EPIPE and the caller go on)."""
-        culprit = self.ipc.fault_culprit(self, thread)
+        culprit = self.ipc.code_owner(self, thread)
         self.end_group(culprit, Ending(GroupState.FAULTED, fault=fault))
 
     def _syscall(self, thread: Thread) -> None:
@@ -242,7 +263,7 @@ class Kernel:
         for thread in group.threads:
             self.sched.remove(thread)
             thread.mark_destroyed()
-        for obj in reversed(group.owned):
+        for obj in reversed(list(group.owned)):  # closing a connection edits `owned`
             self.destroy_object(obj)
         group.vmspace.destroy()
         self.ipc.ended(self, group)
@@ -258,7 +279,7 @@ class Kernel:
         if isinstance(obj, Service):
             self.ipc.close_service(self, obj)
             self.services.pop(obj.name, None)
-            for conn in obj.connections:
+            for conn in list(obj.connections):
                 self.close_connection(conn, server_gone=True)
         if isinstance(obj, Connection):
             self.close_connection(obj)
@@ -267,10 +288,16 @@ class Kernel:
 
     def close_connection(self, conn: Connection, *, server_gone: bool = False) -> None:
         """Close a connection: its gate and keys first, then its buffer (both sides).
-        server_gone: the server's side is going away, not the client's."""
+        server_gone: the server's side is going away, not the client's.
+
+        A closed connection leaves its service's and its client's lists, or a client
+        that connects and closes forever would grow them forever.
+        """
         if conn.alive:
             self.ipc.closed(self, conn, server_gone=server_gone)
             conn.close()
+            conn.service.connections.remove(conn)
+            conn.client.owned.remove(conn)
 
     def thread_exit(self, thread: Thread) -> None:
         self.sched.remove(thread)
@@ -304,6 +331,18 @@ class Kernel:
     def fail_blocked(self, thread: Thread, errno: Errno) -> None:
         if thread.alive and thread.state is ThreadState.BLOCKED:
             self.wake_with(thread, -errno)
+
+    # -- queries -------------------------------------------------------------------
+
+    def blocked(self) -> list[Thread]:
+        """The blocked threads of live cap groups, in creation order.
+
+        Once `run` has returned because no thread is ready, each of these waits for
+        something no thread can do any more: a deadlock, unless it is a server waiting
+        for callers. Each names what it waits on in `waiting_on`.
+        """
+        return [thread for group in self.groups.values() if group.running
+                for thread in group.threads if thread.state is ThreadState.BLOCKED]
 
 
 __all__ = ["Kernel", "SyscallError"]

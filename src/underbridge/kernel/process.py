@@ -35,6 +35,18 @@ def auxv_of(image: ElfImage) -> list[tuple[int, int]]:
     return aux
 
 
+def encode_arg(arg: str) -> bytes:
+    """An argument's bytes: UTF-8, and the bytes of a host argument that was not UTF-8
+    (which Python decodes with surrogateescape) given back as they were."""
+    try:
+        data = arg.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise UserError(f"argument {arg!r} cannot be encoded (a lone surrogate)") from None
+    if b"\0" in data:
+        raise UserError(f"argument {arg!r} contains a NUL byte, which would end it early")
+    return data
+
+
 def initial_stack(argv: list[str], top: int, auxv: Sequence[tuple[int, int]] = ()
                   ) -> tuple[bytes, int]:
     """The bytes of the initial stack ending at `top`, and the RSP pointing into them."""
@@ -42,7 +54,7 @@ def initial_stack(argv: list[str], top: int, auxv: Sequence[tuple[int, int]] = (
     offsets = []
     for arg in argv:
         offsets.append(len(strings))
-        strings += arg.encode() + b"\0"
+        strings += encode_arg(arg) + b"\0"
     strings_at = (top - len(strings)) & ~0xF
     aux = [value for pair in [*auxv, (AT_NULL, 0)] for value in pair]
     vector = struct.pack(f"<Q{len(argv)}QQQ{len(aux)}Q", len(argv),
@@ -57,7 +69,7 @@ def build_image(machine: Machine, vmspace: VmSpace, image: ElfImage, argv: list[
                 stack_top: int = USER_STACK_TOP, stack_pages: int = STACK_PAGES
                 ) -> tuple[int, int]:
     """Map the ELF image and an argv stack into vmspace; returns (entry, initial rsp)."""
-    if sum(len(arg) + 1 for arg in argv) > MAX_ARGV_BYTES:
+    if sum(len(encode_arg(arg)) + 1 for arg in argv) > MAX_ARGV_BYTES:
         raise UserError(f"arguments exceed {MAX_ARGV_BYTES} bytes")
     for vaddr, frame, flags in image_pages(machine, image):
         vmspace.map_private(vaddr, frame, flags)

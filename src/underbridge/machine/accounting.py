@@ -19,6 +19,8 @@ Invariants:
     cycles go to the category of the code range holding its start address (`attribute`;
     "other" when none does), a charged event's to the category the kernel names with
     `charge_to` ("kernel" unless told otherwise). Categories never change a total.
+  - With counting off (the secure monitor only), executed instructions are still
+    counted: they are the machine's clock then (Machine.clock).
   - The preemption budget is enforced here, at block granularity: once the deadline
     is reached, the CPU stops at the start of the next block, which is not counted
     (the engine does not run a block whose entry hook stopped it).
@@ -239,9 +241,9 @@ class Accounting:
             self._blocks[address] = cost
         if self._monitor_stops(uc, address, cost):
             return
+        self.instructions += cost.instructions  # the machine's clock even when not counting
         if not self.counting:
             return
-        self.instructions += cost.instructions
         self.block_cycles += cost.cycles
         self.category_cycles[cost.category] += cost.cycles
         if cost.events:

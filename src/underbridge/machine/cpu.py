@@ -28,6 +28,8 @@ Invariants:
     kernel terminates the guest. (INS/OUTS touch memory before the engine's I/O hook,
     so a bad buffer there is reported as #PF where hardware reports #GP.) There are
     no devices: ring-0 IN reads all ones (a floating bus), OUT is discarded.
+  - rdtsc and rdtscp return the machine's clock (`clock`), never the host's TSC: the
+    same run reads the same values.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import ctypes
 import os
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 
 from unicorn import (
     UC_ARCH_X86,
@@ -50,11 +53,14 @@ from unicorn import (
     Uc,
     UcError,
 )
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
+from unicorn.unicorn_py3.unicorn import uccallback, uclib
 from unicorn.x86_const import (
     UC_CPU_X86_SKYLAKE_SERVER,
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
+    UC_X86_INS_RDTSC,
+    UC_X86_INS_RDTSCP,
     UC_X86_INS_SYSCALL,
     UC_X86_REG_CR0,
     UC_X86_REG_CR2,
@@ -63,6 +69,7 @@ from unicorn.x86_const import (
     UC_X86_REG_R11,
     UC_X86_REG_RAX,
     UC_X86_REG_RCX,
+    UC_X86_REG_RDX,
     UC_X86_REG_RIP,
 )
 
@@ -151,8 +158,8 @@ class Machine:
             if frame is not None:
                 self.frames.free(frame)
         self.code_changed(self.kernel_space)
-        if self.accounting is not None:
-            self.accounting.reset()
+        if self._decoder is not None:
+            self._decoder.reset()  # the clock starts when guests can run
 
     # -- boot -----------------------------------------------------------------------
 
@@ -161,12 +168,25 @@ class Machine:
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN, self._on_port_in, None, 1, 0, UC_X86_INS_IN)
         self.uc.hook_add(UC_HOOK_INSN, self._on_port_out, None, 1, 0, UC_X86_INS_OUT)
+        self._hook_time_stamp()
         if accounting or monitor:
             self.monitor = Monitor() if monitor else None
             self._decoder = accounting_class()(self._read_running_code, counting=accounting,
                                                monitor=self.monitor)
             self.accounting = self._decoder if accounting else None
             self._decoder.install(self.uc)
+
+    def _hook_time_stamp(self) -> None:
+        """rdtsc and rdtscp read the machine's clock (see `clock`), never the host's TSC.
+
+        The binding's hook_add takes UC_HOOK_INSN only for IN, OUT, SYSCALL and CPUID,
+        but the engine hooks RDTSC and RDTSCP too, with CPUID's callback type (tested in
+        tests/machine/test_time_stamp.py); so these two go through the binding's helpers.
+        """
+        for insn, tsc_aux in ((UC_X86_INS_RDTSC, False), (UC_X86_INS_RDTSCP, True)):
+            callback = uccallback(self.uc, HOOK_INSN_CPUID_CFUNC)(
+                partial(self._on_time_stamp, tsc_aux=tsc_aux))
+            self.uc._Uc__do_hook_add(UC_HOOK_INSN, callback, 1, 0, ctypes.c_int(insn))  # type: ignore[attr-defined]
 
     def _map_kernel_pages(self) -> None:
         text = self._map_kernel_page(KERNEL_TEXT, KERNEL_CODE)
@@ -286,6 +306,16 @@ class Machine:
     def _on_port_out(self, uc: Uc, _port: int, _size: int, _value: int, _data: object) -> None:
         if uc.reg_read(UC_X86_REG_CS) & 3:
             self._refuse_port_io(uc)
+
+    def _on_time_stamp(self, uc: Uc, _key: object, *, tsc_aux: bool) -> int:
+        """EDX:EAX = the clock (and ECX = IA32_TSC_AUX = 0 for rdtscp). Returning 1
+        makes the engine skip the instruction, keeping these registers as its result."""
+        now = self.clock()
+        uc.reg_write(UC_X86_REG_RAX, now & 0xFFFF_FFFF)
+        uc.reg_write(UC_X86_REG_RDX, (now >> 32) & 0xFFFF_FFFF)
+        if tsc_aux:
+            uc.reg_write(UC_X86_REG_RCX, 0)
+        return 1
 
     def _refuse_port_io(self, uc: Uc) -> None:
         """#GP(0) at the I/O instruction, reported with RIP and RAX as they were."""
@@ -525,6 +555,19 @@ class Machine:
 
     def tally(self) -> Tally:
         return Tally() if self.accounting is None else self.accounting.tally()
+
+    def clock(self) -> int:
+        """The machine's time: what rdtsc returns and what run budgets are counted in.
+
+        Simulated cycles with accounting on; with it off, the instructions of the blocks
+        executed so far (the secure monitor's block hook counts them; a machine with
+        neither accounting nor monitor has no clock and reads 0). Deterministic either
+        way, and it advances a block at a time: a block's count is added when it starts.
+        """
+        decoder = self._decoder
+        if decoder is None:
+            return 0
+        return decoder.cycles if decoder.counting else decoder.instructions
 
     def charge(self, event: str, times: int = 1) -> None:
         if self.accounting is not None:

@@ -10,8 +10,13 @@ Invariants:
     alone, so a leaf's flags are the whole story for the access rules (oracle.py).
   - Every change to an existing leaf calls `on_change(vaddr)` before returning, so the
     owner can keep the emulated TLB coherent (the machine flushes before the CPU runs).
-  - Table frames belong to their PageTable and are freed by `destroy`; leaf frames
-    belong to whoever mapped them and are never freed here.
+  - Table frames belong to their PageTable; leaf frames belong to whoever mapped them
+    and are never freed here.
+  - No table below the root is empty: `unmap` frees a table whose last present entry
+    it removed, and then its parent's if that became empty too (never the root). So
+    the frames a PageTable holds depend only on what is mapped now, not on what was
+    mapped before, and `destroy` frees the rest.
+  - A non-present entry is all zero (unmap writes 0), so an empty table is a zero page.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ UPPER_LEVEL_FLAGS = PTE_P | PTE_RW | PTE_US
 LEVEL_SHIFTS = (39, 30, 21, 12)
 ENTRIES = 512
 NUM_PKEYS = 16
+_EMPTY_TABLE = bytes(PAGE_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +117,15 @@ class PageTable:
         self._mem = mem
         self._frames = frames
         self._on_change = on_change
-        self._tables: list[PhysAddr] = [frames.alloc()]
-        self.root: PhysAddr = self._tables[0]
+        self.root: PhysAddr = frames.alloc()
+        # Every table frame, the root first; a dict keeps the order (destroy frees
+        # them in it, which keeps frame reuse deterministic) and removes in O(1).
+        self._tables: dict[PhysAddr, None] = {self.root: None}
+
+    @property
+    def table_frames(self) -> int:
+        """How many frames this page table holds for its own tables, the root included."""
+        return len(self._tables)
 
     # -- the walk -------------------------------------------------------------------
 
@@ -127,7 +140,7 @@ class PageTable:
                 if not create:
                     return None
                 child = self._frames.alloc()
-                self._tables.append(child)
+                self._tables[child] = None
                 entry = child | UPPER_LEVEL_FLAGS
                 self._mem.write_u64(slot, entry)
             elif entry & PTE_PS:
@@ -189,16 +202,49 @@ class PageTable:
         self._on_change(VirtAddr(vaddr))
 
     def unmap(self, vaddr: int) -> PhysAddr | None:
-        """Remove one page's mapping; returns the frame it mapped, if any."""
-        slot = self._leaf_slot(vaddr, create=False)
-        if slot is None:
+        """Remove one page's mapping; returns the frame it mapped, if any.
+
+        Tables left empty are freed on the way up (the root stays). The caller's
+        `on_change` covers them too: the only translation they held was this page's.
+        """
+        slots = self._slots_to_leaf(vaddr)
+        if slots is None:
             return None
-        mapping = decode_pte(self._mem.read_u64(slot))
+        mapping = decode_pte(self._mem.read_u64(slots[-1]))
         if mapping is None:
             return None
-        self._mem.write_u64(slot, 0)
+        self._mem.write_u64(slots[-1], 0)
+        self._prune(slots)
         self._on_change(VirtAddr(vaddr))
         return mapping.frame
+
+    def _slots_to_leaf(self, vaddr: int) -> list[int] | None:
+        """Physical addresses of the four entries translating vaddr, PML4 first, or None
+        when a table on the way is absent."""
+        slots = []
+        table = self.root
+        for depth, index in enumerate(_indices(vaddr)):
+            slot = table + 8 * index
+            slots.append(slot)
+            if depth == len(LEVEL_SHIFTS) - 1:
+                break
+            entry = self._mem.read_u64(slot)
+            if not entry & PTE_P:
+                return None
+            if entry & PTE_PS:
+                raise KernelBug(f"large page met while walking {vaddr:#x}")
+            table = PhysAddr(entry & ADDR_MASK)
+        return slots
+
+    def _prune(self, slots: list[int]) -> None:
+        """Free the tables holding slots[1:] that are now empty, deepest first."""
+        for level in range(len(slots) - 1, 0, -1):
+            table = PhysAddr(slots[level] & ~(PAGE_SIZE - 1))
+            if self._mem.view[table : table + PAGE_SIZE].tobytes() != _EMPTY_TABLE:
+                return
+            self._mem.write_u64(slots[level - 1], 0)
+            del self._tables[table]
+            self._frames.free(table)
 
     def protect(self, vaddr: int, flags: PageFlags) -> None:
         """Change a present page's permissions and protection key."""

@@ -73,6 +73,11 @@ class FrameAllocator:
         self._in_use: set[PhysAddr] = set()
 
     @property
+    def in_use(self) -> int:
+        """How many frames are allocated now (what a leak check counts)."""
+        return len(self._in_use)
+
+    @property
     def free_frames(self) -> int:
         return (self._mem.size - self._next) // PAGE_SIZE + len(self._freed)
 

@@ -37,5 +37,5 @@ def sys_notif_wait(kernel: Kernel, thread: Thread, slot: int, *_: int) -> int | 
         notification.count -= 1
         return 0
     notification.waiters.append(thread)
-    kernel.sched.block(thread, "notification")
+    kernel.sched.block(thread, f"notification (slot {slot})")
     return None

@@ -22,13 +22,13 @@ from underbridge.machine.faults import VM_EXIT, Fault
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel
+    from underbridge.kernel.objects.capgroup import CapGroup
 
 FLOATING_BUS = 0xFF
 
 
-def port_access(thread: Thread, port: int, value: int, write: bool) -> int:
-    """Do one byte of port I/O for the thread's cap group, if it holds the port."""
-    group = thread.group
+def port_access(group: CapGroup, port: int, value: int, write: bool) -> int:
+    """Do one byte of port I/O for a cap group, if it holds the port."""
     if port not in group.io_ports:
         raise SyscallError(Errno.EPERM, f"{group.name} holds no right to port {port:#x}")
     if write:
@@ -39,24 +39,29 @@ def port_access(thread: Thread, port: int, value: int, write: bool) -> int:
 
 def sys_port_io(kernel: Kernel, thread: Thread, port: int, value: int, write: int,
                 *_: int) -> int:
-    return port_access(thread, port, value, bool(write))
+    return port_access(thread.group, port, value, bool(write))
 
 
 def emulate_trapped_io(kernel: Kernel, thread: Thread, fault: Fault) -> bool:
     """The monitor's allow policy: a VM exit on `in al, dx` / `out dx, al` by a cap group
     that holds the port is emulated, and the thread goes on after the instruction.
     Anything else (another instruction, a port it does not hold) is left to the caller,
-    which terminates the guest."""
+    which terminates the guest.
+
+    The rights are those of the cap group whose code executed the instruction: a thread
+    running another server's handler in a call (thread migration) has that server's,
+    never its own (kernel.ipc.code_owner)."""
     if fault.vector != VM_EXIT or fault.instruction not in EMULATED:
         return False
     context = thread.context
     port = context[Reg.RDX] & 0xFFFF
-    if port not in thread.group.io_ports:
+    group = kernel.ipc.code_owner(kernel, thread)
+    if port not in group.io_ports:
         return False
     if fault.instruction == "out dx, al":
-        port_access(thread, port, context[Reg.RAX], write=True)
+        port_access(group, port, context[Reg.RAX], write=True)
     else:
-        value = port_access(thread, port, 0, write=False)
+        value = port_access(group, port, 0, write=False)
         context[Reg.RAX] = (context[Reg.RAX] & ~0xFF) | value
     context.rip = fault.rip + 1  # both forms are one byte: EC, EE
     return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from underbridge.errors import OutOfMemory, SyscallError, UserError
+from underbridge.errors import ResourceExhausted, SyscallError, UserError
 from underbridge.kernel import umem
 from underbridge.kernel.cap import Cap
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
@@ -60,10 +60,10 @@ def sys_spawn(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int, args
         raise SyscallError(Errno.ESRCH, f"no program {name!r}")
     try:
         child = kernel.spawn(name, [name, *args])
+    except ResourceExhausted as error:
+        raise SyscallError(error.errno, str(error)) from error
     except UserError as error:
         raise SyscallError(Errno.EINVAL, str(error)) from error
-    except OutOfMemory as error:
-        raise SyscallError(Errno.ENOMEM, str(error)) from error
     return thread.group.caps.insert(Cap(child, Rights.READ | Rights.GRANT))
 
 

@@ -69,9 +69,9 @@ class IpcDesign(Protocol):
     def about_to_run(self, kernel: Kernel, tid: int) -> None:
         """Ring-0 code is about to run on thread `tid`."""
 
-    def fault_culprit(self, kernel: Kernel, thread: Thread) -> CapGroup:
-        """The cap group to end for a fault of `thread`: its own, or that of the server
-        whose handler it was running in a call."""
+    def code_owner(self, kernel: Kernel, thread: Thread) -> CapGroup:
+        """The cap group whose code `thread` runs: its own, or the server's whose handler
+        it runs in a call. Its rights apply (trapped port I/O), and a fault ends it."""
 
 
 def design_named(name: str) -> IpcDesign:

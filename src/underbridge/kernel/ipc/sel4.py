@@ -138,8 +138,8 @@ class Sel4Ipc:
     def about_to_run(self, kernel: Kernel, tid: int) -> None:
         """No gates, so nothing to tell ring-0 code about the running thread."""
 
-    def fault_culprit(self, kernel: Kernel, thread: Thread) -> CapGroup:
-        """Threads never run another cap group's code: a fault is the thread's own."""
+    def code_owner(self, kernel: Kernel, thread: Thread) -> CapGroup:
+        """Threads never run another cap group's code."""
         return thread.group
 
     def close_service(self, kernel: Kernel, service: Service) -> None:
@@ -147,8 +147,10 @@ class Sel4Ipc:
             kernel.fail_blocked(client, Errno.EPIPE)
         service.pending.clear()
         service.receivers.clear()
-        for conn in service.connections:
-            for thread in conn.client.threads:
-                if thread.calling is conn:
+        # Every running group, not just the service's connections: a caller whose
+        # connection was closed during its call has left service.connections.
+        for group in kernel.groups.values():
+            for thread in group.threads if group.running else ():
+                if thread.calling is not None and thread.calling.service is service:
                     thread.calling = None
                     kernel.fail_blocked(thread, Errno.EPIPE)

@@ -21,6 +21,22 @@ Hardware events of one round trip:
                  table), [gate], CR3 write (back), swapgs, sysret
 The kernel's decode-and-dispatch work on the app-server path is charged as seL4's Call
 fastpath, the closest measured kernel IPC path (costs.py).
+
+Where the kernel writes a ring-0 thread's PKRU, RSP or RIP, and why each is safe:
+  - a PKRU refresh (`_share_key`): only threads that hold the changed domain's PKRU,
+    i.e. run its code, get its new PKRU; a thread inside another domain's handler
+    keeps that domain's PKRU (break A1 was the opposite);
+  - ending a call whose server is gone (`_end_call_in_progress`, gate_calls.unwind):
+    registers from the caller's save area, PKRU from the caller's domain, RIP from the
+    caller's stack read with the caller's rights;
+  - syscall results and replies (sel4.deliver, give_reply, Kernel.wake_with): only RAX
+    and message registers, of a thread blocked in a syscall, which it made from its own
+    domain (a syscall from inside another domain's handler is refused with -EDEADLK
+    before any handler runs, `foreign`);
+  - THREAD_CREATE copies its creator's PKRU, which is the creator's own (same reason);
+  - preemption never writes registers, and never happens inside a gate (`in_gate`);
+  - the kernel's own gate calls for applications run in a context of their own
+    (`Upcall`), to completion, before any other thread runs.
 """
 
 from __future__ import annotations
@@ -31,9 +47,11 @@ from typing import TYPE_CHECKING
 from underbridge.bridge import admission, iocall
 from underbridge.bridge import gate as gates
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
-from underbridge.errors import SyscallError, UserError
+from underbridge.bridge.rewrite import check_code_size
+from underbridge.errors import ElfError, SyscallError, UserError
 from underbridge.kernel.ipc import gate_calls
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
+from underbridge.kernel.loader import ElfImage, Segment, parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread
@@ -122,6 +140,12 @@ class Upcall:
     context: CpuContext
 
 
+def _outside_region(image: ElfImage, base: int) -> Segment | None:
+    """A segment not inside [base, base + REGION_SIZE / 2), if any."""
+    return next((s for s in image.segments
+                 if s.vaddr < base or s.end > base + REGION_SIZE // 2), None)
+
+
 class UnderbridgeIpc:
     name = "underbridge"
     kpti = False
@@ -152,22 +176,52 @@ class UnderbridgeIpc:
             wrpkru, or an occurrence the rewriter could not break up) is refused with
             the findings. Port I/O the rewriter could not convert stays, trapped by
             the secure monitor at run time.
-        rewrite=False keeps the binary as built (it is still verified).
+        rewrite=False keeps the binary as built (it is still verified). A binary with more
+        code than rewrite.MAX_CODE_BYTES is refused first (CodeTooLarge): loading costs
+        time linear in the code. So is one with a segment outside the lower half of its
+        region (the upper half is the kernel's, for stacks and connection pages): no
+        executable page of a server then adjoins another server's or the kernel's, so
+        the scan of its own image covers every run of executable pages its code can run
+        through (no wrpkru split across two images).
         """
         if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
-            raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
-                             f"below {LOW_LIMIT:#x}")
+            raise ElfError(f"{name} is linked at {base:#x}, but in-kernel servers are linked at "
+                           f"{REGION_SIZE:#x}-aligned bases below {LOW_LIMIT:#x}")
+        owner = next((s.group.name for s in self.domains.values() if s.base == base), None)
+        if owner is not None:
+            raise UserError(f"{name} is linked at {base:#x}, the region of {owner}, which is "
+                            "in kernel space already", hint="link each in-kernel server at "
+                            f"its own {REGION_SIZE:#x}-aligned base")
+        image = parse_elf(elf, name=name)
+        check_code_size(image, name)
+        outside = _outside_region(image, base)
+        if outside is not None:
+            raise UserError(f"{name}: its segment at {outside.vaddr:#x} lies outside "
+                            f"[{base:#x}, {base + REGION_SIZE // 2:#x}), the lower half of "
+                            "its kernel-space region", hint="link it at one base, as "
+                            "underbridge's toolchain does, or run it in user space")
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
-        # Cached by content (bridge/admission.py): the same binary is rewritten once.
-        routines = self.io_routines(kernel) if rewrite else None
-        elf, pkru_writers = admission.vet(elf, name=name, io_routines=routines, rewrite=rewrite)
-        if pkru_writers:
+        try:
+            elf = self._deprivileged(kernel, name, base, elf, rewrite=rewrite)
+        except BaseException:
             self.keys.release(domain.key)
+            raise
+        return domain, base + REGION_SIZE - PAGE_SIZE, elf
+
+    def _deprivileged(self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool
+                      ) -> bytes:
+        # Cached by content (bridge/admission.py): the same binary is rewritten once. The
+        # rewritten binary is kept unless its trampolines do not fit the region.
+        routines = self.io_routines(kernel) if rewrite else None
+        elf, pkru_writers = admission.vet(
+            elf, name=name, io_routines=routines, rewrite=rewrite, base=base,
+            fits=lambda data: _outside_region(parse_elf(data, name=name), base) is None)
+        if pkru_writers:
             found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in pkru_writers[:5])
             raise UserError(f"{name} cannot run in kernel space: its code can change PKRU "
                             f"({found})", hint="underbridge scan shows every occurrence; "
                             "run it in user space instead")
-        return domain, base + REGION_SIZE - PAGE_SIZE, elf
+        return elf
 
     def refuse(self, domain: Domain) -> None:
         self.keys.release(domain.key)
@@ -410,8 +464,9 @@ class UnderbridgeIpc:
         return [(state, thread.context) for state in self.domains.values()
                 for thread in state.group.threads if thread.tid == tid and thread.alive]
 
-    def fault_culprit(self, kernel: Kernel, thread: Thread) -> CapGroup:
-        """The cap group to end for a fault of `thread` (gate_calls.culprit says why)."""
+    def code_owner(self, kernel: Kernel, thread: Thread) -> CapGroup:
+        """The cap group whose code `thread` runs, to blame for its fault and whose rights
+        apply to its trapped port I/O (gate_calls.culprit says how it is decided)."""
         own = self.domains.get(thread.group)
         if own is None:
             return thread.group

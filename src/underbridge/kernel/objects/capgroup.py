@@ -4,7 +4,8 @@ Invariants:
   - A cap group ends exactly once (exit, last thread gone, or a fault); ending it kills
     its threads, destroys the objects it created (revoking every cap to them,
     anywhere), tears down its address space, and wakes the threads waiting for it.
-  - `owned` lists the objects this group created; it is their only owner.
+  - `owned` lists the objects this group created; it is their only owner. A connection
+    leaves it when it is closed, so connect-and-close loops do not grow it.
   - An ended group stays a live object (a zombie: its `ending` says how it ended), so
     caps to it still work for WAIT.
 """

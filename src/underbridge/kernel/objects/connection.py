@@ -11,6 +11,8 @@ Invariants:
   - The shared buffer is mapped into exactly the two cap groups of its connection;
     closing the connection destroys the buffer, unmapping it from both.
   - `pending` holds callers blocked because no server thread was receiving, oldest first.
+  - `Service.connections` holds the service's open connections only: closing one
+    (Kernel.close_connection) removes it, and from its client's `owned` too.
 """
 
 from __future__ import annotations

@@ -145,9 +145,9 @@ void ub_on_block(void *uc, uint64_t address, uint32_t size, void *user_data) {
         if (block == NULL || block->size != size)
             return; /* unreachable: Python inserted it; never count a guess */
     }
+    s->instructions += block->instructions; /* the machine's clock even when not counting */
     if (!s->counting)
         return;
-    s->instructions += block->instructions;
     s->block_cycles += block->cycles;
     s->category_cycles[block->category] += (int64_t)block->cycles;
     if (block->has_events)
