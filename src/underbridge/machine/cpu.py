@@ -470,12 +470,13 @@ class Machine:
 
         Unicorn's `count` must be used on every run or on none: switching between the
         two deletes its counting hook and flushes translations, which makes the engine
-        take a silent page fault at a stale address. So with accounting on, the block
-        hook enforces the budget and `count` is never used; with accounting off,
-        `count` is always passed.
+        take a silent page fault at a stale address. So with a block hook (accounting,
+        or the secure monitor alone, which still counts instructions) the hook enforces
+        the budget and `count` is never used; with neither, `count` is always passed.
+        (The engine's `count` calls a helper per instruction: far slower than the hook.)
         """
-        if self.accounting is not None:
-            self.accounting.arm(budget)
+        if self._decoder is not None:
+            self._decoder.arm(budget)
             self.uc.emu_start(begin, until)
         else:
             self.uc.emu_start(begin, until, count=budget or UNLIMITED_COUNT)
@@ -483,8 +484,8 @@ class Machine:
             self._decoder.check()
 
     def _budget_spent(self, budget: int) -> bool:
-        if self.accounting is not None:
-            return self.accounting.deadline_reached
+        if self._decoder is not None:
+            return self._decoder.deadline_reached
         return budget > 0
 
     def _save(self, context: CpuContext) -> None:
