@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from underbridge.errors import SyscallError, UserError
+from underbridge.errors import OutOfMemory, SyscallError, UserError
 from underbridge.kernel import dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import IpcDesign, design_named
@@ -45,6 +46,9 @@ from underbridge.machine.costs import COSTS
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import Fault
 from underbridge.machine.paging import PageTable
+
+if TYPE_CHECKING:
+    from underbridge.bridge.domain import Domain
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
@@ -68,6 +72,7 @@ class Kernel:
         self._last_space: VmSpace | None = None
         self._switch_cause = KERNEL_CATEGORY  # what the next address-space switch is for
         self.syscall_observers: list[SyscallObserver] = []  # benchmarks: see each entry
+        self.linux_syscall_observers: list[SyscallObserver] = []  # Linux numbers (fuzz)
 
     # -- creating things -----------------------------------------------------------
 
@@ -108,22 +113,28 @@ class Kernel:
         domain = None
         if in_kernel:
             try:
-                domain, stack_top, data = self.ipc.admit(self, name, image.segments[0].vaddr,
-                                                         data, rewrite=rewrite)
+                domain, stack_top, data = self._admit(name, image.segments[0].vaddr, data,
+                                                      rewrite)
             except UserError:
                 if if_unsafe == "refuse":
                     raise
             else:
                 image = parse_elf(data, name=name)  # as the loader rewrote it
                 ring, table, pkey, pkru = 0, self.machine.kernel_space, domain.key, domain.pkru
-        vmspace = VmSpace(self.machine, table=table, pkey=pkey)
+        vmspace = None
         try:
+            vmspace = VmSpace(self.machine, table=table, pkey=pkey)
             entry, rsp = build_image(self.machine, vmspace, image,
                                      argv if argv is not None else [name], stack_top)
-        except BaseException:
-            vmspace.destroy()  # give back whatever was built before the failure
+        except BaseException as error:
+            if vmspace is not None:
+                vmspace.destroy()  # give back whatever was built before the failure
             if domain is not None:
                 self.ipc.refuse(domain)
+            if isinstance(error, OutOfMemory):
+                raise UserError(f"{name} does not fit in physical memory ({error})",
+                                hint="its segments (a large .bss?) need more frames than "
+                                     "are free") from error
             raise
         group = CapGroup(self._next_pid, name, vmspace)
         group.io_ports = io_ports
@@ -135,6 +146,15 @@ class Kernel:
             self.ipc.adopt(group, domain, image.segments[0].vaddr)
         self.add_thread(group, ring=ring, rip=entry, rsp=rsp, pkru=pkru)
         return group
+
+    def _admit(self, name: str, base: int, data: bytes, rewrite: bool
+               ) -> tuple[Domain, int, bytes]:
+        """The design's admit, with a placement it refuses (a base off its grid, no
+        protection key left) reported as a UserError."""
+        try:
+            return self.ipc.admit(self, name, base, data, rewrite=rewrite)
+        except (ValueError, SyscallError) as error:
+            raise UserError(f"{name} cannot be placed in kernel space: {error}") from error
 
     def add_thread(self, group: CapGroup, *, ring: int, rip: int, rsp: int, pkru: int = 0,
                    arg: int = 0) -> Thread:
@@ -189,6 +209,8 @@ class Kernel:
         number = context[Reg.RAX]
         if thread.group.linux is not None:
             if number < LINUX_NATIVE_BASE:
+                for observe in self.linux_syscall_observers:
+                    observe(thread, number, context.syscall_args())
                 self._linux_syscall(thread, number)
                 return
             number -= LINUX_NATIVE_BASE

@@ -36,6 +36,7 @@ from underbridge.bridge.rewrite import RewriteRefused, rewrite_elf
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
+from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread
@@ -134,6 +135,12 @@ class UnderbridgeIpc:
             raise UserError(f"{name} cannot run in kernel space: its code can change PKRU "
                             f"({found})", hint="underbridge scan shows every occurrence; "
                             "run it in user space instead")
+        end = parse_elf(elf, name=name).end  # segments are sorted: the first is at base
+        if end > base + REGION_SIZE // 2:  # the upper half holds its stacks
+            self.keys.release(domain.key)
+            raise UserError(f"{name}'s segments end at {end:#x}, past the lower half of its "
+                            f"region [{base:#x}, {base + REGION_SIZE:#x})",
+                            hint="an in-kernel server's image must fit in 8 MiB above its base")
         return domain, base + REGION_SIZE - PAGE_SIZE, elf
 
     def refuse(self, domain: Domain) -> None:
@@ -170,6 +177,10 @@ class UnderbridgeIpc:
         server = self.domains.get(conn.service.server)
         if server is None:
             return self._sel4.connect(kernel, conn)
+        handler = conn.service.handler
+        if not server.base <= handler < server.base + REGION_SIZE // 2:  # its image's half
+            raise SyscallError(Errno.EINVAL, f"{conn.service.name}'s handler {handler:#x} is "
+                                             f"not in its server's region")
         self._ensure_kernel_pages(kernel)
         key = self.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
         client = self.domains.get(conn.client)
