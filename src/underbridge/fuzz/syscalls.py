@@ -75,6 +75,7 @@ PLACEMENTS: tuple[Placement, ...] = (
     Placement("underbridge", False, "linux", True),
     Placement("underbridge", False, "native", False),
 )
+MAX_IDLE = 2 * len(PLACEMENTS)  # runs in a row without a syscall before giving up
 
 
 def splitmix64(seed: int) -> Iterator[int]:
@@ -227,11 +228,13 @@ def run(report: FuzzReport, syscalls: int, progress: Progress | None = None,
     seeds = splitmix64(report.seed)
     issued = 0
     index = 0
-    while issued < syscalls or (syscalls and index < len(PLACEMENTS)):
+    idle = 0  # consecutive runs that issued nothing: a kernel that cannot even start one
+    while (issued < syscalls or (syscalls and index < len(PLACEMENTS))) and idle < MAX_IDLE:
         placement = PLACEMENTS[index % len(PLACEMENTS)]
         count = max(20, min(SYSCALLS_PER_RUN, syscalls - issued))
         done = one_run(programs, placement, next(seeds), count, report)
         issued += done
         index += 1
+        idle = 0 if done else idle + 1
         if progress is not None:
             progress(done)
