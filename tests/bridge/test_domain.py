@@ -6,7 +6,7 @@ import pytest
 
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.domain import KeyAllocator, kernel_call_pkru
-from underbridge.errors import SyscallError
+from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.ipc.underbridge import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.syscalls import Errno
@@ -135,9 +135,11 @@ def test_spawning_a_server_with_no_key_left_fails_cleanly(hello_elf):
     kernel = Kernel(machine, ipc="underbridge")
     hoard = [kernel.ipc.keys.allocate(f"placeholder {i}") for i in range(15)]
     frames = machine.frames.free_frames
-    with pytest.raises(SyscallError) as error:
+    with pytest.raises(UserError) as error:  # the person spawning it gets a UserError
         kernel.spawn(build_program("hello", base=0x0300_0000), ["hello"], in_kernel=True)
-    assert error.value.errno == Errno.ENOKEY and "move a server to user space" in str(error.value)
+    assert isinstance(error.value.__cause__, SyscallError)
+    assert error.value.__cause__.errno == Errno.ENOKEY
+    assert "move a server to user space" in str(error.value)
     assert machine.frames.free_frames == frames and not kernel.groups
     kernel.ipc.keys.release(hoard[0])
     hello = kernel.spawn(build_program("hello", base=0x0300_0000), ["hello"], in_kernel=True)

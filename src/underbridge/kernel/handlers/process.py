@@ -60,8 +60,9 @@ def sys_spawn(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int, args
         raise SyscallError(Errno.ESRCH, f"no program {name!r}")
     try:
         child = kernel.spawn(name, [name, *args])
-    except UserError as error:
-        raise SyscallError(Errno.EINVAL, str(error)) from error
+    except UserError as error:  # spawn reports running out of frames as a UserError too
+        out_of_memory = isinstance(error.__cause__, OutOfMemory)
+        raise SyscallError(Errno.ENOMEM if out_of_memory else Errno.EINVAL, str(error)) from error
     except OutOfMemory as error:
         raise SyscallError(Errno.ENOMEM, str(error)) from error
     return thread.group.caps.insert(Cap(child, Rights.READ | Rights.GRANT))
