@@ -514,5 +514,67 @@ def redteam(only: tuple[str, ...], as_json: bool) -> None:
                       f"[bold red]{failed} of {len(result.rows)} rows failed[/]")
     sys.exit(0 if result.passed else 1)
 
+
+# -- fuzz ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--syscalls", "syscall_count", type=click.IntRange(min=0), default=3000,
+              show_default=True, help="Syscalls to issue from fuzz guests (at least).")
+@click.option("--elf", "elf_count", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Mutated ELF files to hand to Kernel.spawn.")
+@click.option("--seed", type=click.IntRange(min=0, max=(1 << 64) - 1), default=1,
+              show_default=True, help="Same seed and sizes, same counts.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@user_errors
+def fuzz(syscall_count: int, elf_count: int, seed: int, as_json: bool) -> None:
+    """Fuzz the kernel: random syscalls from guests, and mutated ELF files.
+
+    \b
+    Syscalls come from guest/apps/fuzz_syscalls.c in ring 3 and in kernel space, under
+    every IPC design, with echo serving. ELF mutants go to Kernel.spawn as bytes.
+    Exit status 1 if any kernel exception (a Python exception other than a clean
+    UserError/ElfError) escaped the kernel.
+    """
+    from rich.progress import Progress
+
+    from underbridge import fuzz as fuzzing
+
+    with Progress(console=errors, transient=True, disable=as_json) as bar:
+        tasks = {"syscalls": bar.add_task("syscalls", total=syscall_count),
+                 "elf": bar.add_task("ELF mutants", total=elf_count)}
+        report = fuzzing.run(syscall_count, elf_count, seed,
+                             progress=lambda kind, n: bar.advance(tasks[kind], n))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_fuzz(report)
+    sys.exit(1 if report.kernel_exceptions else 0)
+
+
+def _print_fuzz(report: Any) -> None:
+    runs = sum(report.syscall_runs.values())
+    table = Table(title=f"underbridge fuzz (seed {report.seed})")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    table.add_column("detail", ratio=1)
+    table.add_row("syscall runs", f"{runs:,}", _counts(report.syscall_runs))
+    table.add_row("syscalls issued", f"{report.syscalls:,}", _counts(report.results))
+    table.add_row("guest faults", f"{sum(report.guest_faults.values()):,}",
+                  _counts(report.guest_faults))
+    table.add_row("ELF mutants", f"{report.elf_mutants:,}", _counts(report.elf_outcomes))
+    table.add_row("clean errors", f"{report.clean_errors:,}", "-errno results + refused mutants")
+    table.add_row("servers lost", f"{report.servers_lost:,}", "runs after which echo was gone")
+    style = "bold red" if report.kernel_exceptions else "bold green"
+    table.add_row(f"[{style}]kernel exceptions[/]", f"[{style}]{report.kernel_exceptions}[/]",
+                  escape("\n".join(report.exceptions)))
+    console.print(table)
+    console.print(f"[dim]{report.wall_seconds:.1f} s wall[/]")
+
+
+def _counts(counter: Any) -> str:
+    return escape(", ".join(f"{name} {n:,}" for name, n in counter.most_common()))
+
+
 if __name__ == "__main__":
     main()

@@ -83,6 +83,7 @@ class Kernel:
         self._last_space: VmSpace | None = None
         self._switch_cause = KERNEL_CATEGORY  # what the next address-space switch is for
         self.syscall_observers: list[SyscallObserver] = []  # benchmarks: see each entry
+        self.linux_syscall_observers: list[SyscallObserver] = []  # Linux numbers (fuzz)
 
     # -- creating things -----------------------------------------------------------
 
@@ -218,6 +219,8 @@ class Kernel:
         number = context[Reg.RAX]
         if thread.group.linux is not None:
             if number < LINUX_NATIVE_BASE:
+                for observe in self.linux_syscall_observers:
+                    observe(thread, number, context.syscall_args())
                 self._linux_syscall(thread, number)
                 return
             number -= LINUX_NATIVE_BASE

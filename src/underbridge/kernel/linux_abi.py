@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from underbridge.errors import SyscallError
 from underbridge.kernel import umem
 from underbridge.kernel.objects.thread import Thread
+from underbridge.kernel.objects.vmspace import USER_END, USER_MIN
 from underbridge.kernel.syscalls import Errno
 from underbridge.machine.context import Reg
 from underbridge.machine.costs import NOMINAL_HZ
@@ -148,13 +149,15 @@ def sys_mmap(kernel: Kernel, thread: Thread, address: int, length: int, prot: in
     vaddr = state.mmap_floor - size
     while any(vmspace.table.lookup(page) is not None for page in _pages(vaddr, vaddr + size)):
         vaddr -= size  # skip over whatever is mapped there (rare: only after munmaps)
+        if vaddr < USER_MIN:
+            raise SyscallError(Errno.ENOMEM, f"no room for {size:#x} bytes below MMAP_TOP")
     vmspace.map_anonymous(vaddr, size // PAGE_SIZE)
     state.mmap_floor = min(state.mmap_floor, vaddr)
     return vaddr
 
 
 def sys_munmap(kernel: Kernel, thread: Thread, address: int, length: int, *_: int) -> int:
-    if address % PAGE_SIZE or length <= 0 or length > HEAP_LIMIT:
+    if address % PAGE_SIZE or length <= 0 or length > HEAP_LIMIT or address + length > USER_END:
         raise SyscallError(Errno.EINVAL, f"munmap {address:#x}+{length:#x}")
     vmspace = thread.group.vmspace
     pages = _pages(address, address + _page_up(length))

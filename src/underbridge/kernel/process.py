@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from underbridge.errors import UserError
+from underbridge.errors import ElfError, UserError
 from underbridge.kernel.loader import ElfImage, image_pages
 from underbridge.kernel.objects.vmspace import VmSpace
 from underbridge.machine.cpu import Machine
@@ -71,6 +71,13 @@ def build_image(machine: Machine, vmspace: VmSpace, image: ElfImage, argv: list[
     """Map the ELF image and an argv stack into vmspace; returns (entry, initial rsp)."""
     if sum(len(encode_arg(arg)) + 1 for arg in argv) > MAX_ARGV_BYTES:
         raise UserError(f"arguments exceed {MAX_ARGV_BYTES} bytes")
+    stack_low = stack_top - stack_pages * PAGE_SIZE
+    for segment in image.segments:
+        if segment.vaddr < stack_top and stack_low < segment.end:
+            raise ElfError(f"the segment at {segment.vaddr:#x} overlaps the initial stack "
+                           f"[{stack_low:#x}, {stack_top:#x})",
+                           hint="link the program lower (the stack ends at "
+                                f"{stack_top:#x})")
     for vaddr, frame, flags in image_pages(machine, image):
         vmspace.map_private(vaddr, frame, flags)
     machine.code_changed(vmspace.table)

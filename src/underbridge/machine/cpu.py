@@ -79,7 +79,7 @@ from underbridge.machine.accounting import Accounting, Tally
 from underbridge.machine.context import ContextLayout, CpuContext, Reg
 from underbridge.machine.faults import Fault
 from underbridge.machine.monitor import Monitor
-from underbridge.machine.paging import PageFlags, PageTable, VirtAddr
+from underbridge.machine.paging import PageFlags, PageTable, VirtAddr, is_canonical
 from underbridge.machine.physmem import PAGE_SIZE, FrameAllocator, PhysMem
 
 _TLB_FLUSH = (UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH  # uc_ctl's code, no arguments
@@ -351,9 +351,10 @@ class Machine:
             self._decoder.forget_space(table.root)
 
     def read_virtual(self, table: PageTable, vaddr: int, length: int) -> bytes:
-        """Bytes at vaddr as `table` maps them, cut short at the first unmapped page."""
+        """Bytes at vaddr as `table` maps them, cut short at the first unmapped page (or
+        non-canonical address: a guest that jumped there gets #GP, reported from here)."""
         out = bytearray()
-        while len(out) < length:
+        while len(out) < length and is_canonical(vaddr + len(out)):
             physical = table.translate(vaddr + len(out))
             if physical is None:
                 break

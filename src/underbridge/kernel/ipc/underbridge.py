@@ -48,7 +48,7 @@ from underbridge.bridge import admission, iocall
 from underbridge.bridge import gate as gates
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
 from underbridge.bridge.rewrite import check_code_size
-from underbridge.errors import ElfError, SyscallError, UserError
+from underbridge.errors import ElfError, OutOfMemory, SyscallError, UserError
 from underbridge.kernel.ipc import gate_calls
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
 from underbridge.kernel.loader import ElfImage, Segment, parse_elf
@@ -259,6 +259,10 @@ class UnderbridgeIpc:
         server = self.domains.get(conn.service.server)
         if server is None:
             return self._sel4.connect(kernel, conn)
+        handler = conn.service.handler
+        if not server.base <= handler < server.base + REGION_SIZE // 2:  # its image's half
+            raise SyscallError(Errno.EINVAL, f"{conn.service.name}'s handler {handler:#x} is "
+                                             f"not in its server's region")
         self._ensure_kernel_pages(kernel)
         key = self.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
         client = self.domains.get(conn.client)
@@ -293,28 +297,44 @@ class UnderbridgeIpc:
 
     def _build(self, kernel: Kernel, conn: Connection, slot: int, key: int,
                client: DomainState | None, server: DomainState) -> GateState:
+        """The connection's pages, all or nothing: ENOMEM leaves none of them behind."""
         gate_at = GATE_WINDOW + slot * PAGE_SIZE
         control = CONTROL_WINDOW + slot * PAGE_SIZE
-        pages = [gate_at, control]
-        self._map(kernel, gate_at, PageFlags(user=True, executable=True, pkey=KERNEL_KEY))
-        self._map(kernel, control, PageFlags(user=True, writable=True, pkey=key))
-        borrowed = []
-        if client is None:
-            save_area = KERNEL_SAVE_WINDOW + slot * PAGE_SIZE
-            self._map(kernel, save_area, PageFlags(user=True, writable=True, pkey=KERNEL_KEY))
-            pages.append(save_area)
-        else:
-            save_area = self._domain_pages(kernel, client, 1)
-            borrowed.append((client, save_area, 1))
-        stack_low = self._domain_pages(kernel, server, CALL_STACK_PAGES)
-        borrowed.append((server, stack_low, CALL_STACK_PAGES))
+        pages: list[int] = []
+        borrowed: list[tuple[DomainState, int, int]] = []
+        try:
+            self._map(kernel, gate_at, PageFlags(user=True, executable=True, pkey=KERNEL_KEY))
+            pages.append(gate_at)
+            self._map(kernel, control, PageFlags(user=True, writable=True, pkey=key))
+            pages.append(control)
+            if client is None:
+                save_area = KERNEL_SAVE_WINDOW + slot * PAGE_SIZE
+                self._map(kernel, save_area, PageFlags(user=True, writable=True,
+                                                       pkey=KERNEL_KEY))
+                pages.append(save_area)
+            else:
+                save_area = self._domain_pages(kernel, client, 1)
+                borrowed.append((client, save_area, 1))
+            stack_low = self._domain_pages(kernel, server, CALL_STACK_PAGES)
+            borrowed.append((server, stack_low, CALL_STACK_PAGES))
+        except (OutOfMemory, SyscallError) as error:
+            self._unmap_and_free(kernel, pages)
+            for owner, low, count in borrowed:
+                self._return_pages(kernel, owner, low, count)
+            if isinstance(error, SyscallError):
+                raise
+            raise SyscallError(Errno.ENOMEM, f"no memory for a connection: {error}") from error
         return GateState(conn, slot, key, gate_at, control, save_area,
                          stack_low + CALL_STACK_PAGES * PAGE_SIZE, client, server, pages,
                          borrowed)
 
     def _map(self, kernel: Kernel, vaddr: int, flags: PageFlags) -> PhysAddr:
         frame = kernel.machine.frames.alloc()
-        kernel.machine.kernel_space.map(vaddr, frame, flags)
+        try:
+            kernel.machine.kernel_space.map(vaddr, frame, flags)
+        except OutOfMemory:  # no frame for a page-table level
+            kernel.machine.frames.free(frame)
+            raise
         return frame
 
     def _domain_pages(self, kernel: Kernel, state: DomainState, count: int) -> int:
@@ -322,6 +342,7 @@ class UnderbridgeIpc:
 
         Addresses given back by `_return_pages` are reused; otherwise the region's free
         part shrinks downwards, with an unmapped guard page after each allocation.
+        All or nothing: on OutOfMemory none of the pages stays mapped.
         """
         if state.reusable.get(count):
             low = state.reusable[count].pop()
@@ -331,9 +352,16 @@ class UnderbridgeIpc:
                 raise SyscallError(Errno.ENOMEM, f"{state.domain.name}'s region is full")
             state.next_free = low - 2 * PAGE_SIZE
         flags = PageFlags(user=True, writable=True, pkey=state.domain.key)
-        for index in range(count):
-            self._map(kernel, low + index * PAGE_SIZE, flags)
-            state.pages.append(low + index * PAGE_SIZE)
+        mapped: list[int] = []
+        try:
+            for index in range(count):
+                self._map(kernel, low + index * PAGE_SIZE, flags)
+                mapped.append(low + index * PAGE_SIZE)
+        except OutOfMemory:
+            self._unmap_and_free(kernel, mapped)
+            state.reusable.setdefault(count, []).append(low)
+            raise
+        state.pages.extend(mapped)
         return low
 
     def _return_pages(self, kernel: Kernel, state: DomainState, low: int, count: int) -> None:
