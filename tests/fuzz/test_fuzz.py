@@ -38,7 +38,7 @@ def test_every_outcome_occurs_in_the_ci_campaign(ci_report):
     assert ci_report.results["ok"] > 0 and ci_report.results["blocked"] > 0
     assert sum(ci_report.guest_faults.values()) > 0
     assert ci_report.syscall_runs["completed"] > 0
-    assert {"ElfError", "UserError", "spawned-exited", "spawned-faulted"} <= set(
+    assert {"ElfError", "ResourceExhausted", "spawned-exited", "spawned-faulted"} <= set(
         ci_report.elf_outcomes)
     assert set(ci_report.placements) == {placement.label for placement in PLACEMENTS}
     assert sum(ci_report.elf_outcomes.values()) == ci_report.elf_mutants

@@ -17,7 +17,7 @@ from underbridge.machine.cpu import Machine
 
 def test_a_base_off_the_grid_is_a_user_error(hello_elf):  # hello is linked at 0x400000
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
-    with pytest.raises(UserError, match=r"cannot be placed in kernel space: .*aligned bases"):
+    with pytest.raises(UserError, match=r"in-kernel servers are linked at .*aligned bases"):
         kernel.spawn(hello_elf, in_kernel=True)
     assert kernel.groups == {} and kernel.ipc.keys.owners == {}
     fallback = kernel.spawn(hello_elf, in_kernel=True, if_unsafe="user")

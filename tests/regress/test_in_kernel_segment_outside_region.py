@@ -5,8 +5,8 @@ of a mutated ELF were mapped on the kernel page table wherever they said, under 
 domain's key: in the gate window, the control window, or another server's region.
 A later connect then hit KernelBug ("already mapped") on its gate page, or a server
 was placed over those pages (found by `underbridge fuzz`'s ELF mutator). Fixed in
-UnderbridgeIpc.admit: every segment must end in the lower half of the region, else
-UserError, and the domain's key is given back.
+UnderbridgeIpc.admit: every segment must lie in the lower half of the region, else
+UserError, before any protection key is taken.
 """
 
 import pytest
@@ -29,7 +29,7 @@ def test_a_segment_outside_the_region_is_refused(where):
     data = build_program("hello", base=BASE).read_bytes()
     mutant = with_field(data, load_offsets(data)[-1], P_VADDR, where)
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
-    with pytest.raises(UserError, match="past the lower half of its region"):
+    with pytest.raises(UserError, match="lower half of its kernel-space region"):
         kernel.spawn(mutant, in_kernel=True)
     assert kernel.machine.kernel_space.lookup(where) is None
     assert kernel.ipc.keys.owners == {}

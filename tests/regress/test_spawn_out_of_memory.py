@@ -20,7 +20,7 @@ def test_an_image_larger_than_memory_is_a_user_error(hello_elf):
     mutant = with_field(data, load_offsets(data)[-1], P_MEMSZ, 100 << 20)
     kernel = Kernel(Machine(accounting=False))
     free = kernel.machine.frames.free_frames
-    with pytest.raises(UserError, match="does not fit in physical memory"):
+    with pytest.raises(UserError, match="not enough physical memory to load"):
         kernel.spawn(mutant)
     assert kernel.machine.frames.free_frames == free
     child = kernel.spawn(hello_elf)  # the machine is as good as new
