@@ -124,6 +124,7 @@ class UnderbridgeIpc:
         if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
             raise ValueError(f"in-kernel servers are linked at {REGION_SIZE:#x}-aligned bases "
                              f"below {LOW_LIMIT:#x}")
+        self._check_extent(name, base, elf)  # before rewriting: its cost grows with the size
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
         if rewrite:
             with contextlib.suppress(RewriteRefused):  # verified below either way
@@ -135,13 +136,23 @@ class UnderbridgeIpc:
             raise UserError(f"{name} cannot run in kernel space: its code can change PKRU "
                             f"({found})", hint="underbridge scan shows every occurrence; "
                             "run it in user space instead")
-        end = parse_elf(elf, name=name).end  # segments are sorted: the first is at base
-        if end > base + REGION_SIZE // 2:  # the upper half holds its stacks
+        try:
+            self._check_extent(name, base, elf)  # again: the rewriter adds a segment
+        except UserError:
             self.keys.release(domain.key)
+            raise
+        return domain, base + REGION_SIZE - PAGE_SIZE, elf
+
+    @staticmethod
+    def _check_extent(name: str, base: int, elf: bytes) -> None:
+        """UserError unless every segment ends in the lower half of the region at base
+        (the upper half holds the server's stacks; segments are sorted, the first is at
+        base)."""
+        end = parse_elf(elf, name=name).end
+        if end > base + REGION_SIZE // 2:
             raise UserError(f"{name}'s segments end at {end:#x}, past the lower half of its "
                             f"region [{base:#x}, {base + REGION_SIZE:#x})",
                             hint="an in-kernel server's image must fit in 8 MiB above its base")
-        return domain, base + REGION_SIZE - PAGE_SIZE, elf
 
     def refuse(self, domain: Domain) -> None:
         self.keys.release(domain.key)
