@@ -18,7 +18,7 @@ from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import Machine
 from underbridge.toolchain import build_program
 
-from .elf_edit import P_VADDR, load_offsets, with_field
+from .elf_edit import P_MEMSZ, P_VADDR, load_offsets, with_field
 
 BASE = 0x0300_0000
 
@@ -36,3 +36,17 @@ def test_a_segment_outside_the_region_is_refused(where):
     echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=True)
     kernel.run(until=lambda: "echo" in kernel.services)
     assert echo.running
+
+
+def test_a_huge_code_segment_is_refused_before_the_rewriter_sweeps_it():
+    """A 32 MiB executable memsz (3 KiB of file bytes) made the rewriter decode 32 MiB of
+    zeros, taking gigabytes of host memory (found by the fuzzer's large run); the extent
+    is now checked before rewriting (the code-size limit refuses it first)."""
+    data = build_program("hello", base=BASE).read_bytes()
+    last = load_offsets(data)[-1]
+    mutant = bytearray(with_field(data, last, P_MEMSZ, 0x0200_0C8C))
+    mutant[last + 4] = 5  # p_flags: R+X, so the rewriter would sweep all of it
+    kernel = Kernel(Machine(accounting=False), ipc="underbridge")
+    with pytest.raises(UserError, match="more than the 4 MiB a server in kernel space may have"):
+        kernel.spawn(bytes(mutant), in_kernel=True)
+    assert kernel.ipc.keys.owners == {}
