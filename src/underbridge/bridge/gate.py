@@ -65,6 +65,7 @@ import struct
 from dataclasses import dataclass, replace
 
 from underbridge.asm import assemble
+from underbridge.errors import KernelBug
 from underbridge.kernel.syscalls import Errno
 
 MSG_SIZE = 48  # struct ub_msg: badge, buf, mr[4]
@@ -177,11 +178,12 @@ def assemble_gate(spec: GateSpec) -> bytes:
 #
 # The template is the gate assembled once with a base value for every field. Where each
 # field's operands sit is found by assembling it again with that one field moved by
-# _DELTA: every byte of each of its operands changes (each byte gets +1 or +2), and
-# nothing else does. Every operand has a fixed-size encoding (32-bit displacements and
-# immediates below 2 GiB, the fixed-size PKRU immediates, one 64-bit immediate for the
-# buffer, the handler's call rel32), so patching a copy of the template with real values
-# gives the bytes a direct assembly would (a test checks it).
+# _DELTA: every byte of each of its operands changes (the low byte by 0x10, each other
+# by 1 or 2 with the carry), and nothing else does. Every operand has a fixed-size
+# encoding (32-bit displacements and immediates below 2 GiB, the fixed-size PKRU
+# immediates, one 64-bit immediate for the buffer, the handler's call rel32), so
+# patching a copy of the template with real values gives the bytes a direct assembly
+# would (a test checks it).
 
 _BASE = {"client_pkru": 0x1000_0000, "server_pkru": 0x1100_0000, "save_area": 0x1200_0000,
          "control": 0x1300_0000, "stack_top": 0x1400_0000, "badge": 0x1500_0000,
@@ -203,7 +205,7 @@ class _Template:
 def _operands(base: bytes, moved: bytes, width: int) -> list[int]:
     """Start offsets of the `width`-byte runs where `moved` differs from `base`."""
     if len(base) != len(moved):
-        raise AssertionError("a gate's size must not depend on its values")
+        raise KernelBug("a gate's size must not depend on its values")
     runs: list[list[int]] = []
     for index, (was, now) in enumerate(zip(base, moved, strict=True)):
         if was == now:
@@ -213,7 +215,7 @@ def _operands(base: bytes, moved: bytes, width: int) -> list[int]:
         else:
             runs.append([index])
     if any(len(run) != width for run in runs):
-        raise AssertionError("the gate template does not have fixed-size operands")
+        raise KernelBug("the gate template does not have fixed-size operands")
     return [run[0] for run in runs]
 
 
@@ -233,7 +235,7 @@ def _template() -> _Template:
     buffer = tuple(_operands(code, moved("buffer", _DELTA), 8))
     handler = tuple(_operands(code, moved("handler", _DELTA & 0xFFFF_FFFF), 4))
     if len(buffer) != 1 or len(handler) != 1:
-        raise AssertionError("the gate template did not assemble as expected")
+        raise KernelBug("the gate template did not assemble as expected")
     return _Template(code, tuple(absolute), buffer, handler)
 
 
