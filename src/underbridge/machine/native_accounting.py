@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from unicorn import UC_HOOK_BLOCK, Uc
 from unicorn.unicorn_py3.unicorn import uclib
@@ -126,6 +127,25 @@ def _free_tables(lib: ctypes.CDLL, tables: list[int]) -> None:
         lib.ub_table_free(table)
 
 
+class _InC:
+    """An attribute of NativeAccounting that lives in the C hook's state (`_State`), where
+    the hook reads and updates it. `kind` converts what C holds (flags are ints there)."""
+
+    def __init__(self, kind: Callable[[int], Any] = int) -> None:
+        self._kind = kind
+
+    def __set_name__(self, _owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, accounting: Any, _owner: type | None = None) -> Any:
+        if accounting is None:
+            return self
+        return self._kind(getattr(accounting._state, self._name))
+
+    def __set__(self, accounting: Any, value: int) -> None:
+        setattr(accounting._state, self._name, int(value))
+
+
 class NativeAccounting(Accounting):
     """`Accounting` with its counters and block tables in C; see the module docstring."""
 
@@ -174,45 +194,11 @@ class NativeAccounting(Accounting):
 
     # -- counters in C memory ------------------------------------------------------------
 
-    @property
-    def counting(self) -> bool:
-        return bool(self._state.counting)
-
-    @counting.setter
-    def counting(self, value: bool) -> None:
-        self._state.counting = int(value)
-
-    @property
-    def instructions(self) -> int:
-        return self._state.instructions
-
-    @instructions.setter
-    def instructions(self, value: int) -> None:
-        self._state.instructions = value
-
-    @property
-    def block_cycles(self) -> int:
-        return self._state.block_cycles
-
-    @block_cycles.setter
-    def block_cycles(self, value: int) -> None:
-        self._state.block_cycles = value
-
-    @property
-    def deadline(self) -> int:
-        return self._state.deadline
-
-    @deadline.setter
-    def deadline(self, value: int) -> None:
-        self._state.deadline = value
-
-    @property
-    def deadline_reached(self) -> bool:
-        return bool(self._state.deadline_reached)
-
-    @deadline_reached.setter
-    def deadline_reached(self, value: bool) -> None:
-        self._state.deadline_reached = int(value)
+    counting = _InC(bool)
+    instructions = _InC()
+    block_cycles = _InC()
+    deadline = _InC()
+    deadline_reached = _InC(bool)
 
     @property
     def block_events(self) -> Counter[str]:

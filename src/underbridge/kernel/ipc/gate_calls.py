@@ -55,10 +55,10 @@ class Call(Protocol):
     def caller_pkru(self) -> int: ...  # the PKRU a caller returns to
 
     @property
-    def caller_party(self) -> Party | None: ...  # None: the kernel, for an application
+    def client(self) -> Party | None: ...  # None: the kernel, for an application
 
     @property
-    def callee_party(self) -> Party: ...
+    def server(self) -> Party: ...
 
 
 def caller_of(machine: Machine, call: Call) -> int:
@@ -78,16 +78,16 @@ def path(machine: Machine, calls: Iterable[Call], tid: int, own: Party | None) -
                      key=lambda call: call.slot)
     taken: list[Call] = []
     here = own
-    while (step := next((c for c in pending if c.caller_party is here), None)) is not None:
+    while (step := next((c for c in pending if c.client is here), None)) is not None:
         pending.remove(step)
         taken.append(step)
-        here = step.callee_party
+        here = step.server
     return taken
 
 
 def position(calls: list[Call], own: Party | None) -> Party | None:
     """The domain a thread with this path of calls legitimately runs in."""
-    return calls[-1].callee_party if calls else own
+    return calls[-1].server if calls else own
 
 
 def culprit(calls: list[Call], own: Party | None, pkru: int, in_gate: bool,

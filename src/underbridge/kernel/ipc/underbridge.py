@@ -120,14 +120,6 @@ class GateState:
     borrowed: list[tuple[DomainState, int, int]] = field(default_factory=list)
 
     @property
-    def caller_party(self) -> DomainState | None:
-        return self.client
-
-    @property
-    def callee_party(self) -> DomainState:
-        return self.server
-
-    @property
     def caller_pkru(self) -> int:
         return kernel_call_pkru(self.shared_key) if self.client is None else self.client.pkru
 
