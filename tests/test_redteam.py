@@ -33,6 +33,7 @@ OBSERVED: dict[str, tuple[str, ...]] = {
     "write-server": ("#PF write of 0x", PKEY_AD, "ring 0"),
     "read-kernel": (f"#PF read of {KERNEL_DATA:#x}: {PKEY_AD}", "ring 0"),
     "write-kernel": (f"#PF write of {KERNEL_DATA:#x}: {PKEY_AD}", "ring 0"),
+    "forge-thread-id": ("#PF write of 0x7f001000", "write to a read-only page", "ring 0"),
     "read-page-tables": (f"#PF read of 0x1000: {ABSENT}", "ring 0"),
     "write-page-tables": (f"#PF write of 0x1000: {ABSENT}", "ring 0"),
     "write-gate": (f"#PF write of 0x60001000: {PKEY_AD}", "ring 0"),

@@ -53,7 +53,7 @@ from underbridge.bridge.gate import wrpkru_offsets
 from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import UserError
-from underbridge.kernel.ipc.underbridge import KERNEL_RETURN, REGION_SIZE
+from underbridge.kernel.ipc.underbridge import CURRENT_THREAD_PAGE, KERNEL_RETURN, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
@@ -147,6 +147,12 @@ ATTACKS: tuple[AttackSpec, ...] = (
     AttackSpec("write-kernel", "in-kernel server writes kernel data (the GDT, key 0)",
                "write_kernel", ("{kernel_data}",),
                _pkey_fault(Access.WRITE, "kernel_data", "#PF protection key (AD), attacker ends")),
+    AttackSpec("forge-thread-id",
+               "in-kernel server overwrites the current-thread word its gates trust, to pose "
+               "as another thread", "forge_thread_id", ("{current_thread}",),
+               Expect("#PF write to a read-only page (the word is readable, not writable), "
+                      "attacker ends", "#PF", Violation.WRITE_READ_ONLY, Access.WRITE,
+                      address="current_thread")),
     AttackSpec("read-page-tables",
                "read the kernel page table: its root's physical address used as a virtual "
                "address (identity guess)", "page_tables", ("read", "{pt_root}"),
@@ -448,6 +454,7 @@ def build_stage() -> Stage:
         "all_keys_open": 0,
         "boot_stub_wrpkru": KERNEL_STUBS + 5,  # its stub was `xor ecx, ecx; xor edx, edx;`
         "kernel_return": KERNEL_RETURN,
+        "current_thread": CURRENT_THREAD_PAGE,
         "io_denied": _io_denied(machine, ipc.io_routines(kernel)),
         **_gate_targets(machine, gate),
     }
