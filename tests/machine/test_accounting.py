@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from underbridge.asm import assemble
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.loader import parse_elf
-from underbridge.machine.accounting import block_cost, instruction_event, is_mov_to_cr3
+from underbridge.machine.accounting import (
+    Accounting,
+    Charges,
+    Tally,
+    block_cost,
+    instruction_event,
+    is_mov_to_cr3,
+)
 from underbridge.machine.costs import COSTS, REFERENCE, cycles
 from underbridge.machine.cpu import ExitKind, Machine
+from underbridge.machine.native_accounting import NativeAccounting
 from underbridge.toolchain import build_program
 
 from .conftest import Scratch
@@ -123,3 +133,51 @@ def test_charges_follow_charge_to_and_moves_keep_the_total() -> None:
     assert tally.by_category["ipc"] == COSTS["sysret"].cycles + 10
     assert tally.by_category["kernel"] == COSTS["swapgs"].cycles
     assert tally.cycles == COSTS["sysret"].cycles + COSTS["swapgs"].cycles
+
+
+_EVENTS = ["sysret", "swapgs", "cr3_write", "sel4_fastpath_call", "vm_exit"]
+_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("to"), st.sampled_from(["kernel", "ipc", "fs"])),
+    st.tuples(st.just("one"), st.sampled_from(_EVENTS), st.integers(1, 3)),
+    st.tuples(st.just("path"), st.sampled_from(range(3))),
+    st.tuples(st.just("in"), st.sampled_from(["ipc", "other"]), st.sampled_from(range(3))),
+    st.just(("tally",)),
+), max_size=40)
+_PATHS = [Charges.of("sysret"), Charges.of(("swapgs", 2), "sysret", ("cr3_write", 2)),
+          Charges.of("sel4_fastpath_call", "cr3_write")]
+
+
+@pytest.mark.parametrize("kind", [Accounting, NativeAccounting])
+@settings(max_examples=60, deadline=None)
+@given(steps=_STEPS)
+def test_charging_a_path_counts_as_charging_each_event(kind, steps):
+    """charge_all and charge_in (folded lazily) give the tally of one charge per event."""
+    batched, one_by_one = kind(lambda _a, _n: b""), Accounting(lambda _a, _n: b"")
+    for step in steps:
+        if step[0] == "to":
+            assert batched.charge_to(step[1]) == one_by_one.charge_to(step[1])
+        elif step[0] == "one":
+            batched.charge(step[1], step[2])
+            one_by_one.charge(step[1], step[2])
+        elif step[0] in ("path", "in"):
+            charges = _PATHS[step[-1]]
+            previous = one_by_one.charge_to(step[1]) if step[0] == "in" else None
+            for event, times in charges.events:
+                one_by_one.charge(event, times)
+            if previous is not None:
+                one_by_one.charge_to(previous)
+                batched.charge_in(step[1], charges)
+            else:
+                batched.charge_all(charges)
+        assert batched.cycles == one_by_one.cycles  # the clock never lags
+        if step[0] == "tally":
+            assert batched.tally() == one_by_one.tally()
+    assert batched.tally() == one_by_one.tally()
+    batched.reset()
+    assert batched.tally() == Tally()
+
+
+def test_charges_sum_their_rows():
+    charges = Charges.of(("swapgs", 2), "sysret")
+    assert charges.cycles == 2 * cycles("swapgs") + cycles("sysret")
+    assert charges.events == (("swapgs", 2), ("sysret", 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from underbridge.machine import privilege
-from underbridge.machine.context import Reg
+from underbridge.machine.context import SYSCALL_ARG_REGS, Reg
 from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, KERNEL_TEXT, ExitKind, Machine
 from underbridge.machine.faults import GENERAL_PROTECTION, INVALID_OPCODE
 from underbridge.machine.oracle import Access, Violation
@@ -275,3 +275,27 @@ def test_ring0_hlt_without_the_monitor_is_reported_not_fatal():
     assert machine.run(context).kind is ExitKind.HALTED
     fault = machine.halt_fault(context)
     assert fault.mnemonic == "HLT" and fault.rip == CODE_VA + 1 and fault.instruction == "hlt"
+
+
+def test_registers_read_and_written_at_once_match_one_by_one(machine):
+    context = machine.new_context(ring=3, page_table=machine.kernel_space, rip=0x1000, rsp=0)
+    assert machine.layout.gprs_offset() >= 0  # the engine keeps RAX..R15 together
+    for reg in Reg:
+        context[reg] = 0x1111 * (int(reg) + 1)
+    assert context.syscall_args() == tuple(context[r] for r in SYSCALL_ARG_REGS)
+    context.set_registers((Reg.R10, Reg.RAX, Reg.R8), (7, -1, 2**64 + 3))
+    assert context.registers((Reg.RAX, Reg.R8, Reg.R10, Reg.R9)) == \
+        (2**64 - 1, 3, 7, 0x1111 * (int(Reg.R9) + 1))
+
+
+def test_a_reset_context_is_a_new_context(machine):
+    """The kernel reuses one context for its gate calls: reset must leave nothing behind."""
+    table = machine.new_page_table()
+    used = machine.new_context(ring=3, page_table=machine.kernel_space, rip=1, rsp=2, pkru=3)
+    for reg in Reg:
+        used[reg] = 0xDEAD
+    used.end_exception()
+    reset = machine.reset_context(used, ring=0, page_table=table, rip=0x40_1000, rsp=0x7000,
+                                  pkru=0x55)
+    fresh = machine.new_context(ring=0, page_table=table, rip=0x40_1000, rsp=0x7000, pkru=0x55)
+    assert reset is used and reset.raw() == fresh.raw()

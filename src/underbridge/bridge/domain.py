@@ -30,6 +30,7 @@ Keys are scarce: 15 for domains and connections together (key 0 is the kernel's)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 from underbridge.errors import SyscallError
 from underbridge.kernel.syscalls import Errno
@@ -80,6 +81,7 @@ class Domain:
         return pkru_allowing(read_write=[self.key, *sorted(self.shared_keys)])
 
 
+@cache  # a pure function of the key, computed on every call an application makes
 def kernel_call_pkru(shared_key: int) -> int:
     """The PKRU the kernel uses to call a gate for an application: key 0 and the buffer."""
     return pkru_allowing(read_write=[KERNEL_KEY, shared_key])

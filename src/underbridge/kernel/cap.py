@@ -75,6 +75,21 @@ class CapTable:
             raise SyscallError(Errno.EPERM, f"slot {slot} lacks {Rights(needs & ~cap.rights)!r}")
         return cap.obj
 
+    def peek(self, slot: int, kind: type[T], needs: int) -> T | None:
+        """`lookup` for a fast path: the object if every check passes, else None.
+
+        Changes nothing (a revoked slot stays for `lookup` to clear): a fast path that
+        gets None takes the slow path, which names the failure.
+        """
+        slots = self._slots
+        if 0 <= slot < len(slots):
+            cap = slots[slot]
+            # int(): an IntFlag `&` builds a new flag object; a plain int `&` does not.
+            if (cap is not None and cap.obj.alive and isinstance(cap.obj, kind)
+                    and int(cap.rights) & needs == needs):
+                return cap.obj
+        return None
+
     def delete(self, slot: int) -> None:
         self.get(slot)
         self._slots[slot] = None

@@ -41,6 +41,7 @@ from underbridge.kernel.process import USER_STACK_TOP, build_image
 from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
 from underbridge.kernel.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.machine.accounting import KERNEL as KERNEL_CATEGORY
+from underbridge.machine.accounting import Charges
 from underbridge.machine.context import Reg
 from underbridge.machine.costs import COSTS
 from underbridge.machine.cpu import ExitKind, Machine
@@ -50,6 +51,10 @@ from underbridge.machine.paging import PageTable
 ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
 IPC_CATEGORY = "ipc"  # where the cycles of IPC paths are attributed (machine/accounting.py)
+_ENTRY_AND_EXIT = Charges.of(("swapgs", 2), "sysret")  # a syscall's primitives
+_KPTI_ENTRY_AND_EXIT = Charges.of(("swapgs", 2), "sysret", ("cr3_write", 2))
+_CR3_SWITCH = Charges.of("cr3_write")
+_SYSCALL_CYCLES = COSTS["syscall"].cycles
 SyscallObserver = Callable[[Thread, int, tuple[int, ...]], None]
 
 
@@ -185,26 +190,27 @@ class Kernel:
 
     def _resume(self, thread: Thread) -> None:
         space = thread.group.vmspace
-        if self._last_space is not None and space is not self._last_space and not self.ipc.kpti:
-            previous = self.machine.charge_to(self._switch_cause)
-            self.machine.charge("cr3_write")
-            self.machine.charge_to(previous)
+        last = self._last_space
+        if last is not None and space is not last and not self.ipc.kpti:
+            self.machine.charge_in(self._switch_cause, _CR3_SWITCH)
         self._last_space = space
         self._switch_cause = KERNEL_CATEGORY
-        if thread.context.cpl == 0:
+        context = thread.context
+        if context.cpl == 0:
             self.ipc.about_to_run(self, thread.tid)
-        result = self.machine.run(thread.context, budget=self.sched.quantum)
-        if result.kind is ExitKind.SYSCALL:
+        result = self.machine.run(context, budget=self.sched.quantum)
+        kind = result.kind
+        if kind is ExitKind.SYSCALL:
             self._syscall(thread)
-        elif result.kind is ExitKind.FAULT:
+        elif kind is ExitKind.FAULT:
             assert result.fault is not None
             if not portio.emulate_trapped_io(self, thread, result.fault):
                 self._fault(thread, result.fault)
-        elif result.kind is ExitKind.PREEMPTED:
-            if not self.ipc.in_gate(thread.context.rip):  # gates run "with interrupts off"
+        elif kind is ExitKind.PREEMPTED:
+            if not self.ipc.in_gate(context.rip):  # gates run "with interrupts off"
                 self.sched.preempt()
         else:  # HALTED: guest code executed hlt in ring 0
-            self._fault(thread, self.machine.halt_fault(thread.context))
+            self._fault(thread, self.machine.halt_fault(context))
 
     def _fault(self, thread: Thread, fault: Fault) -> None:
         """End the cap group to blame: the thread's own, or, if the thread was running
@@ -217,44 +223,52 @@ class Kernel:
         self.sched.entered_kernel()
         context = thread.context
         number = context[Reg.RAX]
+        args = context.syscall_args()
         if thread.group.linux is not None:
             if number < LINUX_NATIVE_BASE:
                 for observe in self.linux_syscall_observers:
-                    observe(thread, number, context.syscall_args())
-                self._linux_syscall(thread, number)
+                    observe(thread, number, args)
+                self._linux_syscall(thread, number, args)
                 return
             number -= LINUX_NATIVE_BASE
         for observe in self.syscall_observers:
-            observe(thread, number, context.syscall_args())
+            observe(thread, number, args)
         if self.ipc.foreign(thread):  # inside a call into another domain
             self.charge_entry_and_exit()
             context[Reg.RAX] = -Errno.EDEADLK & 0xFFFF_FFFF_FFFF_FFFF
             return
-        if number not in FASTPATH_SYSCALLS:
-            self.charge_entry_and_exit()
-            result = dispatch.dispatch(self, thread, number, context.syscall_args())
-        else:  # all of an IPC syscall is IPC cost, its `syscall` instruction included
-            self.machine.reattribute(context.rip, IPC_CATEGORY, COSTS["syscall"].cycles)
-            previous = self.machine.charge_to(IPC_CATEGORY)
-            try:
-                result = dispatch.dispatch(self, thread, number, context.syscall_args())
-            finally:
-                self.machine.charge_to(previous)
-            self._switch_cause = IPC_CATEGORY  # the switch to the other side is IPC's
+        if number in FASTPATH_SYSCALLS:
+            self._ipc_syscall(thread, number, args)
+            return
+        self.charge_entry_and_exit()
+        result = dispatch.dispatch(self, thread, number, args)
         if result is not None and thread.state is ThreadState.RUNNING:
             context[Reg.RAX] = result
 
-    def _linux_syscall(self, thread: Thread, number: int) -> None:
+    def _ipc_syscall(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
+        """IPC_CALL and IPC_REPLY_WAIT. All of it is IPC cost, its `syscall` instruction
+        included, and so is the switch to the thread it hands the CPU to. The design's
+        fast path takes the common case; anything else goes through dispatch."""
+        machine = self.machine
+        machine.reattribute(thread.context.rip, IPC_CATEGORY, _SYSCALL_CYCLES)
+        previous = machine.charge_to(IPC_CATEGORY)
+        try:
+            if not self.ipc.fastpath(self, thread, number, args):
+                result = dispatch.dispatch(self, thread, number, args)
+                if result is not None and thread.state is ThreadState.RUNNING:
+                    thread.context[Reg.RAX] = result
+        finally:
+            machine.charge_to(previous)
+        self._switch_cause = IPC_CATEGORY  # the switch to the other side is IPC's
+
+    def _linux_syscall(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
         self.charge_entry_and_exit()
-        result = linux_abi.dispatch(self, thread, number, thread.context.syscall_args())
+        result = linux_abi.dispatch(self, thread, number, args)
         if result is not None and thread.state is ThreadState.RUNNING:
             thread.context[Reg.RAX] = result & 0xFFFF_FFFF_FFFF_FFFF
 
     def charge_entry_and_exit(self) -> None:
-        self.machine.charge("swapgs", 2)
-        self.machine.charge("sysret")
-        if self.ipc.kpti:
-            self.machine.charge("cr3_write", 2)
+        self.machine.charge_all(_KPTI_ENTRY_AND_EXIT if self.ipc.kpti else _ENTRY_AND_EXIT)
 
     # -- ending things -------------------------------------------------------------
 

@@ -88,6 +88,19 @@ class Scheduler:
         self.current = thread
         self._entries_left = self.entries_per_slice
 
+    def hand_over(self, running: Thread, why: str, to: Thread) -> None:
+        """`block(running, why)` then `switch_to(to)`, for a blocked `to`: an IPC fast
+        path's direct switch in one call (the running thread is `current`, and a blocked
+        thread is in no queue, so neither queue needs a search)."""
+        if running is not self.current or to.state is not ThreadState.BLOCKED:
+            raise KernelBug(f"hand-over from {running!r} to {to!r}")
+        running.state = ThreadState.BLOCKED
+        running.waiting_on = why
+        to.waiting_on = ""
+        to.state = ThreadState.RUNNING
+        self.current = to
+        self._entries_left = self.entries_per_slice
+
     def remove(self, thread: Thread) -> None:
         """Take a thread out for good (it is dying)."""
         if thread.state is ThreadState.READY:

@@ -102,6 +102,22 @@ def block_cost(code: bytes, address: int, category: int = 0) -> BlockCost:
     return BlockCost(len(code), count, cycles, tuple(events), trap, category)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Charges:
+    """A kernel path's fixed events, summed once: charged in one call (`charge_all`)
+    with the same counts as charging each event by name. Compared by identity: each is
+    made once, as a constant of the path it describes."""
+
+    events: tuple[tuple[str, int], ...]
+    cycles: int
+
+    @classmethod
+    def of(cls, *events: str | tuple[str, int]) -> Charges:
+        """`Charges.of("sysret", ("cr3_write", 2))`: each event once, or (event, times)."""
+        counted = tuple((e, 1) if isinstance(e, str) else e for e in events)
+        return cls(counted, sum(_CYCLES[event] * times for event, times in counted))
+
+
 @dataclass(slots=True)
 class Tally:
     """A snapshot of the counters; subtract two to measure a stretch of a run."""
@@ -141,6 +157,10 @@ class Accounting:
         self._category_ids = {name: index for index, name in enumerate(self.categories)}
         self.category_cycles: list[int] = [0, 0]
         self._ranges: list[tuple[int, int, int]] = []  # sorted (start, end, category)
+        self._category_at: dict[int, int] = {}  # category_of, remembered until `attribute`
+        # charge_all's counts per (path, category), folded into `charged` and the
+        # category totals when they are read (`_fold`): one dict update per path taken.
+        self._paths: dict[tuple[Charges, int], int] = {}
         self._charge_category = 1
 
     def reset(self) -> None:
@@ -148,6 +168,7 @@ class Accounting:
         self.instructions = self.block_cycles = self.charged_cycles = 0
         self.block_events.clear()
         self.charged.clear()
+        self._paths.clear()
         self.category_cycles = [0] * len(self.categories)
 
     # -- attribution -----------------------------------------------------------------
@@ -168,10 +189,17 @@ class Accounting:
         if not start < end or any(s < end and start < e for s, e, _ in self._ranges):
             raise ValueError(f"bad or overlapping attribution range {start:#x}-{end:#x}")
         bisect.insort(self._ranges, (start, end, self.category_index(name)))
+        self._category_at.clear()
         for cache in self._caches.values():
             cache.clear()  # decoded blocks carry their category
 
     def category_of(self, address: int) -> int:
+        category = self._category_at.get(address)
+        if category is None:
+            category = self._category_at[address] = self._range_category(address)
+        return category
+
+    def _range_category(self, address: int) -> int:
         index = bisect.bisect_right(self._ranges, (address, 1 << 64, 0)) - 1
         if index >= 0 and self._ranges[index][0] <= address < self._ranges[index][1]:
             return self._ranges[index][2]
@@ -199,6 +227,7 @@ class Accounting:
         return self.block_cycles + self.charged_cycles
 
     def tally(self) -> Tally:
+        self._fold()
         events = self.block_events + self.charged
         by_category = Counter(dict(zip(self.categories, self.category_cycles, strict=True)))
         return Tally(self.instructions, self.cycles, events, +by_category)
@@ -209,6 +238,32 @@ class Accounting:
         self.charged_cycles += cycles
         self.charged[event] += times
         self.category_cycles[self._charge_category] += cycles
+
+    def charge_all(self, charges: Charges) -> None:
+        """`charge` each of a path's events, in one call. The total is added now (it is
+        the clock); the per-event and per-category counts when next read (`_fold`)."""
+        self.charged_cycles += charges.cycles
+        key = (charges, self._charge_category)
+        paths = self._paths
+        paths[key] = paths.get(key, 0) + 1
+
+    def _fold(self) -> None:
+        """Add the paths charged so far to the event and category counts."""
+        charged, category_cycles = self.charged, self.category_cycles
+        for (charges, category), count in self._paths.items():
+            for event, times in charges.events:
+                charged[event] += times * count
+            category_cycles[category] += charges.cycles * count
+        self._paths.clear()
+
+    def charge_in(self, name: str, charges: Charges) -> None:
+        """`charge_all` under category `name`, leaving the current category as it is."""
+        previous = self._charge_category
+        self._charge_category = self.category_index(name)
+        try:
+            self.charge_all(charges)
+        finally:
+            self._charge_category = previous
 
     def select_space(self, cr3: int) -> None:
         """Count the following blocks against the address space rooted at cr3."""

@@ -52,10 +52,12 @@ class Reg(IntEnum):
     FS_BASE = 18
 
 
+_RIP, _CR3 = int(Reg.RIP), int(Reg.CR3)  # plain ints index a tuple faster than IntEnums
 SYSCALL_ARG_REGS = (Reg.RDI, Reg.RSI, Reg.RDX, Reg.R10, Reg.R8, Reg.R9)
 _ARG_INDEXES = tuple(int(reg) for reg in SYSCALL_ARG_REGS)
 _unpack_u64 = _U64.unpack_from  # bound once: these are the kernel's hottest calls
 _pack_u64 = _U64.pack_into
+_GPRS = struct.Struct("<16Q")  # RAX..R15, where the engine keeps them in Reg's order
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +71,23 @@ class ContextLayout:
     exception_in_flight: int  # 32-bit, -1 when none (QEMU's double-fault tracking)
     cs_selector: int  # 32-bit; its low two bits are the CPL
 
+    def gprs_offset(self) -> int:
+        """Where RAX..R15 start if the engine keeps them contiguous in Reg's order, else -1."""
+        base = self.regs[Reg.RAX]
+        together = all(self.regs[reg] == base + 8 * reg for reg in Reg if reg <= Reg.R15)
+        return base if together else -1
+
 
 class CpuContext:
     """One saved CPU state, editable in place."""
 
-    __slots__ = ("_regs", "_view", "layout", "uc_context")
+    __slots__ = ("_gprs_at", "_regs", "_view", "layout", "uc_context")
 
     def __init__(self, uc_context: UcContext, layout: ContextLayout) -> None:
         self.uc_context = uc_context
         self.layout = layout
         self._regs = layout.regs  # read on every register access: one attribute, not two
+        self._gprs_at = layout.gprs_offset()
         address = ctypes.cast(uc_context.context, ctypes.c_void_p).value
         buffer = (ctypes.c_ubyte * layout.size).from_address(address)
         self._view = memoryview(buffer).cast("B")
@@ -91,7 +100,7 @@ class CpuContext:
 
     @property
     def rip(self) -> int:
-        return self[Reg.RIP]
+        return _unpack_u64(self._view, self._regs[_RIP])[0]  # not via []: read hot
 
     @rip.setter
     def rip(self, value: int) -> None:
@@ -99,7 +108,7 @@ class CpuContext:
 
     @property
     def cr3(self) -> int:
-        return self[Reg.CR3]
+        return _unpack_u64(self._view, self._regs[_CR3])[0]
 
     @property
     def pkru(self) -> int:
@@ -126,8 +135,24 @@ class CpuContext:
         return _U32.unpack_from(self._view, self.layout.cs_selector)[0] & 3
 
     def syscall_args(self) -> tuple[int, ...]:
-        view, regs = self._view, self._regs
+        """RDI, RSI, RDX, R10, R8, R9: read at once when the engine keeps the sixteen
+        general registers together (one struct read instead of six)."""
+        view = self._view
+        if self._gprs_at >= 0:
+            g = _GPRS.unpack_from(view, self._gprs_at)
+            return (g[7], g[6], g[2], g[10], g[8], g[9])
+        regs = self._regs
         return tuple(_unpack_u64(view, regs[reg])[0] for reg in _ARG_INDEXES)
+
+    def set_registers(self, regs: tuple[Reg, ...], values: tuple[int, ...]) -> None:
+        """Write several registers at once (an IPC path's message registers)."""
+        view, offsets = self._view, self._regs
+        for reg, value in zip(regs, values, strict=True):
+            _pack_u64(view, offsets[reg], value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def registers(self, regs: tuple[Reg, ...]) -> tuple[int, ...]:
+        view, offsets = self._view, self._regs
+        return tuple(_unpack_u64(view, offsets[reg])[0] for reg in regs)
 
     def copy_from(self, other: CpuContext) -> None:
         """Make this context an exact copy of `other` (both of the same machine)."""

@@ -75,7 +75,7 @@ from unicorn.x86_const import (
 
 from underbridge.errors import KernelBug
 from underbridge.machine import calibrate, faults, privilege
-from underbridge.machine.accounting import Accounting, Tally
+from underbridge.machine.accounting import Accounting, Charges, Tally
 from underbridge.machine.context import ContextLayout, CpuContext, Reg
 from underbridge.machine.faults import Fault
 from underbridge.machine.monitor import Monitor
@@ -122,6 +122,18 @@ class Exit:
     fault: Fault | None = None
 
 
+# The exits without a fault, made once (a run ends in one of these on every IPC path).
+_SYSCALL, _RETURNED = Exit(ExitKind.SYSCALL), Exit(ExitKind.RETURNED)
+_PREEMPTED, _HALTED = Exit(ExitKind.PREEMPTED), Exit(ExitKind.HALTED)
+# The engine's entry points the run loop calls, bypassing the binding's wrappers.
+_uc_emu_start = uclib.uc_emu_start
+_uc_context_save = uclib.uc_context_save
+_uc_context_restore = uclib.uc_context_restore
+_uc_ctl = uclib.uc_ctl
+_uc_emu_stop = uclib.uc_emu_stop
+_SYSCALL_PENDING = (ExitKind.SYSCALL, 0)
+
+
 class Machine:
     """One emulated computer. Many can live in one process; they share nothing."""
 
@@ -131,6 +143,7 @@ class Machine:
         ring-0 guest code (machine/monitor.py); only measurements of ring-3 code that
         need the last bit of speed turn it off."""
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self._uch = self.uc._uch  # the engine handle, for the run loop's direct calls
         self.uc.ctl_set_cpu_model(UC_CPU_X86_SKYLAKE_SERVER)
         self.uc.ctl_set_tlb_mode(UC_TLB_CPU)
         self.mem = PhysMem(self.uc, memory_mib << 20)
@@ -287,7 +300,10 @@ class Machine:
     # -- hooks (engine callback context: record and stop, nothing else) --------------
 
     def _on_syscall(self, uc: Uc, _data: object) -> None:
-        self._record(uc, ExitKind.SYSCALL, 0)
+        # `_record` inlined: this runs on every kernel entry.
+        if self._pending is None:
+            self._pending = _SYSCALL_PENDING
+        _uc_emu_stop(self._uch)
 
     def _on_interrupt(self, uc: Uc, vector: int, _data: object) -> None:
         self._record(uc, ExitKind.FAULT, vector)
@@ -374,6 +390,12 @@ class Machine:
         if ring not in self._templates:
             raise ValueError(f"ring must be 0 or 3, not {ring}")
         context = CpuContext(self.uc.context_save(), self.layout)
+        return self.reset_context(context, ring=ring, page_table=page_table, rip=rip, rsp=rsp,
+                                  pkru=pkru)
+
+    def reset_context(self, context: CpuContext, *, ring: int, page_table: PageTable,
+                      rip: int, rsp: int, pkru: int = 0) -> CpuContext:
+        """Make `context` what `new_context` would return, reusing its memory."""
         context.copy_from(self._zeroed_template(ring))
         context[Reg.CR3] = page_table.root
         context.rip = rip
@@ -418,11 +440,13 @@ class Machine:
         the byte before a stop address, faulting if that page is unmapped). On return
         the context holds the thread's state at the exit (for a syscall, RIP is past it).
         """
-        if self.monitor is not None:
-            self.monitor.armed = context.cpl == 0
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.armed = context.cpl == 0
         result = self._run_once(context, budget, stop_at)
-        trap = None if self.monitor is None else self.monitor.take()
-        return result if trap is None else self._vm_exit(context, trap)
+        if monitor is not None and monitor.trap is not None:
+            return self._vm_exit(context, monitor.take())
+        return result
 
     def _vm_exit(self, context: CpuContext, trap: tuple[int, str]) -> Exit:
         """The monitor stopped the CPU before a block holding a privileged instruction:
@@ -448,23 +472,23 @@ class Machine:
                                           instruction))
 
     def _run_once(self, context: CpuContext, budget: int, stop_at: int) -> Exit:
-        self._load(context)
+        rip = self._load(context)
         self._pending = None
         try:
-            self._emu_start(context.rip, stop_at, budget)
+            self._emu_start(rip, stop_at, budget)
         except UcError as error:
             self._save(context)
             return self._fault_exit(context, self._engine_error_fault(context, error))
         self._save(context)
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is None:
             if stop_at and context.rip == stop_at:
-                return Exit(ExitKind.RETURNED)
-            return Exit(ExitKind.PREEMPTED if self._budget_spent(budget) else ExitKind.HALTED)
-        kind, vector = pending
-        if kind is ExitKind.SYSCALL:
-            return Exit(ExitKind.SYSCALL)
-        return self._fault_exit(context, self._decode_fault(context, vector))
+                return _RETURNED
+            return _PREEMPTED if self._budget_spent(budget) else _HALTED
+        self._pending = None
+        if pending[0] is ExitKind.SYSCALL:
+            return _SYSCALL
+        return self._fault_exit(context, self._decode_fault(context, pending[1]))
 
     def _emu_start(self, begin: int, until: int, budget: int = 0) -> None:
         """The one call of emu_start.
@@ -475,14 +499,24 @@ class Machine:
         or the secure monitor alone, which still counts instructions) the hook enforces
         the budget and `count` is never used; with neither, `count` is always passed.
         (The engine's `count` calls a helper per instruction: far slower than the hook.)
+
+        The engine is called directly, as the binding's `emu_start` would, without its
+        wrapper (this runs twice per IPC round trip): same status check, and an exception
+        raised in a Python hook is raised here.
         """
-        if self._decoder is not None:
-            self._decoder.arm(budget)
-            self.uc.emu_start(begin, until)
+        uc, decoder = self.uc, self._decoder
+        uc._hook_exception = None
+        if decoder is not None:
+            decoder.arm(budget)
+            status = _uc_emu_start(self._uch, begin, until, 0, 0)
         else:
-            self.uc.emu_start(begin, until, count=budget or UNLIMITED_COUNT)
-        if self._decoder is not None:
-            self._decoder.check()
+            status = _uc_emu_start(self._uch, begin, until, 0, budget or UNLIMITED_COUNT)
+        if status != UC_ERR_OK:
+            raise UcError(status)
+        if uc._hook_exception is not None:
+            raise uc._hook_exception
+        if decoder is not None:
+            decoder.check()
 
     def _budget_spent(self, budget: int) -> bool:
         if self._decoder is not None:
@@ -490,7 +524,9 @@ class Machine:
         return budget > 0
 
     def _save(self, context: CpuContext) -> None:
-        self.uc.context_update(context.uc_context)
+        status = _uc_context_save(self._uch, context.uc_context.context)
+        if status != UC_ERR_OK:
+            raise UcError(status)
         if self._undo:
             for reg, value in self._undo.items():
                 context[reg] = value
@@ -502,21 +538,27 @@ class Machine:
         context.end_exception()
         return Exit(ExitKind.FAULT, fault)
 
-    def _load(self, context: CpuContext) -> None:
-        self.uc.context_restore(context.uc_context)
+    def _load(self, context: CpuContext) -> int:
+        """Put `context` into the CPU (flushing the TLB only if its CR3 or PKRU differ from
+        what the CPU last ran with, or a page-table edit asked for it); its RIP."""
+        status = _uc_context_restore(self._uch, context.uc_context.context)
+        if status != UC_ERR_OK:
+            raise UcError(status)
         cr3 = context.cr3
         if self._tlb_stale or cr3 != self._loaded_cr3 or context.pkru != self._loaded_pkru:
             self._flush_tlb()
         space = self._page_tables.get(cr3)
         if space is None:
             raise KernelBug(f"context runs on unknown page table {cr3:#x}")
-        if space is not self._space and self._decoder is not None:
-            self._decoder.select_space(cr3)
-        self._space = space
+        if space is not self._space:
+            if self._decoder is not None:
+                self._decoder.select_space(cr3)
+            self._space = space
+        return context.rip
 
     def _flush_tlb(self) -> None:
         # uc_ctl called directly: the binding's ctl() wrapper costs more than the flush.
-        status = uclib.uc_ctl(self.uc._uch, _TLB_FLUSH)
+        status = _uc_ctl(self._uch, _TLB_FLUSH)
         if status != UC_ERR_OK:
             raise UcError(status)
         self._tlb_stale = False
@@ -574,6 +616,16 @@ class Machine:
     def charge(self, event: str, times: int = 1) -> None:
         if self.accounting is not None:
             self.accounting.charge(event, times)
+
+    def charge_all(self, charges: Charges) -> None:
+        """Charge a path's fixed events at once (accounting.Charges)."""
+        if self.accounting is not None:
+            self.accounting.charge_all(charges)
+
+    def charge_in(self, category: str, charges: Charges) -> None:
+        """Charge events to `category` without changing where later charges go."""
+        if self.accounting is not None:
+            self.accounting.charge_in(category, charges)
 
     def attribute(self, category: str, start: int, end: int) -> None:
         """Count the cycles of code in [start, end) under `category` (accounting.py)."""

@@ -35,7 +35,13 @@ from unicorn import UC_HOOK_BLOCK, Uc
 from unicorn.unicorn_py3.unicorn import uclib
 
 from underbridge import toolchain
-from underbridge.machine.accounting import _COSTED_OPCODES, Accounting, BlockCost, Tally
+from underbridge.machine.accounting import (
+    _COSTED_OPCODES,
+    NO_DEADLINE,
+    Accounting,
+    BlockCost,
+    Tally,
+)
 from underbridge.machine.monitor import Monitor
 
 SOURCE = Path(__file__).parent / "native" / "blockhook.c"
@@ -158,6 +164,7 @@ class NativeAccounting(Accounting):
     ) -> None:
         self._lib = library()
         self._state = _State()
+        self._category_array = self._state.category_cycles  # one ctypes view, made once
         self._tables: dict[int, int] = {}
         self._all_tables: list[int] = []
         self._error: BaseException | None = None
@@ -212,7 +219,7 @@ class NativeAccounting(Accounting):
 
     @property
     def category_cycles(self) -> ctypes.Array[ctypes.c_int64]:  # type: ignore[override]
-        return self._state.category_cycles
+        return self._category_array
 
     @category_cycles.setter
     def category_cycles(self, value: list[int]) -> None:
@@ -224,10 +231,17 @@ class NativeAccounting(Accounting):
         for i, cycles in enumerate(value):
             self._state.category_cycles[i] = cycles
 
+    def arm(self, budget: int) -> None:
+        """`Accounting.arm` on the C state directly (it runs before every emu_start)."""
+        state = self._state
+        state.deadline = state.instructions + budget if budget else NO_DEADLINE
+        state.deadline_reached = 0
+
     def reset(self) -> None:
         self.instructions = self.block_cycles = self.charged_cycles = 0
         self.block_events = Counter()
         self.charged.clear()
+        self._paths.clear()
         self.category_cycles = []
 
     def _new_category(self, name: str) -> int:
@@ -237,6 +251,7 @@ class NativeAccounting(Accounting):
         return len(self.categories) - 1
 
     def tally(self) -> Tally:
+        self._fold()
         cycles = self.category_cycles[: len(self.categories)]
         by_category = Counter(dict(zip(self.categories, cycles, strict=True)))
         return Tally(self.instructions, self.cycles, self.block_events + self.charged, +by_category)

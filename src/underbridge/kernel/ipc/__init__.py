@@ -32,6 +32,13 @@ class IpcDesign(Protocol):
                    reply: Message) -> None:
         """Reply to the server thread's last caller, then take or wait for the next call."""
 
+    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]
+                 ) -> bool:
+        """Take IPC_CALL or IPC_REPLY_WAIT (`number`, raw syscall `args`) in its common case
+        without dispatch: True if it did, with the same effects and charges as the slow
+        path (dispatch, then `call` or `reply_wait`); False, having changed nothing, if
+        any of its checks fails."""
+
     def close_service(self, kernel: Kernel, service: Service) -> None:
         """The service is going away: fail every caller still waiting on it."""
 

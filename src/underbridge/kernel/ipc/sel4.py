@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from underbridge.errors import KernelBug, UserError
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
-from underbridge.kernel.syscalls import Errno, Prot
+from underbridge.kernel.syscalls import Errno, Prot, Rights, Sys
+from underbridge.machine.accounting import Charges
 from underbridge.machine.context import Reg
 
 if TYPE_CHECKING:
@@ -33,24 +34,19 @@ if TYPE_CHECKING:
 
 REPLY_REGS = (Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)
 RECV_MSG_REGS = (Reg.RDX, Reg.R10, Reg.R8, Reg.R9)
+_DELIVERED = (Reg.RAX, Reg.RDI, Reg.RSI, *RECV_MSG_REGS)  # what REPLY_WAIT returns
+_REPLIED = (Reg.RAX, *REPLY_REGS)  # what IPC_CALL returns
+_CALL, _RECV = int(Rights.CALL), int(Rights.RECV)
 
 
 def deliver(server: Thread, conn: Connection, msg: Message) -> None:
     """Put a call into a server thread's registers, as REPLY_WAIT returns it."""
-    context = server.context
-    context[Reg.RAX] = 0
-    context[Reg.RDI] = conn.badge
-    context[Reg.RSI] = conn.buffer_vaddr
-    for reg, value in zip(RECV_MSG_REGS, msg, strict=True):
-        context[reg] = value
+    server.context.set_registers(_DELIVERED, (0, conn.badge, conn.buffer_vaddr, *msg))
     server.reply_to = None
 
 
 def give_reply(caller: Thread, reply: Message) -> None:
-    context = caller.context
-    context[Reg.RAX] = 0
-    for reg, value in zip(REPLY_REGS, reply, strict=True):
-        context[reg] = value & 0xFFFF_FFFF_FFFF_FFFF
+    caller.context.set_registers(_REPLIED, (0, *reply))
     caller.calling = None
 
 
@@ -58,21 +54,71 @@ class Sel4Ipc:
     def __init__(self, *, kpti: bool) -> None:
         self.kpti = kpti
         self.name = "sel4-kpti" if kpti else "sel4"
+        self._call_path = self._path_charges("sel4_fastpath_call")
+        self._reply_wait_path = self._path_charges("sel4_fastpath_replyrecv")
 
-    def charge_path(self, kernel: Kernel, path: str) -> None:
+    def _path_charges(self, path: str) -> Charges:
         """The kernel side of one fastpath: its instructions, its CR3 writes, sysret.
 
         Without KPTI the one CR3 write is the address-space switch, which the run loop
         charges when it resumes the other side.
         """
-        machine = kernel.machine
-        machine.charge(f"{path}_kpti" if self.kpti else path)
-        machine.charge("sysret")
         if self.kpti:
-            machine.charge("cr3_write", 2)
+            return Charges.of(f"{path}_kpti", "sysret", ("cr3_write", 2))
+        return Charges.of(path, "sysret")
+
+    # -- the fast path --------------------------------------------------------------
+
+    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]
+                 ) -> bool:
+        """IPC_CALL or IPC_REPLY_WAIT in its common case, checked first, then committed
+        (seL4's fastpath); False when a check fails, having changed nothing, so the
+        slow path (dispatch, handlers/ipc.py, `call`/`reply_wait`) takes the syscall.
+
+        It skips the dispatch table and the handlers' exceptions (once its checks pass
+        no error is possible), charges its path's events in one call, and switches
+        threads in one scheduler call. The slow path does the same things in the same
+        order when the same checks hold, so state and counts are identical.
+        """
+        if number == Sys.IPC_CALL:
+            return self._fast_call(kernel, thread, args)
+        if number == Sys.IPC_REPLY_WAIT:
+            return self._fast_reply_wait(kernel, thread, args)
+        return False
+
+    def _fast_call(self, kernel: Kernel, client: Thread, args: tuple[int, ...]) -> bool:
+        """The call goes straight to a waiting server thread."""
+        conn = client.group.caps.peek(args[0], Connection, _CALL)
+        if conn is None or not conn.service.alive or not conn.service.receivers:
+            return False
+        service = conn.service
+        kernel.machine.charge_all(self._call_path)
+        client.calling = conn
+        server = service.receivers.popleft()
+        deliver(server, conn, args[1:5])
+        server.reply_to = client
+        kernel.sched.hand_over(client, f"call to {service.name}", server)
+        return True
+
+    def _fast_reply_wait(self, kernel: Kernel, server: Thread, args: tuple[int, ...]) -> bool:
+        """The reply goes straight to the caller, blocked in its call, and no other call
+        is pending: the server waits, and the caller runs."""
+        service = server.group.caps.peek(args[0], Service, _RECV)
+        caller = server.reply_to
+        if (service is None or service.pending or caller is None or not caller.alive
+                or caller.state is not ThreadState.BLOCKED):
+            return False
+        kernel.machine.charge_all(self._reply_wait_path)
+        server.reply_to = None
+        give_reply(caller, args[1:5])
+        kernel.sched.hand_over(server, f"receive on {service.name}", caller)
+        service.receivers.append(server)
+        return True
+
+    # -- the slow path ----------------------------------------------------------------
 
     def call(self, kernel: Kernel, client: Thread, conn: Connection, msg: Message) -> None:
-        self.charge_path(kernel, "sel4_fastpath_call")
+        kernel.machine.charge_all(self._call_path)
         service = conn.service
         client.calling = conn
         kernel.sched.block(client, f"call to {service.name}")
@@ -86,7 +132,7 @@ class Sel4Ipc:
 
     def reply_wait(self, kernel: Kernel, server: Thread, service: Service,
                    reply: Message) -> None:
-        self.charge_path(kernel, "sel4_fastpath_replyrecv")
+        kernel.machine.charge_all(self._reply_wait_path)
         caller, server.reply_to = server.reply_to, None
         replied = caller is not None and caller.alive and caller.state is ThreadState.BLOCKED
         if replied:

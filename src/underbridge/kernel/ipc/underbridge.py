@@ -48,14 +48,15 @@ from underbridge.bridge import admission, iocall
 from underbridge.bridge import gate as gates
 from underbridge.bridge.domain import KERNEL_KEY, Domain, KeyAllocator, kernel_call_pkru
 from underbridge.bridge.rewrite import check_code_size
-from underbridge.errors import ElfError, OutOfMemory, SyscallError, UserError
+from underbridge.errors import ElfError, KernelBug, OutOfMemory, SyscallError, UserError
 from underbridge.kernel.ipc import gate_calls
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
 from underbridge.kernel.loader import ElfImage, Segment, parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Errno, Prot
+from underbridge.kernel.syscalls import Errno, Prot, Rights, Sys
+from underbridge.machine.accounting import Charges
 from underbridge.machine.context import CpuContext, Reg
 from underbridge.machine.cpu import ExitKind
 from underbridge.machine.paging import PageFlags
@@ -87,7 +88,13 @@ KERNEL_RETURN = KERNEL_RETURN_PAGE + 0x800  # where a kernel-called gate returns
 MAX_UPCALL_SLICES = 1000  # a handler the kernel called that runs longer is killed
 
 REPLY_TO_APP = (Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)  # IPC_CALL's reply registers
+_APP_REPLY = (Reg.RAX, *REPLY_TO_APP)
 GATE_REGS = (Reg.RSI, Reg.RDI, Reg.R8, Reg.R9)  # the gate's mr0..mr3
+_CALL = int(Rights.CALL)
+# An application's call: into the kernel, the kernel's decode-and-dispatch (charged as
+# seL4's Call fastpath), to the kernel page table; then back, and out.
+_APP_CALL_ENTRY = Charges.of(("swapgs", 2), "sel4_fastpath_call", "cr3_write")
+_APP_CALL_EXIT = Charges.of("cr3_write", "sysret")
 
 
 @dataclass(eq=False)
@@ -153,6 +160,10 @@ class UnderbridgeIpc:
         self._next_slot = 1
         self._current_tid = 0  # what the current-thread word holds
         self._upcall: Upcall | None = None  # the kernel's gate call in progress, if any
+        self._upcall_context: CpuContext | None = None  # reused by every kernel gate call
+        # Physical addresses of kernel pages that stay mapped for the machine's life.
+        self._kernel_return_slot = PhysAddr(0)
+        self._current_thread_word = PhysAddr(0)
 
     # -- placement ------------------------------------------------------------------
 
@@ -366,22 +377,21 @@ class UnderbridgeIpc:
     def _ensure_kernel_pages(self, kernel: Kernel) -> None:
         if self._kernel_pages_ready:
             return
-        self._map(kernel, KERNEL_CALL_STACK, PageFlags(user=True, writable=True))
+        stack = self._map(kernel, KERNEL_CALL_STACK, PageFlags(user=True, writable=True))
+        self._kernel_return_slot = stack + PAGE_SIZE - 8  # where a gate call's RIP is pushed
         code, self._io_routines = iocall.generate(IO_ROUTINES_PAGE)
         io_page = self._map(kernel, IO_ROUTINES_PAGE, PageFlags(user=True, executable=True))
         kernel.machine.mem.write(io_page, code)
         ret = self._map(kernel, KERNEL_RETURN_PAGE, PageFlags(user=True, executable=True))
         # Never run by the kernel (run() stops first); a server jumping here gets #UD.
         kernel.machine.mem.write(ret, b"\x0f\x0b" * (PAGE_SIZE // 2))
-        self._map(kernel, CURRENT_THREAD_PAGE, PageFlags(user=False))
+        self._current_thread_word = self._map(kernel, CURRENT_THREAD_PAGE, PageFlags(user=False))
         self._kernel_pages_ready = True
 
     def about_to_run(self, kernel: Kernel, tid: int) -> None:
         """Ring-0 code is about to run on thread `tid`: the current-thread word says so."""
         if self._kernel_pages_ready and tid != self._current_tid:
-            frame = kernel.machine.kernel_space.translate(CURRENT_THREAD_PAGE)
-            assert frame is not None
-            kernel.machine.mem.write_u64(frame, tid)
+            kernel.machine.mem.write_u64(self._current_thread_word, tid)
             self._current_tid = tid
 
     def _share_key(self, kernel: Kernel, parties: list[DomainState | None], key: int, *,
@@ -509,22 +519,41 @@ class UnderbridgeIpc:
 
     # -- calls ----------------------------------------------------------------------
 
+    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]
+                 ) -> bool:
+        """An application's IPC_CALL to an in-kernel server, checked first, then committed;
+        False when a check fails, having changed nothing (the slow path then takes it).
+        Calls to user-space servers and REPLY_WAIT of user-space servers take the seL4
+        design's fast path.
+
+        It skips the dispatch table and the handler's exceptions: once the connection,
+        its rights and its live service are checked, `_app_call` is what `call` runs.
+        """
+        if number == Sys.IPC_CALL:
+            conn = thread.group.caps.peek(args[0], Connection, _CALL)
+            if conn is None or not conn.service.alive:
+                return False
+            state = self.gates.get(conn)
+            if state is not None:
+                self._app_call(kernel, thread, state, args[1:5])
+                return True
+        return self._sel4.fastpath(kernel, thread, number, args)
+
     def call(self, kernel: Kernel, client: Thread, conn: Connection, msg: Message) -> None:
         state = self.gates.get(conn)
         if state is None:
             self._sel4.call(kernel, client, conn, msg)
-            return
+        else:
+            self._app_call(kernel, client, state, msg)
+
+    def _app_call(self, kernel: Kernel, client: Thread, state: GateState, msg: Message
+                  ) -> None:
+        """An application's call to an in-kernel server: the kernel calls the gate."""
         machine = kernel.machine
-        machine.charge("swapgs", 2)
-        machine.charge("sel4_fastpath_call")
-        machine.charge("cr3_write")  # to the kernel page table
+        machine.charge_all(_APP_CALL_ENTRY)
         status, reply = self._call_gate(kernel, client.tid, state, msg)
-        machine.charge("cr3_write")  # back to the application's
-        machine.charge("sysret")
-        context = client.context
-        context[Reg.RAX] = status & 0xFFFF_FFFF_FFFF_FFFF
-        for reg, value in zip(REPLY_TO_APP, reply, strict=True):
-            context[reg] = value
+        machine.charge_all(_APP_CALL_EXIT)
+        client.context.set_registers(_APP_REPLY, (status, *reply))
 
     def _call_gate(self, kernel: Kernel, tid: int, state: GateState, msg: Message
                    ) -> tuple[int, Message]:
@@ -535,15 +564,11 @@ class UnderbridgeIpc:
         progress: the kernel's own call returns -EPIPE, or a server further out carries
         on. A handler that runs MAX_UPCALL_SLICES slices without returning is killed.
         """
-        machine = kernel.machine
-        context = machine.new_context(ring=0, page_table=machine.kernel_space,
-                                      rip=state.address, rsp=KERNEL_CALL_STACK + PAGE_SIZE - 8,
-                                      pkru=state.caller_pkru)
-        stack = machine.kernel_space.translate(KERNEL_CALL_STACK + PAGE_SIZE - 8)
-        assert stack is not None
-        machine.mem.write_u64(stack, KERNEL_RETURN)
-        for reg, value in zip(GATE_REGS, msg, strict=True):
-            context[reg] = value
+        if self._upcall is not None:
+            raise KernelBug("a kernel gate call inside another")
+        context = self._fresh_upcall_context(kernel, state)
+        kernel.machine.mem.write_u64(self._kernel_return_slot, KERNEL_RETURN)
+        context.set_registers(GATE_REGS, msg)
         self._upcall = Upcall(tid, context)
         try:
             for _ in range(MAX_UPCALL_SLICES):
@@ -559,8 +584,22 @@ class UnderbridgeIpc:
                 context.rip, context[Reg.RAX] = KERNEL_RETURN, -Errno.EPIPE % (1 << 64)
         finally:
             self._upcall = None
-        mr0, mr1, mr2, mr3 = (context[reg] for reg in GATE_REGS)
-        return signed(context[Reg.RAX]), (mr0, mr1, mr2, mr3)
+        return signed(context[Reg.RAX]), context.registers(GATE_REGS)  # type: ignore[return-value]
+
+    def _fresh_upcall_context(self, kernel: Kernel, state: GateState) -> CpuContext:
+        """The kernel's gate-call context, as `new_context` would make it (all registers
+        zero but RIP, RSP, CR3 and PKRU). One context serves every call: the kernel
+        makes one gate call at a time (`_upcall`), and it ends before any thread runs."""
+        machine = kernel.machine
+        rsp = KERNEL_CALL_STACK + PAGE_SIZE - 8
+        if self._upcall_context is None:
+            self._upcall_context = machine.new_context(
+                ring=0, page_table=machine.kernel_space, rip=state.address, rsp=rsp,
+                pkru=state.caller_pkru)
+            return self._upcall_context
+        return machine.reset_context(self._upcall_context, ring=0,
+                                     page_table=machine.kernel_space, rip=state.address,
+                                     rsp=rsp, pkru=state.caller_pkru)
 
     def _upcall_slice(self, kernel: Kernel, context: CpuContext) -> None:
         assert self._upcall is not None
