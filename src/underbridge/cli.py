@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from underbridge.errors import UserError
-from underbridge.kernel.ipc import DESIGNS
+from underbridge.kernel.ipc.registry import DESIGNS
 
 if TYPE_CHECKING:  # commands import what they run, so `--help` loads no emulator
     from underbridge.kernel.objects.capgroup import CapGroup

@@ -53,7 +53,7 @@ from underbridge.bridge.gate import wrpkru_offsets
 from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import UserError
-from underbridge.kernel.ipc.underbridge import CURRENT_THREAD_PAGE, KERNEL_RETURN, REGION_SIZE
+from underbridge.kernel.ipc.kernel_space import CURRENT_THREAD_PAGE, KERNEL_RETURN, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
@@ -64,7 +64,8 @@ from underbridge.machine.oracle import Access, Violation
 from underbridge.toolchain import build_program, guest_root, symbol
 
 if TYPE_CHECKING:
-    from underbridge.kernel.ipc.underbridge import GateState, UnderbridgeIpc
+    from underbridge.kernel.ipc.gate_table import GateState
+    from underbridge.kernel.ipc.underbridge import UnderbridgeIpc
 
 LEGIT_BASE = PINGPONG_BASE  # the legitimate in-kernel client's region
 ATTACK_BASE = 0x0300_0000  # row i's in-kernel attacker is linked at ATTACK_BASE + i * 16 MiB
@@ -438,7 +439,7 @@ def build_stage() -> Stage:
             or b"legit_client: call ok" not in bytes(client.console) or not client.running:
         raise RedTeamError(f"the legitimate client failed: {bytes(client.console)!r}")
     ipc = cast("UnderbridgeIpc", kernel.ipc)
-    gate = next(g for g in ipc.gates.values() if g.conn.client is client)
+    gate = next(g for g in ipc.gates() if g.conn.client is client)
     root = machine.kernel_space.root
     echo_stack = echo.threads[0].context[Reg.RSP]
     targets = {
@@ -447,7 +448,7 @@ def build_stage() -> Stage:
         "echo_thread_stack": echo_stack & ~0xF,
         "echo_thread_rsp": (echo_stack & ~0xF) - 8,
         "echo_entry": parse_elf(echo_elf.read_bytes(), name="echo").entry,
-        "echo_pkru": ipc.domains[echo].domain.pkru,
+        "echo_pkru": _domain_pkru(ipc, echo),
         "kernel_data": KERNEL_DATA,
         "pt_root": root,
         "pt_self_map": root | PTE_P_RW_U,
@@ -531,10 +532,17 @@ def _note_partner_gate(stage: Stage, partner: CapGroup | None, targets: dict[str
     if partner is None or "partner_gate" in targets:
         return
     ipc = cast("UnderbridgeIpc", stage.kernel.ipc)
-    gate = next((g for g in ipc.gates.values() if g.conn.client is partner), None)
+    gate = next((g for g in ipc.gates() if g.conn.client is partner), None)
     if gate is not None:
         targets.update(_gate_targets(stage.machine, gate, "partner_gate"))
-        targets["partner_pkru"] = ipc.domains[partner].domain.pkru
+        targets["partner_pkru"] = _domain_pkru(ipc, partner)
+
+
+def _domain_pkru(ipc: UnderbridgeIpc, group: CapGroup) -> int:
+    domain = ipc.domain_of(group)
+    if domain is None:
+        raise RedTeamError(f"{group.name} is not in kernel space")
+    return domain.pkru
 
 
 def _settled(group: CapGroup) -> bool:

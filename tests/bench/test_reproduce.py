@@ -12,7 +12,7 @@ from rich.console import Console
 from underbridge.bench import ipc as ipc_bench
 from underbridge.bench import reproduce, reproduce_ycsb, ycsb
 from underbridge.cli import main
-from underbridge.kernel import ipc as designs
+from underbridge.kernel.ipc import registry as designs
 
 ROUNDS = 20
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

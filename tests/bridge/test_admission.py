@@ -97,7 +97,7 @@ def test_the_kernel_places_the_same_server_from_the_cache(calls):
     for _ in range(2):
         kernel = Kernel(Machine(accounting=False), ipc="underbridge")
         echo = kernel.spawn(elf, ["echo"], in_kernel=True)
-        assert echo in kernel.ipc.domains and echo.threads[0].context.cpl == 0
+        assert kernel.placement.domain_of(echo) is not None and echo.threads[0].context.cpl == 0
         images.append(kernel.machine.read_virtual(echo.vmspace.table, ECHO_BASE, 4096))
     assert images[0] == images[1]
     assert calls["rewrite"] == 1

@@ -7,7 +7,7 @@ import pytest
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.domain import KeyAllocator, kernel_call_pkru
 from underbridge.errors import ResourceExhausted, SyscallError
-from underbridge.kernel.ipc.underbridge import CURRENT_THREAD_PAGE, REGION_SIZE
+from underbridge.kernel.ipc.kernel_space import CURRENT_THREAD_PAGE, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.syscalls import Errno
 from underbridge.machine.cpu import Machine
@@ -47,8 +47,8 @@ def system():
     assert relay.exit_status == 0 and app.exit_status == 0
     relay2 = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE),
                           ["pingpong", "100000000", "echo", "--as-server"], in_kernel=True)
-    kernel.run(until=lambda: any(g.client is kernel.ipc.domains.get(relay2)
-                                 for g in kernel.ipc.gates.values()))
+    kernel.run(until=lambda: any(g.client is not None and g.client.group is relay2
+                                 for g in kernel.ipc.gates()))
     return kernel, echo, relay2
 
 
@@ -72,21 +72,21 @@ def test_each_server_region_carries_its_own_key_only(system):
     kernel, echo, relay = system
     ipc = kernel.ipc
     for group, base in ((echo, ECHO_BASE), (relay, PINGPONG_BASE)):
-        key = ipc.domains[group].domain.key
+        key = ipc.domain_of(group).key
         region = [m for va, m in kernel.machine.kernel_space.mappings()
                   if base <= va < base + REGION_SIZE]
         assert region and all(m.flags.pkey == key for m in region)
-        for other in ipc.domains.values():
-            if other.group is not group:
-                assert access_disabled(other.domain.pkru, key)
+        for other in ipc.placed_groups():
+            if other is not group:
+                assert access_disabled(ipc.domain_of(other).pkru, key)
 
 
 def test_key_0_is_closed_to_every_server_and_gates_are_not_writable(system):
     """Rule 3."""
     kernel, _echo, _relay = system
-    for state in kernel.ipc.domains.values():
-        assert access_disabled(state.domain.pkru, 0)
-    for gate in kernel.ipc.gates.values():
+    for group in kernel.placement.placed_groups():
+        assert access_disabled(kernel.placement.domain_of(group).pkru, 0)
+    for gate in kernel.ipc.gates():
         mapping = kernel.machine.kernel_space.lookup(gate.address)
         assert mapping.flags.pkey == 0 and mapping.flags.executable
         assert not mapping.flags.writable
@@ -95,10 +95,10 @@ def test_key_0_is_closed_to_every_server_and_gates_are_not_writable(system):
 def test_shared_keys_are_opened_by_exactly_the_two_parties(system):
     """Rule 5."""
     kernel, echo, relay = system
-    gate = next(g for g in kernel.ipc.gates.values() if g.client is not None
+    gate = next(g for g in kernel.ipc.gates() if g.client is not None
                 and g.client.group is relay)
-    openers = [s.group for s in kernel.ipc.domains.values()
-               if not access_disabled(s.domain.pkru, gate.shared_key)]
+    openers = [group for group in kernel.placement.placed_groups()
+               if not access_disabled(kernel.placement.domain_of(group).pkru, gate.shared_key)]
     assert set(openers) == {echo, relay}
     buffer = kernel.machine.kernel_space.lookup(gate.conn.buffer_vaddr)
     assert buffer.flags.pkey == gate.shared_key
@@ -108,7 +108,7 @@ def test_application_page_tables_map_nothing_of_the_kernel_or_servers(system):
     """Rule 1."""
     kernel, _echo, _relay = system
     for group in kernel.groups.values():
-        if group in kernel.ipc.domains or not group.running:
+        if kernel.placement.domain_of(group) is not None or not group.running:
             continue
         for vaddr, _mapping in group.vmspace.table.mappings():
             assert not ECHO_BASE <= vaddr < ECHO_BASE + REGION_SIZE
@@ -178,7 +178,7 @@ def test_a_hidden_wrpkru_is_refused_as_built_and_admitted_once_rewritten(tmp_pat
         kernel.spawn(elf, ["sneaky"], in_kernel=True, rewrite=False)
     assert not kernel.groups and kernel.ipc.keys.available == keys
     sneaky = kernel.spawn(elf, ["sneaky"], in_kernel=True)  # the loader rewrites it
-    assert sneaky in kernel.ipc.domains and sneaky.threads[0].context.cpl == 0
+    assert kernel.placement.domain_of(sneaky) is not None and sneaky.threads[0].context.cpl == 0
     kernel.run()
     assert sneaky.exit_status == 0
 
@@ -191,6 +191,6 @@ def test_an_unsafe_server_can_be_sent_to_user_space_instead(tmp_path):
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
     group = kernel.spawn(build_program(source, base=0x0300_0000), ["sneaky"], in_kernel=True,
                          if_unsafe="user")
-    assert group not in kernel.ipc.domains and group.threads[0].context.cpl == 3
+    assert kernel.placement.domain_of(group) is None and group.threads[0].context.cpl == 3
     kernel.run()
     assert group.exit_status == 0  # in ring 3, wrpkru only touches its own (keyless) pages

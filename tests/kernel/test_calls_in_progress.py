@@ -86,5 +86,5 @@ def test_the_faulting_servers_gates_and_keys_are_all_given_back():
                    ["relay_client", "1", "attacker"])
     kernel.run(until=lambda: not client.running)
     assert not server.running and not client.running
-    assert kernel.ipc.gates == {} and kernel.ipc.domains == {}
+    assert kernel.ipc.gates() == [] and kernel.placement.placed_groups() == []
     assert kernel.ipc.keys.available == 15

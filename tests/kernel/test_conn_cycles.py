@@ -101,7 +101,7 @@ def assert_all_returned(run: Run, placement: Placement) -> None:
     service = run.kernel.services["echo"]
     assert service.connections == [] and run.client.owned == []
     if placement.mode == "underbridge":
-        assert run.kernel.ipc.gates == {}
+        assert run.kernel.ipc.gates() == []
         assert run.kernel.ipc.keys.available == run.keys_before
 
 

@@ -38,7 +38,7 @@ def _run_pingpong(mode: str, path: str) -> tuple[Kernel, list[bool]]:
         return taken[-1]
 
     kernel.ipc.fastpath = recording  # type: ignore[method-assign]
-    in_kernel = mode in ipc_bench.IN_KERNEL_MODES
+    in_kernel = kernel.ipc.traits.servers_in_kernel
     kernel.spawn(build_program("echo", base=ipc_bench.ECHO_BASE), ["echo"], in_kernel=in_kernel)
     args = ["pingpong", str(ROUNDS), "echo"] + (["--as-server"] if path == "server-server" else [])
     client = kernel.spawn(build_program("pingpong", base=ipc_bench.PINGPONG_BASE), args,

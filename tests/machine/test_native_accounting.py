@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from underbridge.bench.ipc import ECHO_BASE, IN_KERNEL_MODES, PINGPONG_BASE
+from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.kernel.objects.thread import ThreadState
@@ -69,10 +69,9 @@ def test_hello(monkeypatch, hello_elf):
 @pytest.mark.parametrize("mode", ["sel4", "underbridge"])
 @pytest.mark.parametrize("path", ["app-server", "server-server"])
 def test_pingpong(monkeypatch, mode, path):
-    in_kernel = mode in IN_KERNEL_MODES
-
     def scenario(machine: Machine) -> tuple[object, ...]:
         kernel = Kernel(machine, ipc=mode)
+        in_kernel = kernel.ipc.traits.servers_in_kernel
         echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=in_kernel)
         kernel.run(
             until=lambda: "echo" in kernel.services and echo.threads[0].state is ThreadState.BLOCKED

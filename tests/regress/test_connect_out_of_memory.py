@@ -10,7 +10,7 @@ connection's key and pages are given back.
 
 from underbridge.bench.ipc import ECHO_BASE
 from underbridge.errors import OutOfMemory
-from underbridge.kernel.ipc.underbridge import GATE_WINDOW
+from underbridge.kernel.ipc.kernel_space import GATE_WINDOW
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import ThreadState
 from underbridge.machine.cpu import Machine

@@ -13,7 +13,7 @@ import pytest
 
 from underbridge.bench.ipc import ECHO_BASE
 from underbridge.errors import UserError
-from underbridge.kernel.ipc.underbridge import CONTROL_WINDOW, GATE_WINDOW, REGION_SIZE
+from underbridge.kernel.ipc.kernel_space import CONTROL_WINDOW, GATE_WINDOW, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import Machine
 from underbridge.toolchain import build_program

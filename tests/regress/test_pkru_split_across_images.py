@@ -20,7 +20,7 @@ import pytest
 from underbridge.asm import assemble
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import UserError
-from underbridge.kernel.ipc.underbridge import REGION_SIZE
+from underbridge.kernel.ipc.kernel_space import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import KERNEL_DATA, Machine
 from underbridge.machine.faults import PAGE_FAULT

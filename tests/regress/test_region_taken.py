@@ -27,4 +27,4 @@ def test_a_second_server_in_a_taken_region_is_refused_cleanly():
     assert "\n" not in err.value.args[0]
     assert kernel.ipc.keys.available == keys and kernel.machine.frames.free_frames == frames
     kernel.run(until=lambda: "echo" in kernel.services)
-    assert first.running and list(kernel.ipc.domains) == [first]
+    assert first.running and kernel.placement.placed_groups() == [first]

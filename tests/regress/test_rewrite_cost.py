@@ -23,7 +23,7 @@ from underbridge.bridge.rewrite import (
     rewrite_elf,
 )
 from underbridge.errors import UserError
-from underbridge.kernel.ipc.underbridge import IO_ROUTINES_PAGE
+from underbridge.kernel.ipc.kernel_space import IO_ROUTINES_PAGE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.loader import PAGE_SIZE
 from underbridge.machine.cpu import Machine
@@ -104,7 +104,7 @@ def test_spawn_in_kernel_space_refuses_too_much_code_with_one_line():
     # A server that may run in user space instead does (ring 3 makes it harmless).
     group = kernel.spawn(too_large(), ["big"], name="big", in_kernel=True, if_unsafe="user")
     assert group.threads[0].context.cpl == 3
-    assert group not in kernel.ipc.domains
+    assert kernel.placement.domain_of(group) is None
 
 
 def test_more_sites_than_the_limit_are_refused():

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from underbridge.cli import EXIT_USER_ERROR, main
 from underbridge.errors import ElfError, ResourceExhausted, UserError
-from underbridge.kernel.ipc.underbridge import REGION_SIZE
+from underbridge.kernel.ipc.kernel_space import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.syscalls import Errno
 from underbridge.machine.cpu import Machine

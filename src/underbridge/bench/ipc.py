@@ -27,7 +27,6 @@ from underbridge.toolchain import build_program
 PATHS = ("app-server", "server-server")
 ECHO_BASE = 0x0100_0000
 PINGPONG_BASE = 0x0200_0000
-IN_KERNEL_MODES = frozenset({"underbridge"})
 
 Progress = Callable[[int], None]
 
@@ -62,7 +61,7 @@ def run_path(mode: str, path: str, rounds: int, progress: Progress | None = None
     """accounting=False: wall time only (no cycle figures), to see what accounting costs."""
     machine = Machine(accounting=accounting)
     kernel = Kernel(machine, ipc=mode)
-    in_kernel = mode in IN_KERNEL_MODES
+    in_kernel = kernel.ipc.traits.servers_in_kernel
     echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=in_kernel)
     kernel.run(until=lambda: "echo" in kernel.services
                and echo.threads[0].state is ThreadState.BLOCKED)  # serving

@@ -27,7 +27,7 @@ from typing import Literal
 from rich.table import Table
 
 from underbridge.bench import ipc as ipc_bench
-from underbridge.kernel import ipc as designs
+from underbridge.kernel.ipc import registry as designs
 from underbridge.machine.costs import COSTS, REFERENCE, UNDERBRIDGE_PAPER
 
 ROUNDS = 2_000

@@ -32,13 +32,12 @@ from pathlib import Path
 
 from rich.table import Table
 
-from underbridge.bench.ipc import IN_KERNEL_MODES
 from underbridge.bench.markers import MarkRecorder
 from underbridge.bench.ycsb_workload import YcsbSummary, run_native
 from underbridge.fs.storage import FS_BASE, RAMDISK_BASE, Storage, start_storage
 from underbridge.fs.ubfs import Ubfs
-from underbridge.kernel.ipc import DESIGNS
-from underbridge.kernel.ipc.underbridge import CONTROL_WINDOW, GATE_WINDOW, REGION_SIZE
+from underbridge.kernel.ipc.kernel_space import CONTROL_WINDOW, GATE_WINDOW, REGION_SIZE
+from underbridge.kernel.ipc.registry import DESIGNS
 from underbridge.kernel.kernel import IPC_CATEGORY, Kernel
 from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
@@ -135,7 +134,8 @@ class _Run:
         self.mode, self.records, self.ops, self.seed = mode, records, ops, seed
         self.machine = Machine(accounting=accounting)
         self.kernel = Kernel(self.machine, ipc=mode)
-        self.storage: Storage = start_storage(self.kernel, in_kernel=mode in IN_KERNEL_MODES)
+        self.storage: Storage = start_storage(
+            self.kernel, in_kernel=self.kernel.ipc.traits.servers_in_kernel)
         self.elf = build_ycsb()
         _attribute_image(self.machine, self.elf, APP)
         for server in SERVERS:  # the whole region: in kernel space the rewriter may add code

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from underbridge.errors import UserError
 from underbridge.fuzz.report import FuzzReport
-from underbridge.kernel.ipc import DESIGNS
+from underbridge.kernel.ipc.registry import DESIGNS
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.machine.cpu import Machine

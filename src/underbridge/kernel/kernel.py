@@ -30,7 +30,8 @@ from pathlib import Path
 from underbridge.errors import OutOfMemory, ResourceExhausted, SyscallError, UserError
 from underbridge.kernel import dispatch, linux_abi
 from underbridge.kernel.handlers import portio
-from underbridge.kernel.ipc import IpcDesign, design_named
+from underbridge.kernel.ipc import DomainPlacement, IpcDesign, NoDomains
+from underbridge.kernel.ipc.registry import design_named
 from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.base import KernelObject
 from underbridge.kernel.objects.capgroup import CapGroup, Ending, GroupState
@@ -41,7 +42,6 @@ from underbridge.kernel.process import USER_STACK_TOP, build_image
 from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
 from underbridge.kernel.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.machine.accounting import KERNEL as KERNEL_CATEGORY
-from underbridge.machine.accounting import Charges
 from underbridge.machine.context import Reg
 from underbridge.machine.costs import COSTS
 from underbridge.machine.cpu import ExitKind, Machine
@@ -51,9 +51,6 @@ from underbridge.machine.paging import PageTable
 ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
 IPC_CATEGORY = "ipc"  # where the cycles of IPC paths are attributed (machine/accounting.py)
-_ENTRY_AND_EXIT = Charges.of(("swapgs", 2), "sysret")  # a syscall's primitives
-_KPTI_ENTRY_AND_EXIT = Charges.of(("swapgs", 2), "sysret", ("cr3_write", 2))
-_CR3_SWITCH = Charges.of("cr3_write")
 _SYSCALL_CYCLES = COSTS["syscall"].cycles
 SyscallObserver = Callable[[Thread, int, tuple[int, ...]], None]
 
@@ -78,6 +75,8 @@ class Kernel:
         self.machine = machine
         self.sched = Scheduler(quantum)
         self.ipc: IpcDesign = design_named(ipc)
+        # Where servers in kernel space are placed: the design's domains, or none.
+        self.placement: DomainPlacement = self.ipc.placement or NoDomains(self.ipc.name)
         self.groups: dict[int, CapGroup] = {}
         self.services: dict[str, Service] = {}
         self.programs: dict[str, Path] = {}
@@ -132,8 +131,8 @@ class Kernel:
             domain = None
             if in_kernel:
                 try:
-                    domain, stack_top, data = self.ipc.admit(self, name, image.segments[0].vaddr,
-                                                             data, rewrite=rewrite)
+                    domain, stack_top, data = self.placement.admit(
+                        self, name, image.segments[0].vaddr, data, rewrite=rewrite)
                 except UserError:
                     if if_unsafe == "refuse":
                         raise
@@ -150,7 +149,7 @@ class Kernel:
                 if vmspace is not None:
                     vmspace.destroy()  # give back whatever was built before the failure
                 if domain is not None:
-                    self.ipc.refuse(domain)
+                    self.placement.refuse(domain)
                 raise
         group = CapGroup(self._next_pid, name, vmspace)
         group.io_ports = io_ports
@@ -159,7 +158,7 @@ class Kernel:
         self._next_pid += 1
         self.groups[group.pid] = group
         if domain is not None:
-            self.ipc.adopt(group, domain, image.segments[0].vaddr)
+            self.placement.adopt(group, domain, image.segments[0].vaddr)
         self.add_thread(group, ring=ring, rip=entry, rsp=rsp, pkru=pkru)
         return group
 
@@ -191,13 +190,14 @@ class Kernel:
     def _resume(self, thread: Thread) -> None:
         space = thread.group.vmspace
         last = self._last_space
-        if last is not None and space is not last and not self.ipc.kpti:
-            self.machine.charge_in(self._switch_cause, _CR3_SWITCH)
+        switch = self.ipc.traits.address_space_switch
+        if last is not None and space is not last and switch is not None:
+            self.machine.charge_in(self._switch_cause, switch)
         self._last_space = space
         self._switch_cause = KERNEL_CATEGORY
         context = thread.context
         if context.cpl == 0:
-            self.ipc.about_to_run(self, thread.tid)
+            self.placement.about_to_run(self, thread.tid)
         result = self.machine.run(context, budget=self.sched.quantum)
         kind = result.kind
         if kind is ExitKind.SYSCALL:
@@ -207,7 +207,7 @@ class Kernel:
             if not portio.emulate_trapped_io(self, thread, result.fault):
                 self._fault(thread, result.fault)
         elif kind is ExitKind.PREEMPTED:
-            if not self.ipc.in_gate(context.rip):  # gates run "with interrupts off"
+            if not self.placement.in_gate(context.rip):  # gates run "with interrupts off"
                 self.sched.preempt()
         else:  # HALTED: guest code executed hlt in ring 0
             self._fault(thread, self.machine.halt_fault(context))
@@ -216,7 +216,7 @@ class Kernel:
         """End the cap group to blame: the thread's own, or, if the thread was running
         another domain's handler in a call, that server's (the IPC design says which;
         ending it makes the thread's call return -EPIPE and the caller go on)."""
-        culprit = self.ipc.code_owner(self, thread)
+        culprit = self.placement.code_owner(self, thread)
         self.end_group(culprit, Ending(GroupState.FAULTED, fault=fault))
 
     def _syscall(self, thread: Thread) -> None:
@@ -233,7 +233,7 @@ class Kernel:
             number -= LINUX_NATIVE_BASE
         for observe in self.syscall_observers:
             observe(thread, number, args)
-        if self.ipc.foreign(thread):  # inside a call into another domain
+        if self.placement.foreign(thread):  # inside a call into another domain
             self.charge_entry_and_exit()
             context[Reg.RAX] = -Errno.EDEADLK & 0xFFFF_FFFF_FFFF_FFFF
             return
@@ -268,7 +268,7 @@ class Kernel:
             thread.context[Reg.RAX] = result & 0xFFFF_FFFF_FFFF_FFFF
 
     def charge_entry_and_exit(self) -> None:
-        self.machine.charge_all(_KPTI_ENTRY_AND_EXIT if self.ipc.kpti else _ENTRY_AND_EXIT)
+        self.machine.charge_all(self.ipc.traits.syscall_entry_exit)
 
     # -- ending things -------------------------------------------------------------
 

@@ -50,12 +50,12 @@ def emulate_trapped_io(kernel: Kernel, thread: Thread, fault: Fault) -> bool:
 
     The rights are those of the cap group whose code executed the instruction: a thread
     running another server's handler in a call (thread migration) has that server's,
-    never its own (kernel.ipc.code_owner)."""
+    never its own (kernel.placement.code_owner)."""
     if fault.vector != VM_EXIT or fault.instruction not in EMULATED:
         return False
     context = thread.context
     port = context[Reg.RDX] & 0xFFFF
-    group = kernel.ipc.code_owner(kernel, thread)
+    group = kernel.placement.code_owner(kernel, thread)
     if port not in group.io_ports:
         return False
     if fault.instruction == "out dx, al":

@@ -20,40 +20,50 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from underbridge.errors import KernelBug, UserError
+from underbridge.kernel.ipc import Traits
+from underbridge.kernel.ipc.message import DELIVERY, REPLY
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.syscalls import Errno, Prot, Rights, Sys
 from underbridge.machine.accounting import Charges
-from underbridge.machine.context import Reg
 
 if TYPE_CHECKING:
-    from underbridge.bridge.domain import Domain
+    from underbridge.kernel.ipc import DomainPlacement
     from underbridge.kernel.kernel import Kernel
     from underbridge.kernel.objects.capgroup import CapGroup
 
-REPLY_REGS = (Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)
-RECV_MSG_REGS = (Reg.RDX, Reg.R10, Reg.R8, Reg.R9)
-_DELIVERED = (Reg.RAX, Reg.RDI, Reg.RSI, *RECV_MSG_REGS)  # what REPLY_WAIT returns
-_REPLIED = (Reg.RAX, *REPLY_REGS)  # what IPC_CALL returns
 _CALL, _RECV = int(Rights.CALL), int(Rights.RECV)
+ENTRY_EXIT = Charges.of(("swapgs", 2), "sysret")  # a syscall's primitives
+KPTI_ENTRY_EXIT = Charges.of(("swapgs", 2), "sysret", ("cr3_write", 2))
+ADDRESS_SPACE_SWITCH = Charges.of("cr3_write")
 
 
 def deliver(server: Thread, conn: Connection, msg: Message) -> None:
     """Put a call into a server thread's registers, as REPLY_WAIT returns it."""
-    server.context.set_registers(_DELIVERED, (0, conn.badge, conn.buffer_vaddr, *msg))
+    server.context.set_registers(DELIVERY, (0, conn.badge, conn.buffer_vaddr, *msg))
     server.reply_to = None
 
 
 def give_reply(caller: Thread, reply: Message) -> None:
-    caller.context.set_registers(_REPLIED, (0, *reply))
+    caller.context.set_registers(REPLY, (0, *reply))
     caller.calling = None
 
 
 class Sel4Ipc:
+    """Every server in user space; calls through the kernel (`domains` is None)."""
+
+    placement: DomainPlacement | None = None
+
     def __init__(self, *, kpti: bool) -> None:
         self.kpti = kpti
         self.name = "sel4-kpti" if kpti else "sel4"
+        # Without KPTI, a syscall costs its primitives and the run loop charges the
+        # address-space switch; with KPTI the entry and exit paths write CR3, the exit
+        # write being the switch.
+        self.traits = Traits(
+            servers_in_kernel=False,
+            syscall_entry_exit=KPTI_ENTRY_EXIT if kpti else ENTRY_EXIT,
+            address_space_switch=None if kpti else ADDRESS_SPACE_SWITCH)
         self._call_path = self._path_charges("sel4_fastpath_call")
         self._reply_wait_path = self._path_charges("sel4_fastpath_replyrecv")
 
@@ -149,17 +159,6 @@ class Sel4Ipc:
         if replied:
             kernel.sched.switch_to(caller)
 
-    def admit(self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
-              ) -> tuple[Domain, int, bytes]:
-        raise UserError(f"the {self.name} design cannot place {name} in kernel space",
-                        hint="in-kernel servers need --mode underbridge")
-
-    def refuse(self, domain: Domain) -> None:
-        raise KernelBug("the seL4 design admits no domains")
-
-    def adopt(self, group: CapGroup, domain: Domain, base: int) -> None:
-        raise KernelBug("the seL4 design admits no domains")
-
     def connect(self, kernel: Kernel, conn: Connection) -> int:
         """Map the buffer into both parties' address spaces; no gate."""
         client, server = conn.client.vmspace, conn.service.server.vmspace
@@ -174,19 +173,6 @@ class Sel4Ipc:
 
     def ended(self, kernel: Kernel, group: CapGroup) -> None:
         """No per-group state."""
-
-    def in_gate(self, rip: int) -> bool:
-        return False
-
-    def foreign(self, thread: Thread) -> bool:
-        return False
-
-    def about_to_run(self, kernel: Kernel, tid: int) -> None:
-        """No gates, so nothing to tell ring-0 code about the running thread."""
-
-    def code_owner(self, kernel: Kernel, thread: Thread) -> CapGroup:
-        """Threads never run another cap group's code."""
-        return thread.group
 
     def close_service(self, kernel: Kernel, service: Service) -> None:
         for client, _conn, _msg in service.pending:

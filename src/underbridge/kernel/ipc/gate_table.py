@@ -1,0 +1,207 @@
+"""The gates of connections to in-kernel servers: their slots, pages, keys and code.
+
+A connection to an in-kernel server gets a gate slot (kernel_space.py's windows), a
+shared key for its buffer and control page, a save area in the client's domain (the
+kernel's, for an application), a server stack in the server's domain, and a gate
+generated from bridge/gate.py's template into its key-0 page.
+
+Invariants:
+  - A slot is in exactly one of: free (`_free`), a live gate (`by_conn`), a tombstone
+    (its client domain's `tombstones`, answering -EPIPE until that client ends).
+  - A connection's pages are made all or nothing (`open`), and unmapped before their
+    frames are freed (`close`).
+  - A thread's PKRU is always the PKRU of the domain whose code it runs: when a domain's
+    keys change (`share_key`), its threads at home and threads inside its handler
+    follow, and every gate naming the domain is generated again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from underbridge.bridge import gate as gates
+from underbridge.bridge.domain import KERNEL_KEY, kernel_call_pkru
+from underbridge.errors import OutOfMemory, SyscallError
+from underbridge.kernel.ipc import kernel_space as ks
+from underbridge.kernel.syscalls import Errno, Prot
+from underbridge.machine.paging import PageFlags
+from underbridge.machine.physmem import PAGE_SIZE
+
+if TYPE_CHECKING:
+    from underbridge.kernel.ipc.domains import Domains, DomainState
+    from underbridge.kernel.kernel import Kernel
+    from underbridge.kernel.objects.connection import Connection
+
+
+@dataclass(eq=False)
+class GateState:
+    conn: Connection
+    slot: int  # its pages: GATE_WINDOW, CONTROL_WINDOW (, KERNEL_SAVE_WINDOW) + slot pages
+    shared_key: int
+    address: int
+    control: int
+    save_area: int
+    stack_top: int
+    client: DomainState | None  # None: an application (the kernel calls for it)
+    server: DomainState
+    pages: list[int] = field(default_factory=list)  # kernel_space pages to unmap
+    borrowed: list[tuple[DomainState, int, int]] = field(default_factory=list)
+
+    @property
+    def caller_pkru(self) -> int:
+        return kernel_call_pkru(self.shared_key) if self.client is None else self.client.pkru
+
+
+class Gates:
+    """Live gates by connection, and the gate slots."""
+
+    def __init__(self, domains: Domains) -> None:
+        self._domains = domains
+        self.by_conn: dict[Connection, GateState] = {}
+        self._free: list[int] = []  # slots given back, lowest last
+        self._next_slot = 1
+
+    def of(self, conn: Connection) -> GateState | None:
+        return self.by_conn.get(conn)
+
+    def __iter__(self) -> Iterator[GateState]:
+        return iter(self.by_conn.values())
+
+    # -- opening ----------------------------------------------------------------------
+
+    def open(self, kernel: Kernel, conn: Connection, client: DomainState | None,
+             server: DomainState) -> GateState:
+        """The gate of a new connection to an in-kernel server, with its key and pages."""
+        key = self._domains.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
+        slot = self._take_slot()
+        try:
+            # The buffer: once on the kernel page table under the shared key, and in
+            # an application client's own page table; neither party can unmap it.
+            server.group.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr,
+                                         Prot.READ | Prot.WRITE, pkey=key, pinned=True)
+            if client is None:
+                conn.client.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr,
+                                            Prot.READ | Prot.WRITE, pinned=True)
+            state = self._build(kernel, conn, slot, key, client, server)
+        except BaseException:
+            self._domains.keys.release(key)
+            self._free.append(slot)
+            raise
+        self.by_conn[conn] = state
+        self.share_key(kernel, [client, server], key, add=True)
+        self._emit(kernel, state)
+        return state
+
+    def _take_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._next_slot >= ks.MAX_GATES:
+            raise SyscallError(Errno.ENOMEM, f"all {ks.MAX_GATES} gate slots are in use")
+        self._next_slot += 1
+        return self._next_slot - 1
+
+    def _build(self, kernel: Kernel, conn: Connection, slot: int, key: int,
+               client: DomainState | None, server: DomainState) -> GateState:
+        """The connection's pages, all or nothing: ENOMEM leaves none of them behind."""
+        gate_at = ks.GATE_WINDOW + slot * PAGE_SIZE
+        control = ks.CONTROL_WINDOW + slot * PAGE_SIZE
+        pages: list[int] = []
+        borrowed: list[tuple[DomainState, int, int]] = []
+        try:
+            ks.map_page(kernel, gate_at, PageFlags(user=True, executable=True, pkey=KERNEL_KEY))
+            pages.append(gate_at)
+            ks.map_page(kernel, control, PageFlags(user=True, writable=True, pkey=key))
+            pages.append(control)
+            if client is None:
+                save_area = ks.KERNEL_SAVE_WINDOW + slot * PAGE_SIZE
+                ks.map_page(kernel, save_area, PageFlags(user=True, writable=True,
+                                                         pkey=KERNEL_KEY))
+                pages.append(save_area)
+            else:
+                save_area = self._domains.take_pages(kernel, client, 1)
+                borrowed.append((client, save_area, 1))
+            stack_low = self._domains.take_pages(kernel, server, ks.CALL_STACK_PAGES)
+            borrowed.append((server, stack_low, ks.CALL_STACK_PAGES))
+        except (OutOfMemory, SyscallError) as error:
+            ks.unmap_and_free(kernel, pages)
+            for owner, low, count in borrowed:
+                self._domains.return_pages(kernel, owner, low, count)
+            if isinstance(error, SyscallError):
+                raise
+            raise SyscallError(Errno.ENOMEM, f"no memory for a connection: {error}") from error
+        return GateState(conn, slot, key, gate_at, control, save_area,
+                         stack_low + ks.CALL_STACK_PAGES * PAGE_SIZE, client, server, pages,
+                         borrowed)
+
+    # -- keys and code ----------------------------------------------------------------
+
+    def share_key(self, kernel: Kernel, parties: list[DomainState | None], key: int, *,
+                  add: bool) -> None:
+        """Open (or close) a shared key in the parties' domains.
+
+        A domain's PKRU changes, so every thread executing that domain's code follows:
+        the domain's own threads at home, and threads of other domains that run its
+        handler in a call (they hold its PKRU). A thread of the domain that is itself
+        inside another domain's handler keeps that domain's PKRU: its way back is its
+        gate's return half, whose immediate is rewritten here. A thread's PKRU is always
+        the PKRU of the domain whose code it runs.
+        """
+        for party in parties:
+            if party is None or party.group not in self._domains:
+                continue
+            old = party.pkru
+            (party.domain.shared_keys.add if add else party.domain.shared_keys.discard)(key)
+            for thread in self._domains.ring0_threads():
+                if thread.context.pkru == old:
+                    thread.context.pkru = party.pkru
+            for gate in self.by_conn.values():
+                if party in (gate.client, gate.server):
+                    self._emit(kernel, gate)
+
+    def _emit(self, kernel: Kernel, state: GateState) -> None:
+        spec = gates.GateSpec(
+            address=state.address, client_pkru=state.caller_pkru,
+            server_pkru=state.server.pkru, save_area=state.save_area,
+            control=state.control, stack_top=state.stack_top,
+            handler=state.conn.service.handler, badge=state.conn.badge,
+            buffer=state.conn.buffer_vaddr, current_thread=ks.CURRENT_THREAD_PAGE)
+        self._write_page(kernel, state.address, gates.generate(spec))
+
+    def _write_page(self, kernel: Kernel, address: int, code: bytes) -> None:
+        frame = kernel.machine.kernel_space.translate(address)
+        assert frame is not None
+        kernel.machine.mem.zero(frame)
+        kernel.machine.mem.write(frame, code)
+        kernel.machine.code_changed(kernel.machine.kernel_space)
+
+    # -- closing ----------------------------------------------------------------------
+
+    def close(self, kernel: Kernel, state: GateState, *, server_gone: bool) -> None:
+        """Release a gate's slot, pages and key (its call in progress has ended).
+
+        If the server went away under a live in-kernel client, the gate's page stays,
+        rewritten to answer -EPIPE (a tombstone), so the client's later calls fail
+        cleanly instead of faulting; the slot is freed when the client ends.
+        """
+        del self.by_conn[state.conn]
+        pages = state.pages
+        if server_gone and state.client is not None and state.client.group.running:
+            pages = [page for page in pages if page != state.address]
+            self._write_page(kernel, state.address, gates.tombstone())
+            state.client.tombstones.append(state.slot)
+        else:
+            self._free.append(state.slot)
+        ks.unmap_and_free(kernel, pages)
+        for owner, low, count in state.borrowed:
+            self._domains.return_pages(kernel, owner, low, count)
+        self.share_key(kernel, [state.client, state.server], state.shared_key, add=False)
+        self._domains.keys.release(state.shared_key)
+
+    def release_tombstones(self, kernel: Kernel, client: DomainState) -> None:
+        """The client of tombstone gates has ended: their slots are free again."""
+        for slot in client.tombstones:
+            ks.unmap_and_free(kernel, [ks.GATE_WINDOW + slot * PAGE_SIZE])
+            self._free.append(slot)
+        client.tombstones.clear()

@@ -1,0 +1,112 @@
+"""Where in-kernel servers and their gates live on the kernel page table, and the kernel's
+own fixed pages there.
+
+Layout (system-wide virtual addresses; all pages U=1 except the current-thread word, so
+PKRU governs ring-0 access, bridge/domain.py's rules):
+  - each in-kernel server: a REGION_SIZE region below LOW_LIMIT, its image in the lower
+    half, the kernel's allocations for it (stacks, save areas) in the upper half;
+  - one gate slot per connection: its gate page in GATE_WINDOW (key 0, r-x), its control
+    page in CONTROL_WINDOW (the connection's shared key), and for an application client
+    the kernel's save area in KERNEL_SAVE_WINDOW (key 0);
+  - the kernel's own pages, mapped once (`KernelPages`): the stack it calls gates on, the
+    page it returns to, the checked port-I/O routines, and the current-thread word.
+Gates use absolute 32-bit addresses, so everything they name stays below 2 GiB.
+
+Invariants:
+  - Only the kernel maps or unmaps these pages (`map_page`, `unmap_and_free`), always
+    frame and mapping together: a frame is freed only after its mapping is gone.
+  - The kernel's own pages stay mapped for the machine's life, so their frames may be
+    remembered (`KernelPages` writes them without a page walk).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from underbridge.bridge import iocall
+from underbridge.errors import OutOfMemory
+from underbridge.machine.paging import PageFlags
+from underbridge.machine.physmem import PAGE_SIZE, PhysAddr
+
+if TYPE_CHECKING:
+    from underbridge.kernel.kernel import Kernel
+
+REGION_SIZE = 16 << 20  # each in-kernel server's system-wide virtual-address region
+SERVER_STACK_PAGES = 16
+CALL_STACK_PAGES = 4  # a server's stack for one connection's calls
+GATE_WINDOW = 0x6000_0000  # key 0, r-x: one page per connection
+CONTROL_WINDOW = 0x7000_0000  # shared key: a connection's tokens, one page each
+KERNEL_SAVE_WINDOW = 0x7800_0000  # key 0: save areas of the kernel's own calls
+IO_ROUTINES_PAGE = 0x7F00_0000  # key 0, r-x: the checked port-I/O routines (bridge/iocall.py)
+# The id of the thread the CPU runs, for gates to bind a call to its thread (gate.py).
+# A supervisor page (U=0), read-only, not executable: every ring-0 server can read it,
+# none can write it (CR0.WP=1; the monitor traps `mov cr0`). It holds nothing secret.
+CURRENT_THREAD_PAGE = 0x7F00_1000
+MAX_GATES = (IO_ROUTINES_PAGE - KERNEL_SAVE_WINDOW) // PAGE_SIZE  # gate slots (the smallest window)
+LOW_LIMIT = GATE_WINDOW  # in-kernel server regions end below this
+KERNEL_CALL_STACK = 0x6300_0000_0000  # key 0: the stack the kernel calls gates on
+KERNEL_RETURN_PAGE = 0x6300_0001_0000  # key 0, r-x
+KERNEL_RETURN = KERNEL_RETURN_PAGE + 0x800  # where a kernel-called gate returns to
+
+
+def in_gate(rip: int) -> bool:
+    """Is rip inside gate code (where a thread must not be preempted)?"""
+    return GATE_WINDOW <= rip < CONTROL_WINDOW
+
+
+def map_page(kernel: Kernel, vaddr: int, flags: PageFlags) -> PhysAddr:
+    """A fresh frame mapped at vaddr on the kernel page table; nothing left on failure."""
+    frame = kernel.machine.frames.alloc()
+    try:
+        kernel.machine.kernel_space.map(vaddr, frame, flags)
+    except OutOfMemory:  # no frame for a page-table level
+        kernel.machine.frames.free(frame)
+        raise
+    return frame
+
+
+def unmap_and_free(kernel: Kernel, pages: list[int]) -> None:
+    """Unmap kernel-space pages, then free their frames; empties `pages`."""
+    space = kernel.machine.kernel_space
+    for vaddr in pages:
+        frame = space.unmap(vaddr)
+        if frame is not None:
+            kernel.machine.frames.free(frame)
+    pages.clear()
+
+
+class KernelPages:
+    """The kernel's own pages for gate calls, mapped on first use (`ensure`)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self._io_routines: iocall.IoRoutines | None = None
+        self.return_slot = PhysAddr(0)  # where a kernel gate call's return RIP is pushed
+        self._current_thread_word = PhysAddr(0)
+        self._current_tid = 0  # what the current-thread word holds
+
+    def ensure(self, kernel: Kernel) -> None:
+        if self.ready:
+            return
+        stack = map_page(kernel, KERNEL_CALL_STACK, PageFlags(user=True, writable=True))
+        self.return_slot = PhysAddr(stack + PAGE_SIZE - 8)
+        code, self._io_routines = iocall.generate(IO_ROUTINES_PAGE)
+        io_page = map_page(kernel, IO_ROUTINES_PAGE, PageFlags(user=True, executable=True))
+        kernel.machine.mem.write(io_page, code)
+        ret = map_page(kernel, KERNEL_RETURN_PAGE, PageFlags(user=True, executable=True))
+        # Never run by the kernel (run() stops first); a server jumping here gets #UD.
+        kernel.machine.mem.write(ret, b"\x0f\x0b" * (PAGE_SIZE // 2))
+        self._current_thread_word = map_page(kernel, CURRENT_THREAD_PAGE, PageFlags(user=False))
+        self.ready = True
+
+    def io_routines(self, kernel: Kernel) -> iocall.IoRoutines:
+        """Where the checked port-I/O routines are (mapping the pages on first use)."""
+        self.ensure(kernel)
+        assert self._io_routines is not None
+        return self._io_routines
+
+    def set_current_thread(self, kernel: Kernel, tid: int) -> None:
+        """Ring-0 code is about to run on thread `tid`: the current-thread word says so."""
+        if self.ready and tid != self._current_tid:
+            kernel.machine.mem.write_u64(self._current_thread_word, tid)
+            self._current_tid = tid
