@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from underbridge.abi.syscalls import Errno
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.domain import KeyAllocator, kernel_call_pkru
 from underbridge.errors import ResourceExhausted, SyscallError
 from underbridge.kernel.ipc.underbridge import CURRENT_THREAD_PAGE, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.pkru import access_disabled, write_disabled

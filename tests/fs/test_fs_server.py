@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from underbridge.abi.syscalls import Sys
 from underbridge.fs import ubfs
 from underbridge.fs.storage import (
     FS_BASE,
@@ -23,7 +24,6 @@ from underbridge.fs.storage import (
 from underbridge.fs.ubfs import Ubfs
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
-from underbridge.kernel.syscalls import Sys
 from underbridge.machine.cpu import Machine
 from underbridge.toolchain import build_program, symbol
 

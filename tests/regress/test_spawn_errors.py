@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from underbridge.abi.syscalls import Errno
 from underbridge.cli import EXIT_USER_ERROR, main
 from underbridge.errors import ElfError, ResourceExhausted, UserError
 from underbridge.kernel.ipc.underbridge import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.cpu import Machine
 from underbridge.toolchain import build_program
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from underbridge.abi.syscalls import Errno
 from underbridge.errors import SyscallError
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.paging import NUM_PKEYS
 from underbridge.machine.pkru import pkru_allowing
 
