@@ -52,10 +52,10 @@ from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.gate import wrpkru_offsets
 from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.scan import scan_elf
+from underbridge.elf.image import parse_elf
 from underbridge.errors import UserError
 from underbridge.kernel.ipc.underbridge import CURRENT_THREAD_PAGE, KERNEL_RETURN, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import ThreadState
 from underbridge.machine.context import Reg

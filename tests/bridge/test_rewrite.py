@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from underbridge.asm import assemble
 from underbridge.bridge.rewrite import JMP_LEN, IoRoutines, RewriteRefused, rewrite_elf
 from underbridge.bridge.scan import scan_elf
+from underbridge.elf.image import PAGE_SIZE, parse_elf
 from underbridge.errors import ElfError, UserError
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.loader import PAGE_SIZE, map_image, parse_elf
+from underbridge.kernel.loader import map_image
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import GENERAL_PROTECTION

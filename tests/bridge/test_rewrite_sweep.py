@@ -29,7 +29,7 @@ from underbridge.bridge.rewrite import (
     _Program,
 )
 from underbridge.bridge.scan import scan_image
-from underbridge.kernel.loader import parse_elf
+from underbridge.elf.image import parse_elf
 
 from .test_rewrite import make_elf
 

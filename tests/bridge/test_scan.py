@@ -30,9 +30,9 @@ from underbridge.bridge.scan import (
     scan_code,
     scan_elf,
 )
+from underbridge.elf.image import parse_elf
 from underbridge.errors import ElfError, UserError
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.loader import parse_elf
 from underbridge.machine.cpu import Machine
 
 WRPKRU = b"\x0f\x01\xef"

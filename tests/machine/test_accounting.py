@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from underbridge.asm import assemble
+from underbridge.elf.image import parse_elf
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.loader import parse_elf
 from underbridge.machine.accounting import block_cost, instruction_event, is_mov_to_cr3
 from underbridge.machine.costs import COSTS, REFERENCE, cycles
 from underbridge.machine.cpu import ExitKind, Machine

@@ -22,10 +22,10 @@ from underbridge.bridge.rewrite import (
     RewriteRefused,
     rewrite_elf,
 )
+from underbridge.elf.image import PAGE_SIZE
 from underbridge.errors import UserError
 from underbridge.kernel.ipc.underbridge import IO_ROUTINES_PAGE
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.loader import PAGE_SIZE
 from underbridge.machine.cpu import Machine
 
 from ..bridge.test_rewrite import make_elf

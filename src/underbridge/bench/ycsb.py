@@ -35,12 +35,12 @@ from rich.table import Table
 from underbridge.bench.ipc import IN_KERNEL_MODES
 from underbridge.bench.markers import MarkRecorder
 from underbridge.bench.ycsb_workload import YcsbSummary, run_native
+from underbridge.elf.image import parse_elf
 from underbridge.fs.storage import FS_BASE, RAMDISK_BASE, Storage, start_storage
 from underbridge.fs.ubfs import Ubfs
 from underbridge.kernel.ipc import DESIGNS
 from underbridge.kernel.ipc.underbridge import CONTROL_WINDOW, GATE_WINDOW, REGION_SIZE
 from underbridge.kernel.kernel import IPC_CATEGORY, Kernel
-from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import Thread
 from underbridge.machine.costs import NOMINAL_HZ

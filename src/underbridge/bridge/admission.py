@@ -43,7 +43,7 @@ _VETTING_SOURCES = (
     "bridge/rewrite.py",
     "bridge/scan.py",
     "bridge/iocall.py",
-    "kernel/loader.py",
+    "elf/image.py",
     "bridge/admission.py",
 )
 

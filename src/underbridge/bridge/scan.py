@@ -57,8 +57,8 @@ from typing import Any, NamedTuple
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
+from underbridge.elf.image import PAGE_SIZE, ElfImage, Segment, parse_elf
 from underbridge.errors import ElfError
-from underbridge.kernel.loader import PAGE_SIZE, ElfImage, Segment, parse_elf
 from underbridge.machine.privileged import privileged_name
 
 WRPKRU = b"\x0f\x01\xef"
