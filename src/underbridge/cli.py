@@ -156,9 +156,9 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
       underbridge run hello
       underbridge run --c mine.c first-arg second-arg
     """
+    from underbridge.guestbuild.toolchain import build_program
     from underbridge.kernel.kernel import Kernel
     from underbridge.machine.cpu import Machine
-    from underbridge.toolchain import build_program
 
     if program is None and c_file is None:
         raise UserError("name a program from guest/apps or give --c FILE.c",

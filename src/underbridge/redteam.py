@@ -54,6 +54,7 @@ from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.scan import scan_elf
 from underbridge.elf.image import parse_elf
 from underbridge.errors import UserError
+from underbridge.guestbuild.toolchain import build_program, guest_root, symbol
 from underbridge.kernel.ipc.underbridge import CURRENT_THREAD_PAGE, KERNEL_RETURN, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
@@ -61,7 +62,6 @@ from underbridge.kernel.objects.thread import ThreadState
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, Machine
 from underbridge.machine.oracle import Access, Violation
-from underbridge.toolchain import build_program, guest_root, symbol
 
 if TYPE_CHECKING:
     from underbridge.kernel.ipc.underbridge import GateState, UnderbridgeIpc

@@ -18,8 +18,6 @@ import pytest
 from capstone import CS_ARCH_X86, CS_GRP_RET, CS_MODE_64, Cs, CsInsn
 from capstone.x86 import X86_OP_IMM
 
-from underbridge import toolchain
-from underbridge.asm import assemble
 from underbridge.bridge.rewrite import (
     _BRANCH_GROUPS,
     _BRANCHES,
@@ -30,6 +28,8 @@ from underbridge.bridge.rewrite import (
 )
 from underbridge.bridge.scan import scan_image
 from underbridge.elf.image import parse_elf
+from underbridge.guestbuild import toolchain
+from underbridge.guestbuild.asm import assemble
 
 from .test_rewrite import make_elf
 

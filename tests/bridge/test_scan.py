@@ -21,7 +21,6 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from underbridge import toolchain
 from underbridge.bridge.gate import GateSpec, generate, wrpkru_offsets
 from underbridge.bridge.scan import (
     PKRU_CLASSES,
@@ -32,6 +31,7 @@ from underbridge.bridge.scan import (
 )
 from underbridge.elf.image import parse_elf
 from underbridge.errors import ElfError, UserError
+from underbridge.guestbuild import toolchain
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import Machine
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from underbridge.asm import assemble
 from underbridge.elf.image import parse_elf
+from underbridge.guestbuild.asm import assemble
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.accounting import block_cost, instruction_event, is_mov_to_cr3
 from underbridge.machine.costs import COSTS, REFERENCE, cycles
 from underbridge.machine.cpu import ExitKind, Machine
-from underbridge.toolchain import build_program
 
 from .conftest import Scratch
 

@@ -12,13 +12,13 @@ unmap left empty.
 
 from underbridge.abi.syscalls import Limit
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.handlers.ipc import IPC_SLOT_SPACING, IPC_WINDOW
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import ThreadState
 from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.physmem import PAGE_SIZE, PhysAddr
-from underbridge.toolchain import build_program
 
 BUFFER_PAGES = Limit.IPC_BUFFER_SIZE // PAGE_SIZE
 

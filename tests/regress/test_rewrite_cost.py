@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from underbridge.asm import assemble
 from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.rewrite import (
     MAX_CODE_BYTES,
@@ -24,6 +23,7 @@ from underbridge.bridge.rewrite import (
 )
 from underbridge.elf.image import PAGE_SIZE
 from underbridge.errors import UserError
+from underbridge.guestbuild.asm import assemble
 from underbridge.kernel.ipc.underbridge import IO_ROUTINES_PAGE
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import Machine

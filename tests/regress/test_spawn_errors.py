@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from underbridge.abi.syscalls import Errno
 from underbridge.cli import EXIT_USER_ERROR, main
 from underbridge.errors import ElfError, ResourceExhausted, UserError
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.ipc.underbridge import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 BIG_BSS = """#include "ub.h"
 char big[100 << 20];

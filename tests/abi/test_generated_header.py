@@ -1,7 +1,7 @@
 """The committed syscall header is exactly what the syscall table generates."""
 
 from underbridge.abi.syscalls import render_header
-from underbridge.toolchain import guest_root
+from underbridge.guestbuild.toolchain import guest_root
 
 
 def test_ub_syscall_header_is_current():
