@@ -37,7 +37,7 @@ from underbridge.kernel.objects.capgroup import CapGroup, Ending, GroupState
 from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.objects.vmspace import VmSpace
-from underbridge.kernel.process import USER_STACK_TOP, build_image
+from underbridge.kernel.process_image import USER_STACK_TOP, build_image
 from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
 from underbridge.kernel.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.machine.accounting import KERNEL as KERNEL_CATEGORY
