@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from underbridge.abi.syscalls import Errno
-from underbridge.cli import EXIT_USER_ERROR, main
+from underbridge.cli import main
+from underbridge.cli.common import EXIT_USER_ERROR
 from underbridge.errors import ElfError, ResourceExhausted, UserError
 from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.ipc.underbridge import REGION_SIZE
