@@ -21,6 +21,14 @@ from underbridge.cli import attack, guests, measure
 def main() -> None:
     """UnderBridge: a microkernel with servers in kernel space, isolated by protection keys."""
 
-for _command in (guests.run, guests.demo, guests.scan, measure.bench, measure.reproduce,
-                 attack.redteam, attack.fuzz):
+
+for _command in (
+    guests.run,
+    guests.demo,
+    guests.scan,
+    measure.bench,
+    measure.reproduce,
+    attack.redteam,
+    attack.fuzz,
+):
     main.add_command(_command)
