@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from underbridge.toolchain import build_program
+from underbridge.guestbuild.toolchain import build_program
 
 HELLO_BASE = 0x400000
 

@@ -80,7 +80,7 @@ def test_bench_ipc_json_has_the_documented_shape():
 
 
 def test_scan_reports_a_hidden_wrpkru_and_exits_1(tmp_path, hello_elf):
-    from underbridge.toolchain import build_program
+    from underbridge.guestbuild.toolchain import build_program
 
     source = tmp_path / "hidden.c"
     source.write_text('#include "ub.h"\nint main(void) {\n'

@@ -1,6 +1,6 @@
 """The red team (`underbridge redteam`): every attack is stopped, for the expected reason.
 
-The expected reasons are spelled out here again, independently of redteam.py's own
+The expected reasons are spelled out here again, independently of redteam/rows.py's own
 table, so a wrong expectation there cannot make a row pass here.
 """
 

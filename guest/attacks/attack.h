@@ -1,4 +1,4 @@
-/* attack.h: what the red-team attacks in this directory share (src/underbridge/redteam.py).
+/* attack.h: what the red-team attacks in this directory share (src/underbridge/redteam/).
  *
  * Each attack gets its targets as hexadecimal argv words: the red team reads them from
  * the kernel's state and the victims' ELF files, so no address is guessed here. What an

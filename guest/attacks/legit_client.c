@@ -3,7 +3,7 @@
  *
  * It connects to echo, makes one checked ECHO_REGS call through its gate, prints
  * "legit_client: call ok", then blocks for good on a notification nobody signals (its
- * connection stays open while the attacker runs). Used by src/underbridge/redteam.py.
+ * connection stays open while the attacker runs). Used by src/underbridge/redteam/.
  */
 #include "ub.h"
 #include "ub_ipc.h"

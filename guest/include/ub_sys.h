@@ -2,7 +2,7 @@
  *
  * Each is a one-line inline function over ub_syscallN, so a call compiles to the bare
  * `syscall` with no extra frame. What each call does, its arguments and its results are
- * documented once, in the generated ub_syscall.h (from kernel/syscalls.py); results are
+ * documented once, in the generated ub_syscall.h (from abi/syscalls.py); results are
  * a slot or 0 on success, -UB_Exxx on error. The IPC calls live in ub_ipc.h.
  */
 #ifndef UB_SYS_H

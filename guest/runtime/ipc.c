@@ -1,7 +1,7 @@
 /* ipc.c: the IPC library (see ub_ipc.h for the API).
  *
  * IPC_CONNECT, IPC_CALL and IPC_REPLY_WAIT return values in argument registers as
- * well as RAX (kernel/syscalls.py), which the generic ub_syscallN stubs cannot express.
+ * well as RAX (abi/syscalls.py), which the generic ub_syscallN stubs cannot express.
  * So each has its own asm with every register named: a register the kernel writes is an
  * in/out ("+") or output ("=") operand, never a plain input, or gcc would assume it
  * still holds what it put there. r8-r10 have no constraint letter, hence the

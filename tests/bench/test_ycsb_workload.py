@@ -40,8 +40,8 @@ from underbridge.bench.ycsb_workload import (
     YcsbGenerator,
     YcsbSummary,
 )
-from underbridge.sqlite_source import amalgamation_dir
-from underbridge.toolchain import cache_root, guest_root
+from underbridge.guestbuild.sqlite_source import amalgamation_dir
+from underbridge.guestbuild.toolchain import cache_root, guest_root
 
 YCSB_DIR = guest_root() / "apps" / "ycsb"
 UINT64 = st.integers(0, 2**64 - 1)

@@ -10,9 +10,9 @@ from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.rewrite import rewrite_elf
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import UserError
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 ROUTINES = IoRoutines(inb=0x7FF0_0080, outb=0x7FF0_0000)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from underbridge.abi.syscalls import Errno
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.domain import KeyAllocator, kernel_call_pkru
 from underbridge.errors import ResourceExhausted, SyscallError
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.ipc.kernel_space import CURRENT_THREAD_PAGE, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.pkru import access_disabled, write_disabled
-from underbridge.toolchain import build_program
 
 
 def test_keys_are_1_to_15_and_exhaustion_is_a_clear_error():

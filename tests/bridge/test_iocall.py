@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from underbridge.abi.syscalls import Errno, Sys
 from underbridge.bench import deprivilege
 from underbridge.bridge.iocall import generate
 from underbridge.bridge.scan import scan_code
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.dispatch import dispatch
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
-from underbridge.kernel.syscalls import Errno, Sys
 from underbridge.machine.costs import cycles
 from underbridge.machine.cpu import Machine
 from underbridge.machine.faults import VM_EXIT
-from underbridge.toolchain import build_program
 
 PORT = 0x80
 

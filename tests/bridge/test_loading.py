@@ -13,10 +13,10 @@ import pytest
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import UserError
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 # An echo-compatible server (guest/include/echo_proto.h) whose handler adds and then
 # subtracts 0x90ef010f: the immediate's bytes 0f 01 ef are a hidden wrpkru.

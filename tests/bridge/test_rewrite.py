@@ -18,16 +18,17 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from underbridge.asm import assemble
 from underbridge.bridge.rewrite import JMP_LEN, IoRoutines, RewriteRefused, rewrite_elf
 from underbridge.bridge.scan import scan_elf
+from underbridge.elf.image import PAGE_SIZE, parse_elf
 from underbridge.errors import ElfError, UserError
+from underbridge.guestbuild.asm import assemble
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.loader import PAGE_SIZE, map_image, parse_elf
+from underbridge.kernel.loader import map_image
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import GENERAL_PROTECTION
-from underbridge.toolchain import build_program
 
 from ..machine.conftest import STACK_TOP, USER_RW, Scratch
 

@@ -18,8 +18,6 @@ import pytest
 from capstone import CS_ARCH_X86, CS_GRP_RET, CS_MODE_64, Cs, CsInsn
 from capstone.x86 import X86_OP_IMM
 
-from underbridge import toolchain
-from underbridge.asm import assemble
 from underbridge.bridge.rewrite import (
     _BRANCH_GROUPS,
     _BRANCHES,
@@ -29,7 +27,9 @@ from underbridge.bridge.rewrite import (
     _Program,
 )
 from underbridge.bridge.scan import scan_image
-from underbridge.kernel.loader import parse_elf
+from underbridge.elf.image import parse_elf
+from underbridge.guestbuild import toolchain
+from underbridge.guestbuild.asm import assemble
 
 from .test_rewrite import make_elf
 

@@ -21,7 +21,6 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from underbridge import toolchain
 from underbridge.bridge.gate import GateSpec, generate, wrpkru_offsets
 from underbridge.bridge.scan import (
     PKRU_CLASSES,
@@ -30,9 +29,10 @@ from underbridge.bridge.scan import (
     scan_code,
     scan_elf,
 )
+from underbridge.elf.image import parse_elf
 from underbridge.errors import ElfError, UserError
+from underbridge.guestbuild import toolchain
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.loader import parse_elf
 from underbridge.machine.cpu import Machine
 
 WRPKRU = b"\x0f\x01\xef"

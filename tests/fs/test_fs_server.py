@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from underbridge.abi.syscalls import Sys
 from underbridge.fs import ubfs
 from underbridge.fs.storage import (
     FS_BASE,
@@ -21,11 +22,10 @@ from underbridge.fs.storage import (
     start_storage,
 )
 from underbridge.fs.ubfs import Ubfs
+from underbridge.guestbuild.toolchain import build_program, symbol
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
-from underbridge.kernel.syscalls import Sys
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program, symbol
 
 MODES = ("sel4", "underbridge")
 FNV_OFFSET, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3

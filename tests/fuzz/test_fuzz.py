@@ -17,8 +17,8 @@ from underbridge import fuzz
 from underbridge.cli import main
 from underbridge.fuzz import elf
 from underbridge.fuzz.syscalls import MAX_IDLE, PLACEMENTS
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
-from underbridge.toolchain import build_program
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from underbridge.guestbuild.toolchain import build_program, guest_root
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
 from underbridge.machine.oracle import Access, Violation
-from underbridge.toolchain import build_program, guest_root
 
 GUESTS = Path(__file__).parent.parent / "guests"
 FAULTY_BASE, RELAY_BASE, CLIENT_BASE, APP_BASE = 0x0300_0000, 0x0400_0000, 0x0500_0000, 0x40_0000

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from underbridge.abi.syscalls import Sys
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import ThreadState
-from underbridge.kernel.syscalls import Sys
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,17 @@ from __future__ import annotations
 import pytest
 
 from tests.kernel.test_syscalls import Guest, err, register
+from underbridge.abi.syscalls import Errno, Rights, Sys
 from underbridge.bench import ipc as ipc_bench
 from underbridge.bench.markers import MarkRecorder
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.dispatch import dispatch
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
 from underbridge.kernel.ipc.underbridge import UnderbridgeIpc
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import ThreadState
-from underbridge.kernel.syscalls import Errno, Rights, Sys
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 ROUNDS = 40
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from underbridge.guestbuild.toolchain import build_program, guest_root
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
-from underbridge.kernel.process import initial_stack
+from underbridge.kernel.process_image import initial_stack
 from underbridge.machine.cpu import Machine
 from underbridge.machine.faults import GENERAL_PROTECTION
-from underbridge.toolchain import build_program, guest_root
 
 
 @pytest.fixture

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from underbridge.abi.syscalls import Errno
 from underbridge.errors import UserError
+from underbridge.guestbuild.toolchain import build_program, guest_root
 from underbridge.kernel import linux_abi
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.linux_abi import LinuxSys
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import Machine
 from underbridge.machine.physmem import PAGE_SIZE
-from underbridge.toolchain import build_program, guest_root
 
 PROBE_BASE = 0x0800_0000
 

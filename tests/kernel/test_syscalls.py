@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
+from underbridge.abi.syscalls import SYSCALLS, Errno, ObjType, Prot, Rights, Sys
 from underbridge.kernel.dispatch import HANDLERS, dispatch
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import ThreadState
-from underbridge.kernel.process import USER_STACK_TOP
-from underbridge.kernel.syscalls import SYSCALLS, Errno, ObjType, Prot, Rights, Sys
+from underbridge.kernel.process_image import USER_STACK_TOP
 from underbridge.kernel.umem import copy_in, copy_out
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import KERNEL_DATA, Machine

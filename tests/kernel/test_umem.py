@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from underbridge.abi.syscalls import Errno
 from underbridge.errors import SyscallError
-from underbridge.kernel.syscalls import Errno
 from underbridge.kernel.umem import MAX_COPY, copy_in, copy_out
 from underbridge.machine.cpu import KERNEL_DATA, Machine
 from underbridge.machine.paging import PageFlags

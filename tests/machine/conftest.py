@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from underbridge.asm import assemble
+from underbridge.guestbuild.asm import assemble
 from underbridge.machine.context import CpuContext
 from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import PageFlags, PageTable

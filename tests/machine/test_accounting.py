@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from underbridge.asm import assemble
+from underbridge.elf.image import parse_elf
+from underbridge.guestbuild.asm import assemble
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.loader import parse_elf
 from underbridge.machine.accounting import (
     Accounting,
     Charges,
@@ -20,7 +21,6 @@ from underbridge.machine.accounting import (
 from underbridge.machine.costs import COSTS, REFERENCE, cycles
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.native_accounting import NativeAccounting
-from underbridge.toolchain import build_program
 
 from .conftest import Scratch
 

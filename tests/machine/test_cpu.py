@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from underbridge.machine import privilege
+from underbridge.machine import rings
 from underbridge.machine.context import SYSCALL_ARG_REGS, Reg
 from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, KERNEL_TEXT, ExitKind, Machine
 from underbridge.machine.faults import GENERAL_PROTECTION, INVALID_OPCODE
@@ -30,19 +30,19 @@ def test_contexts_start_in_the_requested_ring(scratch):
 
 
 def test_control_registers_are_configured(machine):
-    regs = privilege.control_registers(machine.uc)
-    assert regs["cr0"] & privilege.CR0_WP and regs["cr0"] & privilege.CR0_PG
-    assert regs["cr4"] & privilege.CR4_PKE and regs["cr4"] & privilege.CR4_PAE
-    assert not regs["cr4"] & (privilege.CR4_SMEP | privilege.CR4_SMAP)
-    assert regs["efer"] & privilege.EFER_NXE and regs["efer"] & privilege.EFER_SCE
+    regs = rings.control_registers(machine.uc)
+    assert regs["cr0"] & rings.CR0_WP and regs["cr0"] & rings.CR0_PG
+    assert regs["cr4"] & rings.CR4_PKE and regs["cr4"] & rings.CR4_PAE
+    assert not regs["cr4"] & (rings.CR4_SMEP | rings.CR4_SMAP)
+    assert regs["efer"] & rings.EFER_NXE and regs["efer"] & rings.EFER_SCE
 
 
 def test_gdt_descriptors_match_the_selectors():
-    entries = privilege.GDT_ENTRIES
-    assert (entries[privilege.USER_CS >> 3] >> 45) & 3 == 3  # DPL 3
-    assert (entries[privilege.USER_CS >> 3] >> 53) & 1 == 1  # L: 64-bit code
-    assert (entries[privilege.KERNEL_CS >> 3] >> 45) & 3 == 0
-    assert privilege.STAR >> 48 == privilege.USER_CS - 16 - 3  # sysretq loads CS = base+16
+    entries = rings.GDT_ENTRIES
+    assert (entries[rings.USER_CS >> 3] >> 45) & 3 == 3  # DPL 3
+    assert (entries[rings.USER_CS >> 3] >> 53) & 1 == 1  # L: 64-bit code
+    assert (entries[rings.KERNEL_CS >> 3] >> 45) & 3 == 0
+    assert rings.STAR >> 48 == rings.USER_CS - 16 - 3  # sysretq loads CS = base+16
 
 
 def test_syscall_exits_to_the_kernel_with_rip_past_it(scratch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from underbridge.asm import assemble
+from underbridge.guestbuild.asm import assemble
 from underbridge.machine.context import Reg
 from underbridge.machine.costs import cycles
 from underbridge.machine.cpu import ExitKind, Machine

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.kernel.objects.thread import ThreadState
@@ -17,7 +18,6 @@ from underbridge.machine.cpu import Exit, ExitKind, Machine
 from underbridge.machine.faults import PAGE_FAULT, VM_EXIT
 from underbridge.machine.native_accounting import NativeAccounting
 from underbridge.machine.physmem import PAGE_SIZE
-from underbridge.toolchain import build_program
 
 from .conftest import DATA_VA, STACK_TOP, USER_CODE, USER_RW, Scratch
 

@@ -1,5 +1,5 @@
 """Shared by the regression files of issue 10's isolation breaks: run one red-team row
-(src/underbridge/redteam.py) and check what every such row must show."""
+(src/underbridge/redteam/rows.py) and check what every such row must show."""
 
 from __future__ import annotations
 

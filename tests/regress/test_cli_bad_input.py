@@ -16,7 +16,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from underbridge.cli import EXIT_USER_ERROR, main
+from underbridge.cli import main
+from underbridge.cli.common import EXIT_USER_ERROR
 
 PRINTS_ITS_ARGUMENT = """#include "ub.h"
 int main(int argc, char **argv) {

@@ -9,11 +9,11 @@ connection is closed during its call is found by the thread's `calling` instead:
 still gets EPIPE when the server dies.
 """
 
+from underbridge.abi.syscalls import Errno, Sys
 from underbridge.kernel.dispatch import dispatch
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import ThreadState
-from underbridge.kernel.process import USER_STACK_TOP
-from underbridge.kernel.syscalls import Errno, Sys
+from underbridge.kernel.process_image import USER_STACK_TOP
 from underbridge.kernel.umem import copy_out
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import Machine

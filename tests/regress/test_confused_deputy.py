@@ -6,13 +6,13 @@ WAIT could write into another server or forge a gate's call token (found by the 
 team). Fixed by checking the page's protection key against the caller's PKRU.
 """
 
+from underbridge.abi.syscalls import Errno, Prot, Rights, Sys
 from underbridge.bench.ipc import ECHO_BASE
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.cap import Cap
 from underbridge.kernel.dispatch import dispatch
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.syscalls import Errno, Prot, Rights, Sys
 from underbridge.machine.cpu import KERNEL_DATA, Machine
-from underbridge.toolchain import build_program
 
 ECHO_STACK = ECHO_BASE + 0x00FF_EFF0  # echo's initial stack, under echo's key
 

@@ -10,12 +10,12 @@ connection's key and pages are given back.
 
 from underbridge.bench.ipc import ECHO_BASE
 from underbridge.errors import OutOfMemory
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.ipc.kernel_space import GATE_WINDOW
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import ThreadState
 from underbridge.machine.cpu import Machine
 from underbridge.machine.physmem import PAGE_SIZE
-from underbridge.toolchain import build_program
 
 SOURCE = r"""
 #include "ub.h"

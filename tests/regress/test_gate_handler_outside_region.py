@@ -8,10 +8,10 @@ Fixed in UnderbridgeIpc.connect: the handler must lie in the server's image (the
 half of its region), else the connect fails with -EINVAL and nothing is allocated.
 """
 
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 SERVER_BASE = 0x0300_0000
 SOURCE = r"""

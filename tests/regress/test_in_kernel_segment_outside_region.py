@@ -13,10 +13,10 @@ import pytest
 
 from underbridge.bench.ipc import ECHO_BASE
 from underbridge.errors import UserError
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.ipc.kernel_space import CONTROL_WINDOW, GATE_WINDOW, REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 from .elf_edit import P_MEMSZ, P_VADDR, load_offsets, with_field
 

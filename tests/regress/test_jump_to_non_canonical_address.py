@@ -10,11 +10,11 @@ instruction bytes and only the guest ends.
 
 import pytest
 
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
 from underbridge.machine.faults import GENERAL_PROTECTION
-from underbridge.toolchain import build_program
 
 SOURCE = r"""
 #include "ub.h"

@@ -7,10 +7,10 @@ Linux-ABI guest calling munmap(0x624f00578867f000, 4096) stopped Kernel.run (fou
 linux_abi.sys_munmap: a range that leaves the lower half is -EINVAL, as on Linux.
 """
 
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 SOURCE = r"""
 static long linux_syscall2(long n, unsigned long a, unsigned long b)

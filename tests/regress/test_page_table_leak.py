@@ -10,15 +10,15 @@ in kernel space. Fixed by freeing, in unmap, every table below the root that the
 unmap left empty.
 """
 
+from underbridge.abi.syscalls import Limit
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.handlers.ipc import IPC_SLOT_SPACING, IPC_WINDOW
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import ThreadState
-from underbridge.kernel.syscalls import Limit
 from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.physmem import PAGE_SIZE, PhysAddr
-from underbridge.toolchain import build_program
 
 BUFFER_PAGES = Limit.IPC_BUFFER_SIZE // PAGE_SIZE
 

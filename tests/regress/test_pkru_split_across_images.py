@@ -17,9 +17,9 @@ import struct
 
 import pytest
 
-from underbridge.asm import assemble
 from underbridge.bridge.scan import scan_elf
 from underbridge.errors import UserError
+from underbridge.guestbuild.asm import assemble
 from underbridge.kernel.ipc.kernel_space import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import KERNEL_DATA, Machine

@@ -11,9 +11,9 @@ import pytest
 
 from underbridge.bench.ipc import ECHO_BASE
 from underbridge.errors import UserError
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 
 def test_a_second_server_in_a_taken_region_is_refused_cleanly():

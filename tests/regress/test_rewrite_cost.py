@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from underbridge.asm import assemble
 from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.rewrite import (
     MAX_CODE_BYTES,
@@ -22,10 +21,11 @@ from underbridge.bridge.rewrite import (
     RewriteRefused,
     rewrite_elf,
 )
+from underbridge.elf.image import PAGE_SIZE
 from underbridge.errors import UserError
+from underbridge.guestbuild.asm import assemble
 from underbridge.kernel.ipc.kernel_space import IO_ROUTINES_PAGE
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.loader import PAGE_SIZE
 from underbridge.machine.cpu import Machine
 
 from ..bridge.test_rewrite import make_elf

@@ -12,7 +12,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from underbridge.cli import EXIT_BUDGET, main
+from underbridge.cli import main
+from underbridge.cli.guests import EXIT_BUDGET
 from underbridge.kernel.sched import DEFAULT_QUANTUM
 
 BUDGET = 300_000

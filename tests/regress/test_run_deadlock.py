@@ -13,11 +13,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from underbridge.cli import EXIT_DEADLOCK, main
+from underbridge.cli import main
+from underbridge.cli.guests import EXIT_DEADLOCK
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import ThreadState
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 WAITS_FOREVER = """#include "ub.h"
 #include "ub_sys.h"

@@ -11,7 +11,7 @@ import pytest
 
 from underbridge.errors import ElfError
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.process import USER_STACK_TOP
+from underbridge.kernel.process_image import USER_STACK_TOP
 from underbridge.machine.cpu import Machine
 
 from .elf_edit import P_VADDR, load_offsets, with_field

@@ -12,13 +12,14 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from underbridge.cli import EXIT_USER_ERROR, main
+from underbridge.abi.syscalls import Errno
+from underbridge.cli import main
+from underbridge.cli.common import EXIT_USER_ERROR
 from underbridge.errors import ElfError, ResourceExhausted, UserError
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.ipc.kernel_space import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 BIG_BSS = """#include "ub.h"
 char big[100 << 20];

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 GUESTS = Path(__file__).parent.parent / "guests"
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from underbridge.bench.markers import MarkRecorder
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 DRIVER_BASE = 0x0300_0000
 PORT = 0x80

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from underbridge.bench.markers import MarkRecorder
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.kernel.objects.thread import ThreadState
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 PATHS = ("app-server", "server-server")
 ECHO_BASE = 0x0100_0000

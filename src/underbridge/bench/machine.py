@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from underbridge.asm import assemble
+from underbridge.guestbuild.asm import assemble
 from underbridge.machine.context import CpuContext, Reg
 from underbridge.machine.cpu import UNLIMITED_COUNT, ExitKind, Machine
 from underbridge.machine.paging import PageFlags

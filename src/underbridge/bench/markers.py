@@ -15,10 +15,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from underbridge.abi.syscalls import Sys
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Sys
 
 
 @dataclass(frozen=True, slots=True)

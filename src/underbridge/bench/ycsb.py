@@ -34,18 +34,18 @@ from rich.table import Table
 
 from underbridge.bench.markers import MarkRecorder
 from underbridge.bench.ycsb_workload import YcsbSummary, run_native
+from underbridge.elf.image import parse_elf
 from underbridge.fs.storage import FS_BASE, RAMDISK_BASE, Storage, start_storage
 from underbridge.fs.ubfs import Ubfs
+from underbridge.guestbuild.sqlite_source import amalgamation_dir, sqlite_object
+from underbridge.guestbuild.toolchain import build_program, guest_root, symbol
 from underbridge.kernel.ipc.kernel_space import CONTROL_WINDOW, GATE_WINDOW, REGION_SIZE
 from underbridge.kernel.ipc.registry import DESIGNS
 from underbridge.kernel.kernel import IPC_CATEGORY, Kernel
-from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import Thread
 from underbridge.machine.costs import NOMINAL_HZ
 from underbridge.machine.cpu import Machine
-from underbridge.sqlite_source import amalgamation_dir, sqlite_object
-from underbridge.toolchain import build_program, guest_root, symbol
 
 MODES = DESIGNS
 YCSB_BASE = 0x0800_0000

@@ -30,10 +30,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from underbridge import toolchain
 from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.rewrite import RewriteRefused, rewrite_elf
 from underbridge.bridge.scan import Finding, scan_elf
+from underbridge.guestbuild import toolchain
 
 _SCHEMA = b"underbridge-admission-v1"
 _MEMO_ENTRIES = 64
@@ -43,7 +43,7 @@ _VETTING_SOURCES = (
     "bridge/rewrite.py",
     "bridge/scan.py",
     "bridge/iocall.py",
-    "kernel/loader.py",
+    "elf/image.py",
     "bridge/admission.py",
 )
 

@@ -32,8 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
+from underbridge.abi.syscalls import Errno
 from underbridge.errors import SyscallError
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.paging import NUM_PKEYS
 from underbridge.machine.pkru import pkru_allowing
 

@@ -64,9 +64,9 @@ import functools
 import struct
 from dataclasses import dataclass, replace
 
-from underbridge.asm import assemble
+from underbridge.abi.syscalls import Errno
 from underbridge.errors import KernelBug
-from underbridge.kernel.syscalls import Errno
+from underbridge.guestbuild.asm import assemble
 
 MSG_SIZE = 48  # struct ub_msg: badge, buf, mr[4]
 SAVED_REGS = ("rsp", "rbx", "rbp", "r12", "r13", "r14", "r15")

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from underbridge.asm import assemble
-from underbridge.kernel.syscalls import Sys
+from underbridge.abi.syscalls import Sys
+from underbridge.guestbuild.asm import assemble
 
 SAVED = ("rcx", "rdx", "rsi", "rdi", "r11")  # syscall clobbers RCX and R11; arguments
 INB_OFFSET = 0x80  # outb at the start of the page, inb here

@@ -113,8 +113,8 @@ from elftools.elf.elffile import ELFFile
 
 from underbridge.bridge.iocall import IoRoutines
 from underbridge.bridge.scan import Finding, Instruction, _Region, _regions, scan_elf, scan_image
+from underbridge.elf.image import PAGE_SIZE, ElfImage, parse_elf
 from underbridge.errors import UserError
-from underbridge.kernel.loader import PAGE_SIZE, ElfImage, parse_elf
 
 JMP_LEN = 5  # E9 rel32: the patch written over a site
 _INT3, _NOP, _PUSHFQ, _POPFQ = 0xCC, 0x90, 0x9C, 0x9D

@@ -24,10 +24,10 @@ WHAT IS SEARCHED, and where (Intel SDM vol. 2 encodings):
     ModRM/SIB/displacement bytes would run past the region is not reported: fetching
     them faults, so it cannot execute.
   - At instruction starts of the linear sweep only: the privileged instructions in
-    machine/privileged.py (and mov to or from a control or debug register). They are listed for
-    the reader; the secure monitor traps them at run time wherever they sit. Their short
-    encodings (hlt F4, cli FA, out EE...) occur inside almost any code, so hidden ones
-    are not reported.
+    machine/privileged_insns.py (and mov to or from a control or debug register). They
+    are listed for the reader; the secure monitor traps them at run time wherever they
+    sit. Their short encodings (hlt F4, cli FA, out EE...) occur inside almost any code,
+    so hidden ones are not reported.
 
 The linear sweep is capstone's disassembly of each region from its first byte, skipping
 one undecodable byte at a time (shown as `.byte`). Both searches take time linear in the
@@ -57,9 +57,9 @@ from typing import Any, NamedTuple
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
+from underbridge.elf.image import PAGE_SIZE, ElfImage, Segment, parse_elf
 from underbridge.errors import ElfError
-from underbridge.kernel.loader import PAGE_SIZE, ElfImage, Segment, parse_elf
-from underbridge.machine.privileged import privileged_name
+from underbridge.machine.privileged_insns import privileged_name
 
 WRPKRU = b"\x0f\x01\xef"
 #: The instructions that write PKRU, as capstone names their aligned forms, by class.

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from underbridge.guestbuild.toolchain import build_program, symbol
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.machine.cpu import Machine
 from underbridge.machine.oracle import Violation
 from underbridge.machine.physmem import PAGE_SIZE
 from underbridge.machine.pkru import pkru_allowing
-from underbridge.toolchain import build_program, symbol
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from underbridge.errors import UnderbridgeError
+from underbridge.guestbuild.toolchain import build_program, symbol
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.thread import ThreadState
-from underbridge.toolchain import build_program, symbol
 
 RAMDISK_BASE = 0x0300_0000
 FS_BASE = 0x0400_0000

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 from underbridge.errors import UserError
 from underbridge.fuzz.report import FuzzReport
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.ipc.registry import DESIGNS
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 BATCH = 20  # mutants per kernel
 MAX_EVENTS = 300  # kernel events a spawned mutant may take

@@ -24,16 +24,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from underbridge.abi.syscalls import Errno
 from underbridge.bench.ipc import ECHO_BASE
 from underbridge.fuzz.report import FuzzReport
+from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.linux_abi import LinuxErrno
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import Thread, ThreadState
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.context import Reg
 from underbridge.machine.cpu import Machine
-from underbridge.toolchain import build_program
 
 FUZZ_PROGRAM = "fuzz_syscalls"
 APP_BASE = 0x40_0000  # ring-3 programs

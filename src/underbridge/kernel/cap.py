@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+from underbridge.abi.syscalls import Errno, Rights
 from underbridge.errors import SyscallError
 from underbridge.kernel.objects.base import KernelObject
-from underbridge.kernel.syscalls import Errno, Rights
 
 MAX_SLOTS = 1024
 NO_RIGHTS = Rights(0)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import SYSCALLS, Errno, Sys
 from underbridge.errors import KernelBug, SyscallError
 from underbridge.kernel.handlers import caps, ipc, memory, notif, portio, process
-from underbridge.kernel.syscalls import SYSCALLS, Errno, Sys
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel

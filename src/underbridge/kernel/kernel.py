@@ -27,20 +27,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from underbridge.abi.syscalls import LINUX_NATIVE_BASE, Errno, Sys
+from underbridge.elf.image import parse_elf
 from underbridge.errors import OutOfMemory, ResourceExhausted, SyscallError, UserError
 from underbridge.kernel import dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import DomainPlacement, IpcDesign, NoDomains
 from underbridge.kernel.ipc.registry import design_named
-from underbridge.kernel.loader import parse_elf
 from underbridge.kernel.objects.base import KernelObject
 from underbridge.kernel.objects.capgroup import CapGroup, Ending, GroupState
 from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.objects.vmspace import VmSpace
-from underbridge.kernel.process import USER_STACK_TOP, build_image
+from underbridge.kernel.process_image import USER_STACK_TOP, build_image
 from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
-from underbridge.kernel.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.machine.accounting import KERNEL as KERNEL_CATEGORY
 from underbridge.machine.context import Reg
 from underbridge.machine.costs import COSTS

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno
 from underbridge.errors import SyscallError
 from underbridge.kernel import umem
 from underbridge.kernel.objects.thread import Thread
 from underbridge.kernel.objects.vmspace import USER_END, USER_MIN
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.context import Reg
 from underbridge.machine.costs import NOMINAL_HZ
 from underbridge.machine.physmem import PAGE_SIZE

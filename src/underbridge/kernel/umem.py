@@ -12,8 +12,8 @@ readable or writable through these functions.
 
 from __future__ import annotations
 
+from underbridge.abi.syscalls import Errno
 from underbridge.errors import SyscallError
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import PageTable
 from underbridge.machine.physmem import PAGE_SIZE

@@ -38,7 +38,7 @@ from unicorn import UC_HOOK_BLOCK, Uc
 
 from underbridge.machine.costs import COSTS
 from underbridge.machine.monitor import Monitor
-from underbridge.machine.privileged import privileged_name
+from underbridge.machine.privileged_insns import privileged_name
 
 _DISASSEMBLER = Cs(CS_ARCH_X86, CS_MODE_64)
 _CYCLES = {name: cost.cycles for name, cost in COSTS.items()}  # charge() is hot

@@ -74,7 +74,8 @@ from unicorn.x86_const import (
 )
 
 from underbridge.errors import KernelBug
-from underbridge.machine import calibrate, faults, privilege
+from underbridge.machine import calibrate, faults
+from underbridge.machine import rings as privilege  # renamed; the alias keeps this edit to imports
 from underbridge.machine.accounting import Accounting, Charges, Tally
 from underbridge.machine.context import ContextLayout, CpuContext, Reg
 from underbridge.machine.faults import Fault

@@ -3,7 +3,7 @@
 The emulator has no VMX, so the monitor provides its equivalent. Every block of code the
 CPU executes is decoded once, from the address where it really starts, by the machine's
 block hook (so a jump into the middle of other instructions is decoded from there).
-In ring 0, a block that holds a privileged instruction (machine/privileged.py) stops the
+In ring 0, a block that holds a privileged instruction (machine/privileged_insns.py) stops the
 CPU before the block runs; the machine then runs the block's earlier instructions, stops
 at the privileged one, and reports a VM exit there. Each VM exit is charged "vm_exit".
 

@@ -34,7 +34,7 @@ from typing import Any
 from unicorn import UC_HOOK_BLOCK, Uc
 from unicorn.unicorn_py3.unicorn import uclib
 
-from underbridge import toolchain
+from underbridge.guestbuild import toolchain
 from underbridge.machine.accounting import (
     _COSTED_OPCODES,
     NO_DEADLINE,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno, Rights
 from underbridge.errors import SyscallError
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.connection import Connection
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Errno, Rights
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel

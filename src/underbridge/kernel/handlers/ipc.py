@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno, Limit, Rights
 from underbridge.errors import OutOfMemory, SyscallError
 from underbridge.kernel.cap import Cap
 from underbridge.kernel.handlers.process import read_name
 from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.pmo import Pmo
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Errno, Limit, Rights
 from underbridge.machine.context import Reg
 
 if TYPE_CHECKING:

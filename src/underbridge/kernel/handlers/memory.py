@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno, Prot, Rights
 from underbridge.errors import OutOfMemory, SyscallError
 from underbridge.kernel.cap import Cap
 from underbridge.kernel.objects.pmo import MAX_PMO_BYTES, Pmo
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Errno, Prot, Rights
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Rights
 from underbridge.kernel.cap import Cap
 from underbridge.kernel.objects.notification import Notification
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Rights
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel

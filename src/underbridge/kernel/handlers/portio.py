@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno
 from underbridge.errors import SyscallError
 from underbridge.kernel.objects.thread import Thread
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.context import Reg
 from underbridge.machine.faults import VM_EXIT, Fault
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno, Limit, Rights
 from underbridge.errors import ResourceExhausted, SyscallError, UserError
 from underbridge.kernel import umem
 from underbridge.kernel.cap import Cap
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import Thread
 from underbridge.kernel.objects.vmspace import USER_END, USER_MIN
-from underbridge.kernel.syscalls import Errno, Limit, Rights
 from underbridge.machine.context import Reg
 
 if TYPE_CHECKING:

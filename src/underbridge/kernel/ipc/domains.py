@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno
 from underbridge.bridge import admission
 from underbridge.bridge.domain import Domain, KeyAllocator
 from underbridge.bridge.rewrite import check_code_size
+from underbridge.elf.image import ElfImage, Segment, parse_elf
 from underbridge.errors import ElfError, OutOfMemory, SyscallError, UserError
 from underbridge.kernel.ipc import kernel_space as ks
-from underbridge.kernel.loader import ElfImage, Segment, parse_elf
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.physmem import PAGE_SIZE
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
+from underbridge.abi.syscalls import Errno
 from underbridge.bridge.gate import CALLER_SLOT, SAVED_REGS
 from underbridge.errors import SyscallError
 from underbridge.kernel import umem
-from underbridge.kernel.syscalls import Errno
 from underbridge.machine.context import CpuContext, Reg
 
 if TYPE_CHECKING:

@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno, Prot
 from underbridge.bridge import gate as gates
 from underbridge.bridge.domain import KERNEL_KEY, kernel_call_pkru
 from underbridge.errors import OutOfMemory, SyscallError
 from underbridge.kernel.ipc import kernel_space as ks
-from underbridge.kernel.syscalls import Errno, Prot
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.physmem import PAGE_SIZE
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno, Prot, Rights, Sys
 from underbridge.kernel.ipc import Traits
 from underbridge.kernel.ipc.message import DELIVERY, REPLY
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
-from underbridge.kernel.syscalls import Errno, Prot, Rights, Sys
 from underbridge.machine.accounting import Charges
 
 if TYPE_CHECKING:

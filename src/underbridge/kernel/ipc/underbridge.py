@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno, Rights, Sys
 from underbridge.kernel.ipc import Traits
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.domains import Domains, DomainState
@@ -59,7 +60,6 @@ from underbridge.kernel.ipc.message import REPLY
 from underbridge.kernel.ipc.sel4 import ADDRESS_SPACE_SWITCH, ENTRY_EXIT, Sel4Ipc
 from underbridge.kernel.ipc.upcall import KernelCalls
 from underbridge.kernel.objects.connection import Connection, Message, Service
-from underbridge.kernel.syscalls import Errno, Rights, Sys
 from underbridge.machine.accounting import Charges
 from underbridge.machine.context import CpuContext
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from underbridge.kernel.syscalls import ObjType
+from underbridge.abi.syscalls import ObjType
 
 
 class KernelObject:

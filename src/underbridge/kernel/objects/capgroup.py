@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import ObjType
 from underbridge.kernel.cap import CapTable
 from underbridge.kernel.objects.base import KernelObject
 from underbridge.kernel.objects.thread import Thread
 from underbridge.kernel.objects.vmspace import VmSpace
-from underbridge.kernel.syscalls import ObjType
 from underbridge.machine.faults import Fault
 
 if TYPE_CHECKING:

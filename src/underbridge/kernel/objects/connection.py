@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import ObjType
 from underbridge.kernel.objects.base import KernelObject
 from underbridge.kernel.objects.pmo import Pmo
-from underbridge.kernel.syscalls import ObjType
 
 if TYPE_CHECKING:
     from underbridge.kernel.objects.capgroup import CapGroup

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import ObjType
 from underbridge.kernel.objects.base import KernelObject
-from underbridge.kernel.syscalls import ObjType
 
 if TYPE_CHECKING:
     from underbridge.kernel.objects.thread import Thread

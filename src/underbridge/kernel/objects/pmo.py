@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import ObjType
 from underbridge.kernel.objects.base import KernelObject
-from underbridge.kernel.syscalls import ObjType
 from underbridge.machine.physmem import PAGE_SIZE, FrameAllocator, PhysAddr
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import ObjType
 from underbridge.kernel.objects.base import KernelObject
-from underbridge.kernel.syscalls import ObjType
 from underbridge.machine.context import CpuContext
 
 if TYPE_CHECKING:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from underbridge.abi.syscalls import Errno, Prot
 from underbridge.errors import OutOfMemory, SyscallError
 from underbridge.kernel.objects.pmo import Pmo
-from underbridge.kernel.syscalls import Errno, Prot
 from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import PageFlags, PageTable
 from underbridge.machine.physmem import PAGE_SIZE, PhysAddr

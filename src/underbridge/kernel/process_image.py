@@ -12,8 +12,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from underbridge.elf.image import ElfImage
 from underbridge.errors import ElfError, UserError
-from underbridge.kernel.loader import ElfImage, image_pages
+from underbridge.kernel.loader import image_pages
 from underbridge.kernel.objects.vmspace import VmSpace
 from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import PageFlags

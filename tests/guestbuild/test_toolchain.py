@@ -7,9 +7,9 @@ import pytest
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from underbridge import toolchain
 from underbridge.errors import ToolchainError
-from underbridge.toolchain import build_program, guest_root
+from underbridge.guestbuild import toolchain
+from underbridge.guestbuild.toolchain import build_program, guest_root
 
 DATA_PROGRAM = """\
 #include "ub.h"

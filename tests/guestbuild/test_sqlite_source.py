@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from underbridge import sqlite_source
 from underbridge.errors import ToolchainError
+from underbridge.guestbuild import sqlite_source
 
 
 @pytest.fixture

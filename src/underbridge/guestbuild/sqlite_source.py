@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from underbridge.errors import ToolchainError
-from underbridge.toolchain import build_object, cache_root
+from underbridge.guestbuild.toolchain import build_object, cache_root
 
 SQLITE_VERSION = "3.53.2"
 TARBALL_URL = "https://registry.npmjs.org/better-sqlite3/-/better-sqlite3-12.11.1.tgz"

@@ -7,7 +7,7 @@ for a system server (one per directory, with its private headers beside it).
 
 Two guest libcs (`libc=`):
   "none"  freestanding: the program's sources plus the native runtime; its only
-          interface to the world is the native syscall ABI (kernel/syscalls.py);
+          interface to the world is the native syscall ABI (abi/syscalls.py);
   "musl"  a hosted C program linked statically against musl (Debian's musl-tools,
           musl-gcc) plus guest/runtime/linux_glue.c and ipc.c; musl's own system calls
           are served by the kernel's Linux personality (kernel/linux_abi.py), and the

@@ -1,0 +1,5 @@
+"""`python -m underbridge.cli`: the same as the `underbridge` command."""
+
+from underbridge.cli import main
+
+main()

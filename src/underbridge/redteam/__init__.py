@@ -1,0 +1,58 @@
+"""`underbridge redteam`: attacks on the UnderBridge placement, each checked against the hardware.
+
+Every row is one attack program (guest/attacks/<program>.c, its header comment says what
+it tries and what should happen) run on a fresh machine under `Kernel(ipc="underbridge")`
+with the same stage:
+
+  1. echo in kernel space, in its own execution domain (ECHO_BASE);
+  2. a legitimate in-kernel client of echo (guest/attacks/legit_client.c) that makes one
+     checked call and then blocks with its connection open: the attacks aim at its gate,
+     its control page and at echo;
+  3. the attacker: an in-kernel server linked at its own 16 MiB region (the row's index
+     picks it), or an application in ring 3 for rows that say so;
+  4. the victim check: the pingpong application makes VICTIM_ROUNDS calls to echo and
+     must exit 0 with "pingpong: 20 rounds ok", and echo and the legitimate client must
+     still be alive.
+
+Targets are read from the kernel and the gate's machine code, never guessed: echo's
+saved stack pointer, KERNEL_DATA, the kernel page table's root, the gate's address, its
+first wrpkru, its `mov eax, <server pkru>` and its ud2 (capstone), its control page.
+An argv word "{name}" is replaced by the target `name` in hex.
+
+A row PASSES only if the observed outcome is the expected one (the exception, and for
+a page fault its reason, access and address; for a gate, the ud2 and the PKRU it held;
+for an attacker that should survive, exactly the "observed:" lines it must print), the
+victim check passes, and the attacker printed no "LEAKED" or "broken" line.
+
+A row may add a partner: a second in-kernel program (guest/attacks/<program>.c, in its
+own region PARTNER_BASE) spawned just before or after the attacker, its victim (or its
+accomplice). Attacker and partner find each other by service name (attack.h). Once the
+partner has connected as a client, its gate is disassembled like the legitimate one
+(targets partner_gate, partner_gate_abort, partner_gate_return: the instruction after the
+gate's call of the handler) and its PKRU is noted (partner_pkru). Globals a program
+exports are targets too: attacker_<name>, partner_<name> (the spec's `symbols`). Such a
+row PASSES only if, besides the above, the partner is still alive once the attack is
+over and printed exactly the spec's "victim: " lines, and no LEAKED or broken line.
+
+To add a row (say, a privileged instruction in ring 0), write guest/attacks/<name>.c and
+append an AttackSpec to ATTACKS (rows.py, THE table).
+
+  spec.py    what a row is (AttackSpec, Expect, Partner) and the stage's layout
+  rows.py    THE table of attacks (ATTACKS)
+  stage.py   a fresh machine with echo and a legitimate client; the targets; the victim check
+  runner.py  one row run and judged (run_row), every row (run), their results
+"""
+
+from underbridge.redteam.rows import ATTACKS
+from underbridge.redteam.runner import RedTeamResult, RowResult, run, run_row
+from underbridge.redteam.spec import (
+    ATTACK_BASE,
+    FAIL,
+    PASS,
+    AttackSpec,
+    Expect,
+    Partner,
+)
+
+__all__ = ["ATTACKS", "ATTACK_BASE", "FAIL", "PASS", "AttackSpec", "Expect", "Partner",
+           "RedTeamResult", "RowResult", "run", "run_row"]

@@ -1,0 +1,166 @@
+"""A red-team row's stage: a fresh machine with echo and a legitimate in-kernel client.
+
+`build_stage` sets it up and resolves the targets the attacks aim at (module doc of
+underbridge.redteam); `victim_problem` checks afterwards that echo still answers a
+legitimate application and that echo and the client are still alive.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+from underbridge.bench.ipc import ECHO_BASE
+from underbridge.bridge.gate import wrpkru_offsets
+from underbridge.bridge.iocall import IoRoutines
+from underbridge.elf.image import parse_elf
+from underbridge.guestbuild.toolchain import build_program, guest_root, symbol
+from underbridge.kernel.ipc.kernel_space import CURRENT_THREAD_PAGE, KERNEL_RETURN
+from underbridge.kernel.kernel import Kernel
+from underbridge.kernel.objects.capgroup import CapGroup, GroupState
+from underbridge.kernel.objects.thread import ThreadState
+from underbridge.machine.context import Reg
+from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, Machine
+from underbridge.redteam.spec import (
+    APP_BASE,
+    LEGIT_BASE,
+    MAX_EVENTS,
+    PTE_P_RW_U,
+    VICTIM_ROUNDS,
+)
+
+if TYPE_CHECKING:
+    from underbridge.kernel.ipc.gate_table import GateState
+    from underbridge.kernel.ipc.underbridge import UnderbridgeIpc
+
+
+class RedTeamError(RuntimeError):
+    """The stage could not be set up (echo or the legitimate client did not come up)."""
+
+
+
+def attack_source(program: str) -> Path:
+    return guest_root() / "attacks" / f"{program}.c"
+
+
+@dataclass(eq=False)
+class Stage:
+    kernel: Kernel
+    echo: CapGroup
+    client: CapGroup
+    targets: dict[str, int]
+
+    @property
+    def machine(self) -> Machine:
+        return self.kernel.machine
+
+
+def domain_pkru(ipc: UnderbridgeIpc, group: CapGroup) -> int:
+    """The PKRU of an in-kernel cap group's domain (the stage places every server there)."""
+    domain = ipc.domain_of(group)
+    if domain is None:
+        raise RedTeamError(f"{group.name} is not in kernel space")
+    return domain.pkru
+
+
+def run_until(kernel: Kernel, done: Callable[[], bool]) -> bool:
+    """Run until `done()`, or until nothing is ready or MAX_EVENTS events have passed."""
+    events = itertools.count()
+    kernel.run(until=lambda: done() or next(events) >= MAX_EVENTS)
+    return done()
+
+
+def gate_targets(machine: Machine, gate: GateState, prefix: str = "gate") -> dict[str, int]:
+    """A gate's entry, first wrpkru, the switch before it, its ud2, the instruction after
+    its call of the handler (where the return half starts) and its control page."""
+    code = machine.read_virtual(machine.kernel_space, gate.address, 4096)
+    first = wrpkru_offsets(code)[0]
+    insns = list(Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, gate.address))
+    before = [i for i in insns if i.address < gate.address + first]
+    switch = next(i.address for i in reversed(before)
+                  if i.mnemonic == "mov" and i.op_str.startswith("eax,"))
+    abort = next(i.address for i in insns if i.mnemonic == "ud2")
+    call = next(i for i in insns if i.mnemonic == "call")
+    return {prefix: gate.address, f"{prefix}_wrpkru": gate.address + first,
+            f"{prefix}_switch": switch, f"{prefix}_abort": abort,
+            f"{prefix}_return": call.address + call.size, f"{prefix}_control": gate.control}
+
+
+def symbols_of(elf: Path, names: tuple[str, ...], prefix: str) -> dict[str, int]:
+    return {f"{prefix}_{name}": symbol(elf, name)[0] for name in names}
+
+
+def _io_denied(machine: Machine, routines: IoRoutines) -> int:
+    """The checked routines' ud2 (where a refused port access ends)."""
+    code = machine.read_virtual(machine.kernel_space, routines.outb, 4096)
+    insns = Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, routines.outb)
+    return next(i.address for i in insns if i.mnemonic == "ud2")
+
+
+def build_stage() -> Stage:
+    """A fresh machine with echo and a legitimate in-kernel client connected to it."""
+    machine = Machine()
+    kernel = Kernel(machine, ipc="underbridge")
+    kernel.register_program("hello", build_program("hello", base=APP_BASE))
+    echo_elf = build_program("echo", base=ECHO_BASE)
+    echo = kernel.spawn(echo_elf, ["echo"], in_kernel=True)
+    if not run_until(kernel, lambda: "echo" in kernel.services
+                      and echo.threads[0].state is ThreadState.BLOCKED):
+        raise RedTeamError(f"echo did not come up: {bytes(echo.console)!r}")
+    client = kernel.spawn(build_program(attack_source("legit_client"), base=LEGIT_BASE),
+                          ["legit_client"], in_kernel=True)
+    if not run_until(kernel, lambda: not client.running
+                      or client.threads[0].state is ThreadState.BLOCKED) \
+            or b"legit_client: call ok" not in bytes(client.console) or not client.running:
+        raise RedTeamError(f"the legitimate client failed: {bytes(client.console)!r}")
+    ipc = cast("UnderbridgeIpc", kernel.ipc)
+    gate = next(g for g in ipc.gates() if g.conn.client is client)
+    root = machine.kernel_space.root
+    echo_stack = echo.threads[0].context[Reg.RSP]
+    targets = {
+        "echo_stack": echo_stack,
+        # a thread started with its stack top here first touches echo_thread_rsp
+        "echo_thread_stack": echo_stack & ~0xF,
+        "echo_thread_rsp": (echo_stack & ~0xF) - 8,
+        "echo_entry": parse_elf(echo_elf.read_bytes(), name="echo").entry,
+        "echo_pkru": domain_pkru(ipc, echo),
+        "kernel_data": KERNEL_DATA,
+        "pt_root": root,
+        "pt_self_map": root | PTE_P_RW_U,
+        "all_keys_open": 0,
+        "boot_stub_wrpkru": KERNEL_STUBS + 5,  # its stub was `xor ecx, ecx; xor edx, edx;`
+        "kernel_return": KERNEL_RETURN,
+        "current_thread": CURRENT_THREAD_PAGE,
+        "io_denied": _io_denied(machine, ipc.io_routines(kernel)),
+        **gate_targets(machine, gate),
+    }
+    return Stage(kernel, echo, client, targets)
+
+
+def victim_problem(stage: Stage) -> str:
+    """'' if echo still answers a legitimate application correctly, else what is wrong."""
+    kernel = stage.kernel
+    pingpong = kernel.spawn(build_program("pingpong", base=APP_BASE),
+                            ["pingpong", str(VICTIM_ROUNDS), "echo"])
+    run_until(kernel, lambda: not pingpong.running)
+    output = bytes(pingpong.console).decode(errors="replace").strip()
+    problems = []
+    if pingpong.running:
+        problems.append("pingpong hung")
+        kernel.kill(pingpong)
+    elif (pingpong.state is not GroupState.EXITED or pingpong.exit_status != 0
+          or f"pingpong: {VICTIM_ROUNDS} rounds ok" not in output):
+        how = (pingpong.fault.describe() if pingpong.fault is not None
+               else f"status {pingpong.exit_status}")
+        problems.append(f"pingpong {pingpong.state.value} ({how}): {output}")
+    if not stage.echo.running:
+        problems.append("echo is gone")
+    if not stage.client.running:
+        problems.append("the legitimate client is gone")
+    return "; ".join(problems)
+
