@@ -112,7 +112,14 @@ from capstone.x86 import X86_OP_IMM, X86_OP_MEM, X86_OP_REG, X86_REG_RIP
 from elftools.elf.elffile import ELFFile
 
 from underbridge.bridge.iocall import IoRoutines
-from underbridge.bridge.scan import Finding, Instruction, _Region, _regions, scan_elf, scan_image
+from underbridge.bridge.scan import (
+    CodeRegion,
+    Finding,
+    Instruction,
+    code_regions,
+    scan_elf,
+    scan_image,
+)
 from underbridge.errors import UserError
 from underbridge.kernel.loader import PAGE_SIZE, ElfImage, parse_elf
 
@@ -182,7 +189,7 @@ MAX_SITES = 4096
 
 def check_code_size(image: ElfImage, name: str) -> None:
     """Raise CodeTooLarge if `image` has more executable pages than MAX_CODE_BYTES."""
-    size = sum(len(region.code) for region in _regions(image.segments))
+    size = sum(len(region.code) for region in code_regions(image.segments))
     if size > MAX_CODE_BYTES:
         raise CodeTooLarge(
             f"{name}: {size / (1 << 20):.1f} MiB of executable pages, more than the "
@@ -307,7 +314,7 @@ class _Sweep:
     """A region's linear sweep (the scanner's, bridge/scan.py) as _Insn objects, each
     made on first access: planning looks at the instructions around the sites only."""
 
-    def __init__(self, region: _Region, lite: list[Instruction]) -> None:
+    def __init__(self, region: CodeRegion, lite: list[Instruction]) -> None:
         self.region, self.lite = region, lite
         self.piece_starts = [start for start, _, _ in region.pieces]
         self.made: dict[int, _Insn] = {}
@@ -354,7 +361,8 @@ def _flow(mnemonic: str, op_str: str) -> tuple[str, int | None]:
     return ("exit" if mnemonic in ("jmp", "ret") else "branch"), target
 
 
-def _file_offset(region: _Region, starts: list[int], vaddr: int, length: int) -> int | None:
+def _file_offset(region: CodeRegion, starts: list[int], vaddr: int, length: int
+                 ) -> int | None:
     index = bisect_right(starts, vaddr) - 1
     if index < 0:
         return None
@@ -389,7 +397,7 @@ class _NoForm(Exception):
 
 class _Program:
     def __init__(self, name: str, data: bytes, image: ElfImage, io_routines: IoRoutines | None,
-                 swept: list[tuple[_Region, list[Instruction]]]) -> None:
+                 swept: list[tuple[CodeRegion, list[Instruction]]]) -> None:
         self.name, self.data, self.image, self.io = name, data, image, io_routines
         self.regions = [region for region, _ in swept]
         self.sweeps = [_Sweep(region, lite) for region, lite in swept]
