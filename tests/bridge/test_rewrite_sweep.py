@@ -20,13 +20,13 @@ from capstone.x86 import X86_OP_IMM
 
 from underbridge import toolchain
 from underbridge.asm import assemble
-from underbridge.bridge.rewrite import (
+from underbridge.bridge.rewrite.emit import _Program
+from underbridge.bridge.rewrite.sweep import (
     _BRANCH_GROUPS,
     _BRANCHES,
     _MASK64,
     _aligned_words,
     _flow,
-    _Program,
 )
 from underbridge.bridge.scan import scan_image
 from underbridge.kernel.loader import parse_elf
