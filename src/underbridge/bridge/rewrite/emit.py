@@ -11,7 +11,7 @@ Invariants:
   - Every byte emitted is clean (forms._clean), and so is every junction: between two
     pieces of a trampoline, and the patch with the two original bytes on each side of
     it. When a junction is not, nops go before the piece (int3s before a trampoline),
-    at most _SHIFTS of them, else the binary is refused.
+    fewer than _SHIFTS of them, else the binary is refused.
   - The output depends only on the input: random draws are seeded by the instruction's
     address and the address of its form.
 """
