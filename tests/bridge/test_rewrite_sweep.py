@@ -18,13 +18,13 @@ import pytest
 from capstone import CS_ARCH_X86, CS_GRP_RET, CS_MODE_64, Cs, CsInsn
 from capstone.x86 import X86_OP_IMM
 
-from underbridge.bridge.rewrite import (
+from underbridge.bridge.rewrite.emit import _Program
+from underbridge.bridge.rewrite.sweep import (
     _BRANCH_GROUPS,
     _BRANCHES,
     _MASK64,
     _aligned_words,
     _flow,
-    _Program,
 )
 from underbridge.bridge.scan import scan_image
 from underbridge.elf.image import parse_elf

@@ -6,7 +6,7 @@
  * driver would), between the benchmark's zero-length-write markers (see pingpong.c),
  * then reads the port once with `in al, dx` and prints "iodriver: ROUNDS writes, read
  * 0xNN". In kernel space each I/O instruction is a VM exit that the kernel emulates
- * (the driver holds the port); rewritten (bridge/rewrite.py), each becomes a call of
+ * (the driver holds the port); rewritten (bridge/rewrite/), each becomes a call of
  * the kernel's checked routine (bridge/iocall.py). Same output either way. Given the
  * routines' addresses (OUTB, INB), it calls them itself, exactly as a rewritten binary
  * does, so both paths can be measured on one binary.

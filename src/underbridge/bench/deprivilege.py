@@ -4,7 +4,7 @@ The workload is a driver in kernel space (guest/servers/iodriver) writing ROUNDS
 to an I/O port it holds. Two ways:
   trapped    it executes `out dx, al`; the secure monitor traps each as a VM exit and
              the kernel emulates it (machine/monitor.py, kernel/handlers/portio.py);
-  rewritten  the loader's rewriter (bridge/rewrite.py) has turned each `out` into a call
+  rewritten  the loader's rewriter (bridge/rewrite/) has turned each `out` into a call
              of the kernel's checked routine (bridge/iocall.py), which enters the
              kernel by syscall.
 Both are measured like `bench ipc`: the simulated cycles (and wall time) of the loop

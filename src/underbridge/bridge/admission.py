@@ -39,8 +39,9 @@ _SCHEMA = b"underbridge-admission-v1"
 _MEMO_ENTRIES = 64
 _memo: OrderedDict[str, bytes] = OrderedDict()  # key -> vetted ELF (this process vetted it)
 _VETTING_SOURCES = (
-    "kernel/ipc/underbridge.py",  # the region check behind `fits`
-    "bridge/rewrite.py",
+    "kernel/ipc/domains.py",  # the region check behind `fits`
+    "kernel/ipc/kernel_space.py",  # the region's size
+    "bridge/rewrite",  # a package: every module in it
     "bridge/scan.py",
     "bridge/iocall.py",
     "elf/image.py",
@@ -54,7 +55,9 @@ def vetting_version() -> str:
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for relative in _VETTING_SOURCES:
-        digest.update((package / relative).read_bytes())
+        path = package / relative
+        for source in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            digest.update(source.read_bytes())
     return digest.hexdigest()
 
 

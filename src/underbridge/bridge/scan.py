@@ -31,7 +31,7 @@ WHAT IS SEARCHED, and where (Intel SDM vol. 2 encodings):
 
 The linear sweep is capstone's disassembly of each region from its first byte, skipping
 one undecodable byte at a time (shown as `.byte`). Both searches take time linear in the
-region's size; `scan_image` hands the sweep on to the rewriter (bridge/rewrite.py).
+region's size; `scan_image` hands the sweep on to the rewriter (bridge/rewrite/).
 
 A Finding:
   offset, vaddr  file offset and virtual address of its first byte;
@@ -167,17 +167,18 @@ def scan_elf(source: Path | str | bytes, *, name: str | None = None) -> ScanRepo
 
 
 def scan_image(image: ElfImage, label: str
-               ) -> tuple[ScanReport, list[tuple[_Region, list[Instruction]]]]:
+               ) -> tuple[ScanReport, list[tuple[CodeRegion, list[Instruction]]]]:
     """The report on a parsed image, and each executable region with its linear sweep
-    (for the rewriter, bridge/rewrite.py, which works on the same sweep)."""
-    swept = [(region, _sweep(region.code, region.vaddr)) for region in _regions(image.segments)]
+    (for the rewriter, bridge/rewrite/, which works on the same sweep)."""
+    swept = [(region, _sweep(region.code, region.vaddr))
+             for region in code_regions(image.segments)]
     findings = [f for region, sweep in swept for f in _scan_region(region, sweep)]
     return ScanReport(file=label, findings=tuple(findings)), swept
 
 
 def scan_code(code: bytes, *, vaddr: int = 0, file_offset: int = 0) -> list[Finding]:
     """Scan raw machine code mapped at `vaddr` (e.g. a generated gate)."""
-    region = _Region(vaddr, bytes(code), ((vaddr, len(code), file_offset),))
+    region = CodeRegion(vaddr, bytes(code), ((vaddr, len(code), file_offset),))
     return _scan_region(region, _sweep(region.code, vaddr))
 
 
@@ -211,14 +212,24 @@ def _read(path: Path) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class _Region:
-    """Contiguous executable memory: `code` at `vaddr`; pieces are file-backed spans."""
+class CodeRegion:
+    """Contiguous executable memory as the loader maps it: `code` at `vaddr`.
+
+    Public: the scanner and the rewriter (bridge/rewrite/) both work region by region.
+    Invariants:
+      - `code` is whole pages: the segments' file bytes, and zeros wherever the loader
+        maps zero fill (a segment's bss, the rest of its last page, gaps between segments);
+      - `pieces` are the file-backed spans, (vaddr, length, file offset), in address
+        order, each inside [vaddr, vaddr + len(code)); every nonzero byte of `code` lies
+        in one of them.
+    """
 
     vaddr: int
     code: bytes
     pieces: tuple[tuple[int, int, int], ...]  # (vaddr, length, file offset)
 
     def file_offset(self, vaddr: int) -> int:
+        """Where the byte at `vaddr` is in the file; ValueError for zero fill."""
         for start, length, offset in self.pieces:
             if start <= vaddr < start + length:
                 return offset + vaddr - start
@@ -229,8 +240,10 @@ def _page_up(address: int) -> int:
     return -(-address // PAGE_SIZE) * PAGE_SIZE
 
 
-def _regions(segments: Sequence[Segment]) -> Iterator[_Region]:
-    """Group executable segments on adjacent pages; each group as the loader maps it."""
+def code_regions(segments: Sequence[Segment]) -> Iterator[CodeRegion]:
+    """The executable memory of `segments`, one CodeRegion per run of executable
+    segments on adjacent pages, in address order (an occurrence spanning two such
+    segments lies in one region). Non-executable segments are skipped."""
     group: list[Segment] = []
     for segment in sorted((s for s in segments if s.executable), key=lambda s: s.vaddr):
         if group and segment.vaddr // PAGE_SIZE * PAGE_SIZE != _page_up(group[-1].end):
@@ -241,19 +254,19 @@ def _regions(segments: Sequence[Segment]) -> Iterator[_Region]:
         yield _region(group)
 
 
-def _region(group: list[Segment]) -> _Region:
+def _region(group: list[Segment]) -> CodeRegion:
     start = group[0].vaddr
     code = bytearray(_page_up(group[-1].end) - start)  # zero fill, as the loader maps
     for segment in group:
         code[segment.vaddr - start : segment.vaddr - start + len(segment.data)] = segment.data
     pieces = tuple((s.vaddr, len(s.data), s.file_offset) for s in group)
-    return _Region(start, bytes(code), pieces)
+    return CodeRegion(start, bytes(code), pieces)
 
 
 # ---- searching one region ----------------------------------------------------------------
 
 
-def _scan_region(region: _Region, sweep: list[Instruction]) -> list[Finding]:
+def _scan_region(region: CodeRegion, sweep: list[Instruction]) -> list[Finding]:
     starts = [insn.vaddr for insn in sweep]
     findings = [_pkru_finding(region, sweep, starts, index, kind, length)
                 for index, kind, length in _occurrences(region.code)]
@@ -309,7 +322,7 @@ def _memory_operand_length(code: bytes, at: int) -> int | None:
     return length
 
 
-def _pkru_finding(region: _Region, sweep: list[Instruction], starts: list[int], index: int,
+def _pkru_finding(region: CodeRegion, sweep: list[Instruction], starts: list[int], index: int,
                   kind: str, length: int) -> Finding:
     escape = region.vaddr + index
     insn = _aligned_as(region, sweep, starts, escape, kind, length)
@@ -323,7 +336,7 @@ def _pkru_finding(region: _Region, sweep: list[Instruction], starts: list[int], 
                    kind, aligned, overlaps)
 
 
-def _aligned_as(region: _Region, sweep: list[Instruction], starts: list[int], escape: int,
+def _aligned_as(region: CodeRegion, sweep: list[Instruction], starts: list[int], escape: int,
                 kind: str, length: int) -> Instruction | None:
     """The sweep's instruction that IS this occurrence (prefixes allowed), if any."""
     position = bisect_right(starts, escape) - 1
@@ -350,7 +363,7 @@ def _privileged_class(insn: Instruction) -> str | None:
     return None if name is None else f"privileged:{name}"
 
 
-def _privileged_finding(region: _Region, insn: Instruction, kind: str) -> Finding:
+def _privileged_finding(region: CodeRegion, insn: Instruction, kind: str) -> Finding:
     start = insn.vaddr - region.vaddr
     return Finding(region.file_offset(insn.vaddr), insn.vaddr,
                    region.code[start : start + insn.size], kind, True, (insn,))
