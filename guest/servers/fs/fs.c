@@ -63,42 +63,6 @@
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-/* The runtime's memcpy and memset go byte by byte; block and inode copies dominate
- * here, so these move 64 bytes per loop iteration (as a real memcpy does), then words,
- * then bytes. Words go through a type that may alias anything and sit anywhere.
- * Source and destination never overlap. */
-typedef uint64_t __attribute__((may_alias, aligned(1))) any_u64;
-
-static void move(void *dst, const void *src, uint64_t n)
-{
-    any_u64 *d = dst;
-    const any_u64 *s = src;
-
-    for (; n >= 64; n -= 64, d += 8, s += 8) {
-        d[0] = s[0], d[1] = s[1], d[2] = s[2], d[3] = s[3];
-        d[4] = s[4], d[5] = s[5], d[6] = s[6], d[7] = s[7];
-    }
-    for (; n >= 8; n -= 8)
-        *d++ = *s++;
-    uint8_t *d8 = (uint8_t *)d;
-    const uint8_t *s8 = (const uint8_t *)s;
-    while (n--)
-        *d8++ = *s8++;
-}
-
-static void zero(void *dst, uint64_t n)
-{
-    any_u64 *d = dst;
-
-    for (; n >= 64; n -= 64, d += 8)
-        d[0] = d[1] = d[2] = d[3] = d[4] = d[5] = d[6] = d[7] = 0;
-    for (; n >= 8; n -= 8)
-        *d++ = 0;
-    uint8_t *d8 = (uint8_t *)d;
-    while (n--)
-        *d8++ = 0;
-}
-
 static uint64_t min_u64(uint64_t a, uint64_t b)
 {
     return a < b ? a : b;
@@ -129,13 +93,13 @@ static int blk_read(uint32_t lba, uint32_t count, void *dst)
 {
     if (blk_call(BLK_READ, lba, count) < 0)
         return -1;
-    move(dst, blk.buf, (uint64_t)count * BSIZE);
+    memcpy(dst, blk.buf, (uint64_t)count * BSIZE);
     return 0;
 }
 
 static int blk_write(uint32_t lba, uint32_t count, const void *src)
 {
-    move(blk.buf, src, (uint64_t)count * BSIZE);
+    memcpy(blk.buf, src, (uint64_t)count * BSIZE);
     return blk_call(BLK_WRITE, lba, count);
 }
 
@@ -150,7 +114,7 @@ struct buf {
     int dirty;         /* data differs from the device */
     int refcnt;        /* pins */
     uint64_t last_use; /* 0 for an invalid entry: reused first */
-    uint8_t data[BSIZE] __attribute__((aligned(64))); /* whole lines for move() */
+    uint8_t data[BSIZE] __attribute__((aligned(64))); /* whole 64-byte lines for memcpy */
 };
 
 static struct buf cache[NBUF];
@@ -223,7 +187,7 @@ static struct buf *bzeroed(uint32_t b)
     struct buf *bp = bget(b);
     if (bp == 0)
         return 0;
-    zero(bp->data, BSIZE);
+    memset(bp->data, 0, BSIZE);
     bp->valid = 1;
     bdirty(bp);
     return bp;
@@ -251,7 +215,7 @@ static void bwritten(uint32_t lba, uint32_t count, const uint8_t *src)
     for (int i = 0; i < NBUF; i++) {
         struct buf *e = &cache[i];
         if (e->valid && e->blockno >= lba && e->blockno - lba < count) {
-            move(e->data, src + (uint64_t)(e->blockno - lba) * BSIZE, BSIZE);
+            memcpy(e->data, src + (uint64_t)(e->blockno - lba) * BSIZE, BSIZE);
             e->dirty = 0;
         }
     }
@@ -275,7 +239,7 @@ static int bflush_run(struct buf *first)
     while (n < BLK_MAX_BLOCKS && (run[n] = dirty_entry(first->blockno + n)) != 0)
         n++;
     for (uint32_t i = 0; i < n; i++)
-        move((uint8_t *)blk.buf + (uint64_t)i * BSIZE, run[i]->data, BSIZE);
+        memcpy((uint8_t *)blk.buf + (uint64_t)i * BSIZE, run[i]->data, BSIZE);
     int r = blk_call(BLK_WRITE, first->blockno, n);
     for (uint32_t i = 0; i < n; i++)
         run[i]->dirty = 0; /* on failure too: io_failed ends the request and the cache */
@@ -404,7 +368,7 @@ static int iget(uint32_t inum, struct inode *ip)
         return -1;
     ip->inum = inum;
     ip->dirty = 0;
-    move(&ip->d, bp->data + (inum % IPB) * UBFS_INODE_SIZE, UBFS_INODE_SIZE);
+    memcpy(&ip->d, bp->data + (inum % IPB) * UBFS_INODE_SIZE, UBFS_INODE_SIZE);
     brelse(bp);
     return 0;
 }
@@ -416,7 +380,7 @@ static void iupdate(struct inode *ip)
     struct buf *bp = bread(sb.inode_start + ip->inum / IPB);
     if (bp == 0)
         return;
-    move(bp->data + (ip->inum % IPB) * UBFS_INODE_SIZE, &ip->d, UBFS_INODE_SIZE);
+    memcpy(bp->data + (ip->inum % IPB) * UBFS_INODE_SIZE, &ip->d, UBFS_INODE_SIZE);
     bdirty(bp);
     brelse(bp);
     ip->dirty = 0;
@@ -435,7 +399,7 @@ static int ialloc(struct inode *ip)
         brelse(bp);
         if (free) {
             ip->inum = inum;
-            zero(&ip->d, sizeof ip->d);
+            memset(&ip->d, 0, sizeof ip->d);
             ip->d.type = UBFS_TYPE_FILE;
             ip->d.nlink = 1;
             ip->dirty = 1;
@@ -579,7 +543,7 @@ static void itrunc(struct inode *ip, uint64_t size)
         uint32_t b = bmap(ip, size / BSIZE, 0, 0);
         struct buf *bp = b ? bread(b) : 0;
         if (bp) {
-            zero(bp->data + size % BSIZE, BSIZE - size % BSIZE);
+            memset(bp->data + size % BSIZE, 0, BSIZE - size % BSIZE);
             bdirty(bp);
             brelse(bp);
         }
@@ -611,7 +575,7 @@ static uint64_t readi(struct inode *ip, uint8_t *dst, uint64_t off, uint64_t n)
                 break;
             m = (uint64_t)k * BSIZE;
             if (first == 0)
-                zero(dst + tot, m);
+                memset(dst + tot, 0, m);
             else if (blk_read(first, k, dst + tot) < 0)
                 break;
             continue;
@@ -619,13 +583,13 @@ static uint64_t readi(struct inode *ip, uint8_t *dst, uint64_t off, uint64_t n)
         m = min_u64(n - tot, BSIZE - boff);
         uint32_t b = bmap(ip, off / BSIZE, 0, 0);
         if (b == 0) {
-            zero(dst + tot, m);
+            memset(dst + tot, 0, m);
             continue;
         }
         struct buf *bp = bread(b);
         if (bp == 0)
             break;
-        move(dst + tot, bp->data + boff, m);
+        memcpy(dst + tot, bp->data + boff, m);
         brelse(bp);
     }
     return tot;
@@ -659,7 +623,7 @@ static uint64_t writei(struct inode *ip, const uint8_t *src, uint64_t off, uint6
         if (bp == 0)
             break;
         m = min_u64(n - tot, BSIZE - boff);
-        move(bp->data + boff, src + tot, m);
+        memcpy(bp->data + boff, src + tot, m);
         bdirty(bp);
         brelse(bp);
     }
@@ -727,7 +691,7 @@ static long dirlink(const dname name, uint32_t inum)
         return -FS_EIO;
     uint64_t off = dirfree(&dp);
     de.inum = inum;
-    move(de.name, name, UBFS_DIRENT_NAME);
+    memcpy(de.name, name, UBFS_DIRENT_NAME);
     if (writei(&dp, (const uint8_t *)&de, off, sizeof de) != sizeof de)
         return -FS_ENOSPC;
     return 0;
@@ -741,7 +705,7 @@ static void dirunlink(uint64_t off)
 
     if (iget(UBFS_ROOT_INODE, &dp) < 0)
         return;
-    zero(&de, sizeof de);
+    memset(&de, 0, sizeof de);
     writei(&dp, (const uint8_t *)&de, off, sizeof de);
 }
 
@@ -766,8 +730,8 @@ static int mkfs(uint32_t blocks)
     struct ubfs_super s;
     uint32_t inodes = (blocks + UBFS_BLOCKS_PER_INODE - 1) / UBFS_BLOCKS_PER_INODE;
 
-    zero(&s, sizeof s);
-    move(s.magic, UBFS_MAGIC, 8);
+    memset(&s, 0, sizeof s);
+    memcpy(s.magic, UBFS_MAGIC, 8);
     s.block_size = BSIZE;
     s.block_count = blocks;
     s.bitmap_start = 1;
@@ -807,7 +771,7 @@ static int mkfs(uint32_t blocks)
     struct buf *bp = bzeroed(0);
     if (bp == 0)
         return -1;
-    move(bp->data, &s, sizeof s);
+    memcpy(bp->data, &s, sizeof s);
     brelse(bp);
     bflush();
     return io_failed ? -1 : 0;
@@ -827,7 +791,7 @@ static int mount(uint32_t *blocks)
     if (bp == 0)
         return -1;
     struct ubfs_super s;
-    move(&s, bp->data, sizeof s);
+    memcpy(&s, bp->data, sizeof s);
     brelse(bp);
     if (memcmp(s.magic, UBFS_MAGIC, 8) != 0)
         return mkfs(*blocks) < 0 ? -1 : 0;
@@ -918,7 +882,7 @@ static long get_name(const uint8_t *buf, dname name)
 
     if (*s == '/')
         s++;
-    zero(name, UBFS_DIRENT_NAME);
+    memset(name, 0, UBFS_DIRENT_NAME);
     for (; s[len] != '\0'; len++) {
         if (len == FS_NAME_MAX)
             return -FS_ENAMETOOLONG;
@@ -953,7 +917,7 @@ static long create(const dname name, struct inode *ip)
     iupdate(ip);
     long r = dirlink(name, ip->inum);
     if (r < 0) { /* no room for the entry: the inode goes back */
-        zero(&ip->d, sizeof ip->d);
+        memset(&ip->d, 0, sizeof ip->d);
         ip->dirty = 1;
         iupdate(ip);
     }
@@ -1100,7 +1064,7 @@ static long fs_delete(struct request *rq)
         return -FS_EBUSY;
     dirunlink(off);
     itrunc(&ip, 0);
-    zero(&ip.d, sizeof ip.d); /* type FREE */
+    memset(&ip.d, 0, sizeof ip.d); /* type FREE */
     ip.dirty = 1;
     iupdate(&ip);
     return 0;
