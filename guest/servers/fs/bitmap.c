@@ -14,10 +14,11 @@ static uint32_t alloc_rotor;
 static uint32_t balloc_range(uint32_t from, uint32_t to)
 {
     for (uint32_t b = from; b < to;) {
-        struct buf *bp = bread(sb.bitmap_start + b / BPB);
+        uint32_t block = b / BPB; /* of the bitmap: it holds bits up to end */
+        uint32_t end = (uint32_t)min_u64(to, (uint64_t)(block + 1) * BPB);
+        struct buf *bp = bread(sb.bitmap_start + block);
         if (bp == 0)
             return 0;
-        uint32_t end = (uint32_t)min_u64(to, (uint64_t)(b / BPB + 1) * BPB);
         for (; b < end; b++) {
             uint32_t bit = b % BPB;
             if (bit % 8 == 0 && bp->data[bit / 8] == 0xff && b + 8 <= end) {
