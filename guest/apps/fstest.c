@@ -445,6 +445,10 @@ static void suite_handles(const struct ub_conn *a, const struct ub_conn *b)
     CHECK_EQ(call(a, FS_TRUNCATE, ha, -1, 0, out), -FS_EINVAL);
     CHECK_EQ(call(a, FS_TRUNCATE, ha, 1L << 60, 0, out), -FS_EFBIG);
     CHECK_EQ(call(a, 99, 0, 0, 0, out), -FS_EINVAL);
+    CHECK_EQ(call(a, 0, 0, 0, 0, out), -FS_EINVAL); /* the request table's bounds */
+    CHECK_EQ(call(a, FS_STATFS + 1, 0, 0, 0, out), -FS_EINVAL);
+    CHECK_EQ(call(a, -1, 0, 0, 0, out), -FS_EINVAL);
+    CHECK_EQ(call(a, 1L << 62, 0, 0, 0, out), -FS_EINVAL);
     CHECK_EQ(call(a, FS_SIZE, ha, 0, 0, out), 0); /* still a's */
     CHECK_EQ(call(a, FS_CLOSE, ha, 0, 0, 0), 0);
 

@@ -1,7 +1,7 @@
 /* ublib.c: the out-of-line part of the guest runtime (see ub.h for the API).
  *
  * Built with -ffreestanding -fno-builtin -fno-tree-loop-distribute-patterns: the last
- * flag stops gcc from recognising the byte loops below as memset/memcpy idioms and
+ * flag stops gcc from recognising the copy loops below as memset/memcpy idioms and
  * compiling them into calls to themselves.
  */
 #include "ub.h"
@@ -214,12 +214,33 @@ int ub_printf(const char *fmt, ...)
 
 /* ---- freestanding helpers ------------------------------------------------------ */
 
-void *memcpy(void *restrict dst, const void *restrict src, size_t n)
+/* memcpy and memset move 64 bytes per loop iteration (as a real memcpy does), then
+ * words, then bytes: servers copy whole 4 KiB blocks and inodes, and gcc calls these for
+ * struct copies. Words go through a type that may alias anything and sit anywhere, so
+ * neither end need be aligned.
+ *
+ * memcpy's definition leaves out ub.h's `restrict` on purpose: with it gcc turns the
+ * copy loop into 16-byte SSE moves, about a third fewer instructions per block, which
+ * would lower every server's simulated cost. This is the 8-byte loop the fs and ramdisk
+ * servers have always used; moving to SSE copies is a cost-model change, for its own
+ * commit. (memset's stores are vectorised either way, as the fs server's were.) */
+typedef unsigned long __attribute__((may_alias, aligned(1))) any_word;
+
+void *memcpy(void *dst, const void *src, size_t n)
 {
-    unsigned char *d = dst;
-    const unsigned char *s = src;
-    while (n--)
+    any_word *d = dst;
+    const any_word *s = src;
+
+    for (; n >= 64; n -= 64, d += 8, s += 8) {
+        d[0] = s[0], d[1] = s[1], d[2] = s[2], d[3] = s[3];
+        d[4] = s[4], d[5] = s[5], d[6] = s[6], d[7] = s[7];
+    }
+    for (; n >= 8; n -= 8)
         *d++ = *s++;
+    unsigned char *d8 = (unsigned char *)d;
+    const unsigned char *s8 = (const unsigned char *)s;
+    while (n--)
+        *d8++ = *s8++;
     return dst;
 }
 
@@ -239,9 +260,16 @@ void *memmove(void *dst, const void *src, size_t n)
 
 void *memset(void *dst, int c, size_t n)
 {
-    unsigned char *d = dst;
+    any_word *d = dst;
+    unsigned long w = (unsigned char)c * 0x0101010101010101UL; /* c in every byte */
+
+    for (; n >= 64; n -= 64, d += 8)
+        d[0] = d[1] = d[2] = d[3] = d[4] = d[5] = d[6] = d[7] = w;
+    for (; n >= 8; n -= 8)
+        *d++ = w;
+    unsigned char *d8 = (unsigned char *)d;
     while (n--)
-        *d++ = (unsigned char)c;
+        *d8++ = (unsigned char)c;
     return dst;
 }
 

@@ -29,7 +29,7 @@ class Node:
 
 
 class Builder:
-    """mkfs and file creation in Python, with fs.c's geometry: blocks are handed out in
+    """mkfs and file creation in Python, with mkfs.c's geometry: blocks are handed out in
     order, all-zero file blocks are left as holes, tables are made as needed."""
 
     def __init__(self, blocks: int = 96) -> None:

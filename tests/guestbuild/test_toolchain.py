@@ -142,7 +142,7 @@ def test_server_header_is_in_the_key(fresh_cache, gcc_runs, guest_copy):
     (server / "fake.c").write_text(
         '#include "ub.h"\n#include "fake_proto.h"\nint main(void) { return FAKE_OP; }\n'
     )
-    (server / "helper.c").write_text("int not_a_program;\n")  # only <dir>/<dir>.c counts
+    (server / "helper.c").write_text("int not_a_program;\n")  # only <dir>/<dir>.c is named
     header = server / "fake_proto.h"
     header.write_text("#define FAKE_OP 1\n")
     assert "fake" in toolchain.list_programs()
@@ -152,6 +152,32 @@ def test_server_header_is_in_the_key(fresh_cache, gcc_runs, guest_copy):
     after = build_program("fake", base=0x400000)
     assert before.parent != after.parent
     assert len(gcc_runs) == 2
+
+
+def test_a_server_is_every_c_file_of_its_folder(fresh_cache, gcc_runs, guest_copy):
+    server = guest_copy / "servers" / "split"
+    server.mkdir()
+    (server / "split.h").write_text("long layer(void);\n")
+    (server / "split.c").write_text('#include "split.h"\nint main(void) { return layer(); }\n')
+    layer = server / "layer.c"
+    layer.write_text('#include "split.h"\nlong layer_word = 7;\nlong layer(void) { return 1; }\n')
+    before = build_program("split", base=0x400000)
+    assert toolchain.symbol(before, "layer_word")[1] == 8
+    layer.write_text(layer.read_text().replace("return 1", "return 2"))
+    after = build_program("split", base=0x400000)
+    assert before.parent != after.parent  # the key covers the layer file
+    assert len(gcc_runs) == 2
+    built = [Path(arg).name for arg in gcc_runs[0] if arg.endswith((".c", ".S"))]
+    assert built == ["crt0.S", "split.c", "layer.c", "ublib.c", "ipc.c"]
+
+
+def test_fs_server_is_built_from_its_layers():
+    sources = toolchain._program_sources(toolchain._resolve_source("fs"))
+    assert sources[0].name == "fs.c"
+    assert {"bio.c", "inode.c", "requests.c"} <= {path.name for path in sources}
+    assert toolchain._program_sources(toolchain._resolve_source("hello")) == [
+        guest_root() / "apps" / "hello.c"
+    ]
 
 
 def test_a_name_in_apps_and_servers_is_refused(guest_copy):

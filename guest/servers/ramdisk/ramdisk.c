@@ -31,22 +31,6 @@ _Static_assert(BLK_MAX_BLOCKS * BLK_BLOCK_SIZE <= UB_IPC_BUFFER_SIZE, "buffer to
 
 unsigned char ub_ramdisk[RAMDISK_BLOCKS * BLK_BLOCK_SIZE] __attribute__((aligned(4096)));
 
-/* Copy n bytes, 64 per loop iteration (a real memcpy's cache line at a time; the
- * runtime's memcpy goes byte by byte): both ends are block aligned and n is a multiple
- * of the block size. */
-typedef uint64_t __attribute__((may_alias)) any_u64; /* words over bytes, no aliasing UB */
-
-static void copy_blocks(void *dst, const void *src, unsigned long n)
-{
-    any_u64 *d = dst;
-    const any_u64 *s = src;
-
-    for (unsigned long i = 0; i < n / 8; i += 8) {
-        d[i] = s[i], d[i + 1] = s[i + 1], d[i + 2] = s[i + 2], d[i + 3] = s[i + 3];
-        d[i + 4] = s[i + 4], d[i + 5] = s[i + 5], d[i + 6] = s[i + 6], d[i + 7] = s[i + 7];
-    }
-}
-
 /* Is {lba, count} a transfer this disk can do through one shared buffer? */
 static int valid_range(long lba, long count)
 {
@@ -79,9 +63,9 @@ static void handle(struct ub_msg *msg)
             break;
         disk = ub_ramdisk + (unsigned long)lba * BLK_BLOCK_SIZE;
         if (op == BLK_READ)
-            copy_blocks(msg->buf, disk, (unsigned long)count * BLK_BLOCK_SIZE);
+            memcpy(msg->buf, disk, (unsigned long)count * BLK_BLOCK_SIZE);
         else
-            copy_blocks(disk, msg->buf, (unsigned long)count * BLK_BLOCK_SIZE);
+            memcpy(disk, msg->buf, (unsigned long)count * BLK_BLOCK_SIZE);
         msg->mr[0] = 0;
         return;
     case BLK_FLUSH:

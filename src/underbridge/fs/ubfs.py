@@ -85,7 +85,7 @@ class Superblock:
 
     def problem(self, image_blocks: int) -> str | None:
         """Why this geometry is impossible for an image of `image_blocks` blocks, or None
-        (the same conditions as fs.c's geometry_ok)."""
+        (the same conditions as geometry_ok in guest/servers/fs/mkfs.c)."""
         checks = (
             (self.magic == MAGIC, f"magic {self.magic!r}, not {MAGIC!r}"),
             (self.block_size == BLOCK_SIZE, f"block size {self.block_size}"),

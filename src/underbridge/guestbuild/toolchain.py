@@ -1,9 +1,10 @@
 """Builds guest C programs into static x86-64 ELF executables with the system gcc.
 
 A program is its source file compiled together with the guest runtime
-(guest/runtime/crt0.S, ublib.c and ipc.c) against guest/include, in one gcc invocation.
-Bundled programs are found by name: guest/apps/<name>.c, or guest/servers/<name>/<name>.c
-for a system server (one per directory, with its private headers beside it).
+(guest/runtime/crt0.S, ublib.c and ipc.c) against guest/include, in one gcc invocation
+(each file its own translation unit). Bundled programs are found by name:
+guest/apps/<name>.c, or guest/servers/<name>/<name>.c for a system server (one per
+directory); a server is every .c of its directory, with its private headers beside them.
 
 Two guest libcs (`libc=`):
   "none"  freestanding: the program's sources plus the native runtime; its only
@@ -21,8 +22,8 @@ Invariants:
     (`-z separate-code`), and there is no PT_INTERP or PT_DYNAMIC.
   - The cache key is a sha256 over everything that determines the output: gcc's
     version line, the exact argument list (which includes `base`), and the name and
-    bytes of every input: the source, extra sources, the runtime, every file under
-    guest/include, and every *.h next to a source file. A header included from
+    bytes of every input: the sources (all of a server's), extra sources, the runtime,
+    every file under guest/include, and every *.h next to a source file. A header included from
     anywhere else is NOT in the key; keep guest headers in those places.
   - A cached ELF appears only by an atomic rename of a finished build, so a file at
     its cache path is always complete, even with concurrent builders (pytest-xdist
@@ -207,6 +208,15 @@ def _existing_file(path: Path, *, suffixes: Sequence[str]) -> Path:
     return path.resolve()
 
 
+def _program_sources(main_source: Path) -> list[Path]:
+    """A program's own C files: a bundled server is every .c of its folder, its main
+    file (<name>/<name>.c) first and the others by name; anything else is one file."""
+    folder = main_source.parent
+    if folder.parent != guest_root() / "servers":
+        return [main_source]
+    return [main_source, *sorted(path for path in folder.glob("*.c") if path != main_source)]
+
+
 def _runtime_sources(libc: str = "none") -> tuple[Path, ...]:
     """The runtime a program links. Freestanding: crt0.S first (its _start leads .text),
     then the C files; with musl, musl brings the start-up code and the glue the rest."""
@@ -341,8 +351,9 @@ def build_program(source: Path | str, *, base: int, extra_sources: Sequence[Path
                   include_dirs: Sequence[Path] = ()) -> Path:
     """Build a guest program linked at `base`; return the path of its (cached) ELF.
 
-    `source` is a bundled program name ("hello" is guest/apps/hello.c, "echo" is
-    guest/servers/echo/echo.c) or the path of a .c file; `extra_sources` (.c or .S) are
+    `source` is a bundled program name ("hello" is guest/apps/hello.c, "fs" is
+    guest/servers/fs/fs.c and the other .c files there) or the path of a .c file
+    (one in guest/servers/<name>/ brings its folder's too); `extra_sources` (.c or .S) are
     compiled and linked in as well, and `extra_objects` (from build_object) linked;
     `include_dirs` are searched for headers after guest/include (their *.h files are
     part of the cache key).
@@ -351,14 +362,15 @@ def build_program(source: Path | str, *, base: int, extra_sources: Sequence[Path
     _check_base(base)
     _check_libc(libc)
     main_source = _resolve_source(source)
+    program = _program_sources(main_source)
     extras = [_existing_file(Path(p), suffixes=(".c", ".S")) for p in extra_sources]
     objects = [_existing_file(Path(p), suffixes=(".o",)) for p in extra_objects]
     runtime = _runtime_sources(libc)
     if libc == "musl":
-        sources = [main_source, *extras, *runtime, *objects]
+        sources = [*program, *extras, *runtime, *objects]
         libs: tuple[str, ...] = ()  # musl-gcc links libc and libgcc itself
     else:
-        sources = [runtime[0], main_source, *extras, *runtime[1:], *objects]
+        sources = [runtime[0], *program, *extras, *runtime[1:], *objects]
         libs = LIBS
 
     gcc = _find_gcc(libc)
