@@ -29,8 +29,10 @@ def test_run_hello_json_is_deterministic():
 
 def test_run_own_c_file_with_arguments(tmp_path):
     source = tmp_path / "echo.c"
-    source.write_text('#include "ub.h"\nint main(int argc, char **argv)'
-                      '{ ub_printf("%d:%s\\n", argc, argv[argc - 1]); return 5; }\n')
+    source.write_text(
+        '#include "ub.h"\nint main(int argc, char **argv)'
+        '{ ub_printf("%d:%s\\n", argc, argv[argc - 1]); return 5; }\n'
+    )
     result = invoke("run", "--c", str(source), "one", "two")
     assert "3:two" in result.output and result.exit_code == 5
 
@@ -63,8 +65,12 @@ def test_demo_pku_shows_the_blocked_access_and_exits_0():
 
 def test_bench_machine_json_reports_every_figure():
     report = json.loads(invoke("bench", "machine", "--scale", "0.01", "--json").output)
-    for key in ("mips_accounting_on", "mips_accounting_off", "syscall_roundtrip_wall_us",
-                "wrpkru_pair_wall_us"):
+    for key in (
+        "mips_accounting_on",
+        "mips_accounting_off",
+        "syscall_roundtrip_wall_us",
+        "wrpkru_pair_wall_us",
+    ):
         assert report[key] > 0
     # No order between the two: with the native block hook, accounting can be faster than
     # the engine's own instruction counting, which the machine uses when accounting is off.
@@ -83,9 +89,11 @@ def test_scan_reports_a_hidden_wrpkru_and_exits_1(tmp_path, hello_elf):
     from underbridge.guestbuild.toolchain import build_program
 
     source = tmp_path / "hidden.c"
-    source.write_text('#include "ub.h"\nint main(void) {\n'
-                      '  __asm__ volatile("mov $0x90ef010f, %%eax" ::: "eax");\n'
-                      '  return 0; }\n')
+    source.write_text(
+        '#include "ub.h"\nint main(void) {\n'
+        '  __asm__ volatile("mov $0x90ef010f, %%eax" ::: "eax");\n'
+        "  return 0; }\n"
+    )
     elf = build_program(source, base=0x40_0000)
     result = invoke("scan", str(elf), "--json")
     assert result.exit_code == 1
@@ -95,5 +103,8 @@ def test_scan_reports_a_hidden_wrpkru_and_exits_1(tmp_path, hello_elf):
     assert "mov" in " ".join(hidden[0]["overlaps"])
     clean = invoke("scan", str(hello_elf), "--json")
     assert clean.exit_code == 0
-    assert not [f for f in json.loads(clean.output)["findings"]
-                if f["class"] in ("wrpkru", "xrstor", "xrstors")]
+    assert not [
+        f
+        for f in json.loads(clean.output)["findings"]
+        if f["class"] in ("wrpkru", "xrstor", "xrstors")
+    ]

@@ -40,34 +40,67 @@ OBSERVED: dict[str, tuple[str, ...]] = {
     "call-foreign-gate": ("gate call = -1",),
     "gate-wrpkru-jump": ("#UD invalid opcode at rip 0x6000", "pkru 0x00000000", GATE_ABORT),
     "gate-skip-auth": ("#UD invalid opcode at rip 0x6000", f"pkru {ECHO_PKRU:#010x}", GATE_ABORT),
-    "deputy": ("write(echo's stack) = -14", "write(gate code) = -14", "wait(own memory) = 0",
-               "wait(into echo's stack) = -14", "wait(into the control page) = -14"),
+    "deputy": (
+        "write(echo's stack) = -14",
+        "write(gate code) = -14",
+        "wait(own memory) = 0",
+        "wait(into echo's stack) = -14",
+        "wait(into the control page) = -14",
+    ),
     "stale-buffer": ("#PF write of 0x5000", ABSENT, "ring 0"),
     "boot-stub-wrpkru": ("#PF fetch of 0xffffffff80001005", ABSENT, "ring 0"),
     "gate-return-page": ("#UD invalid opcode at rip 0x630000010800", "ring 0"),
     "app-read-server": ("#PF read of 0x", ABSENT, "ring 3"),
-    "deputy-register": ("register(own memory) ok", "register(name in echo's stack) = -14",
-                        "register(name in the control page) = -14"),
-    "deputy-connect": ("connect(own memory) ok", "connect(name in echo's stack) = -14",
-                       "connect(name in the control page) = -14"),
-    "deputy-spawn": ("spawn(own memory) ok", "spawn(name in echo's stack) = -14",
-                     "spawn(name in the control page) = -14",
-                     "spawn(arguments in echo's stack) = -14",
-                     "spawn(arguments in the control page) = -14"),
+    "deputy-register": (
+        "register(own memory) ok",
+        "register(name in echo's stack) = -14",
+        "register(name in the control page) = -14",
+    ),
+    "deputy-connect": (
+        "connect(own memory) ok",
+        "connect(name in echo's stack) = -14",
+        "connect(name in the control page) = -14",
+    ),
+    "deputy-spawn": (
+        "spawn(own memory) ok",
+        "spawn(name in echo's stack) = -14",
+        "spawn(name in the control page) = -14",
+        "spawn(arguments in echo's stack) = -14",
+        "spawn(arguments in the control page) = -14",
+    ),
     "thread-into-gate": ("#UD invalid opcode at rip 0x6000", f"pkru {ECHO_PKRU:#010x}", GATE_ABORT),
     "thread-into-echo": ("#PF read of 0x1ffef", PKEY_AD, "ring 0", "mov rdi, qword ptr [rsp]"),
-    "pmo-foreign": ("map(own window) = 0", "unmap(own window) = 0", "map(echo's stack) = -22",
-                    "map(gate) = -22", "map(control page) = -22",
-                    "map(own region's upper half) = -22", "unmap(echo's stack) = -22",
-                    "unmap(gate) = -22"),
-    "code-alias": ("#PF fetch of 0x", "instruction fetch from a no-execute page", "ring 0",
-                   ": wrpkru"),
+    "pmo-foreign": (
+        "map(own window) = 0",
+        "unmap(own window) = 0",
+        "map(echo's stack) = -22",
+        "map(gate) = -22",
+        "map(control page) = -22",
+        "map(own region's upper half) = -22",
+        "unmap(echo's stack) = -22",
+        "unmap(gate) = -22",
+    ),
+    "code-alias": (
+        "#PF fetch of 0x",
+        "instruction fetch from a no-execute page",
+        "ring 0",
+        ": wrpkru",
+    ),
     "code-write": ("#PF write of 0x", "write to a read-only page", "ring 0"),
 }
 VM_EXIT = "VMEXIT privileged instruction in ring 0, denied by the monitor"
-for _name, _insn in (("cr4", "mov cr4, rax"), ("cr0", "mov cr0, rax"), ("cr3", "mov cr3, rax"),
-                     ("wrmsr", "wrmsr"), ("lgdt", "lgdt"), ("lidt", "lidt"), ("hlt", "hlt"),
-                     ("cli", "cli"), ("invlpg", "invlpg"), ("out", "out dx, al")):
+for _name, _insn in (
+    ("cr4", "mov cr4, rax"),
+    ("cr0", "mov cr0, rax"),
+    ("cr3", "mov cr3, rax"),
+    ("wrmsr", "wrmsr"),
+    ("lgdt", "lgdt"),
+    ("lidt", "lidt"),
+    ("hlt", "hlt"),
+    ("cli", "cli"),
+    ("invlpg", "invlpg"),
+    ("out", "out dx, al"),
+):
     for _variant in ("plain", "hidden"):
         OBSERVED[f"priv-{_name}-{_variant}"] = (VM_EXIT, "(ring 0", f": {_insn}")
 OBSERVED["priv-out-plain"] = ("#UD invalid opcode at rip 0x7f00", "(ring 0", ": ud2")
@@ -76,12 +109,18 @@ for _name, _insn in (("cr4", "mov cr4, rax"), ("wrmsr", "wrmsr")):
 for _name in ("wrpkru", "xrstor"):
     for _variant in ("plain", "hidden"):
         OBSERVED[f"priv-{_name}-{_variant}"] = (
-            "refused at load", "can change PKRU", f"{_name} found at 0x",
-            "aligned" if _variant == "plain" else ": movabs rax, 0x90909090")
+            "refused at load",
+            "can change PKRU",
+            f"{_name} found at 0x",
+            "aligned" if _variant == "plain" else ": movabs rax, 0x90909090",
+        )
 for _variant in ("plain", "hidden"):
     OBSERVED[f"pkru-split-{_variant}"] = (
-        "refused at load", "can change PKRU", "wrpkru found at 0x",
-        "aligned" if _variant == "plain" else ": mov eax, 0xef010f90")
+        "refused at load",
+        "can change PKRU",
+        "wrpkru found at 0x",
+        "aligned" if _variant == "plain" else ": mov eax, 0xef010f90",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +159,11 @@ def test_rows_use_distinct_regions_and_both_rings():
 
 
 def test_a_wrong_expectation_fails():
-    spec = dataclasses.replace(redteam.ATTACKS[0], id="wrong", expect=redteam.Expect(
-        "not present", "#PF", Violation.NOT_PRESENT, Access.READ))
+    spec = dataclasses.replace(
+        redteam.ATTACKS[0],
+        id="wrong",
+        expect=redteam.Expect("not present", "#PF", Violation.NOT_PRESENT, Access.READ),
+    )
     row = redteam.run_row(0, spec)
     assert row.verdict == redteam.FAIL and PKEY_AD in row.observed
 
@@ -129,8 +171,9 @@ def test_a_wrong_expectation_fails():
 def test_an_access_that_succeeds_fails_even_with_a_lenient_expectation():
     # the attacker reads its own code page (its own key): it prints LEAKED and exits 1
     own_code = hex(redteam.ATTACK_BASE + 0x1000)
-    spec = dataclasses.replace(redteam.ATTACKS[0], id="own", args=(own_code,),
-                               expect=redteam.Expect("anything", "#PF"))
+    spec = dataclasses.replace(
+        redteam.ATTACKS[0], id="own", args=(own_code,), expect=redteam.Expect("anything", "#PF")
+    )
     row = redteam.run_row(0, spec)
     assert row.verdict == redteam.FAIL
     assert "LEAKED" in row.observed and "exited with status 1" in row.observed
@@ -143,8 +186,9 @@ def test_every_row_passes(result):
 def test_cli_json_of_chosen_rows():
     """The whole table runs once, in `result`; the command is checked on two rows."""
     chosen = ["read-server", "pkru-refresh"]
-    outcome = CliRunner().invoke(main, ["redteam", "--json", *(f"--only={r}" for r in chosen)],
-                                 catch_exceptions=False)
+    outcome = CliRunner().invoke(
+        main, ["redteam", "--json", *(f"--only={r}" for r in chosen)], catch_exceptions=False
+    )
     assert outcome.exit_code == 0
     report = json.loads(outcome.output)
     assert report["passed"] is True

@@ -33,8 +33,11 @@ def text(table) -> str:
 
 
 def cycles(report: dict, mode: str, path: str) -> float:
-    return next(r["sim_cycles_per_rtt"] for r in report["modes"][mode]["bench"]["results"]
-                if r["path"] == path)
+    return next(
+        r["sim_cycles_per_rtt"]
+        for r in report["modes"][mode]["bench"]["results"]
+        if r["path"] == path
+    )
 
 
 def test_json_has_every_design_with_both_paths(run):
@@ -65,8 +68,11 @@ def test_png_is_a_real_chart(run):
 
 def test_every_measured_path_and_every_paper_figure_has_a_row(run):
     result, report, _ = run
-    measured = {(row["mode"], row["path"]) for row in report["comparison"]
-                if row["sim_cycles_per_rtt"] is not None}
+    measured = {
+        (row["mode"], row["path"])
+        for row in report["comparison"]
+        if row["sim_cycles_per_rtt"] is not None
+    }
     assert measured == {(m, p) for m in designs.DESIGNS for p in ipc_bench.PATHS}
     shown = {key for row in report["comparison"] for key in row["paper"]}
     assert shown == {f.key for f in reproduce.PAPER}
@@ -90,21 +96,29 @@ def test_paper_figures_reuse_the_cost_table():
 def test_ratios_are_the_measured_numbers_divided(run):
     result, report, _ = run
     others = [m for m in designs.DESIGNS if m != "sel4"]
-    assert [(r["mode"], r["versus"]) for r in report["ratios"]][:len(others)] == \
-        [(m, "sel4") for m in others]
+    assert [(r["mode"], r["versus"]) for r in report["ratios"]][: len(others)] == [
+        (m, "sel4") for m in others
+    ]
     for ratio in report["ratios"]:
-        assert ratio["ours"] == pytest.approx(cycles(report, ratio["mode"], "server-server")
-                                              / cycles(report, ratio["versus"], "server-server"))
+        assert ratio["ours"] == pytest.approx(
+            cycles(report, ratio["mode"], "server-server")
+            / cycles(report, ratio["versus"], "server-server")
+        )
     assert text(reproduce.ratio_table(result)).count(" / sel4") == len(others)
 
 
 def test_new_designs_need_no_change(tmp_path, monkeypatch):
     fake = {"sel4": 1_207.0, "underbridge": 150.0, "skybridge": 450.0}
     monkeypatch.setattr(designs, "DESIGNS", tuple(fake))
-    monkeypatch.setattr(ipc_bench, "run", lambda mode, rounds, progress=None:
-                        ipc_bench.IpcBenchResult(mode, rounds, tuple(
-                            ipc_bench.PathResult(path, fake[mode], 1.0, rounds)
-                            for path in ipc_bench.PATHS)))
+    monkeypatch.setattr(
+        ipc_bench,
+        "run",
+        lambda mode, rounds, progress=None: ipc_bench.IpcBenchResult(
+            mode,
+            rounds,
+            tuple(ipc_bench.PathResult(path, fake[mode], 1.0, rounds) for path in ipc_bench.PATHS),
+        ),
+    )
     result = reproduce.run(rounds=ROUNDS, out=tmp_path)
     assert list(result.results) == list(fake)
     assert all(row.sim_cycles is not None for row in result.rows if row.mode)
@@ -119,8 +133,9 @@ def test_new_designs_need_no_change(tmp_path, monkeypatch):
 
 def test_cli_quick_json_and_table(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(main, ["reproduce", "--quick", "--json", "--out", str(tmp_path)],
-                           catch_exceptions=False)
+    result = runner.invoke(
+        main, ["reproduce", "--quick", "--json", "--out", str(tmp_path)], catch_exceptions=False
+    )
     assert result.exit_code == 0
     report = json.loads(result.stdout)
     assert report["ipc"]["rounds"] == reproduce.QUICK_ROUNDS
@@ -129,8 +144,9 @@ def test_cli_quick_json_and_table(tmp_path):
     assert report["ycsb"]["records"] == reproduce_ycsb.QUICK_RECORDS
     assert report["ycsb"] == json.loads((tmp_path / reproduce_ycsb.JSON_NAME).read_text())
     assert (tmp_path / reproduce_ycsb.PLOT_NAME).read_bytes().startswith(PNG_MAGIC)
-    shown = runner.invoke(main, ["reproduce", "--quick", "--out", str(tmp_path / "again")],
-                          catch_exceptions=False)
+    shown = runner.invoke(
+        main, ["reproduce", "--quick", "--out", str(tmp_path / "again")], catch_exceptions=False
+    )
     assert shown.exit_code == 0
     assert "published figures" in shown.stdout and "paper cycles" in shown.stdout
     assert "SQLite under YCSB-A" in shown.stdout and "speedup over" in shown.stdout
@@ -144,8 +160,8 @@ def test_ycsb_reproduction_compares_every_mode_with_sel4(tmp_path):
     assert result.speedup("sel4") == 1.0
     for mode, bench in result.results.items():
         assert result.speedup(mode) == pytest.approx(
-            bench.sim_ops_per_sec / result.results["sel4"].sim_ops_per_sec)
+            bench.sim_ops_per_sec / result.results["sel4"].sim_ops_per_sec
+        )
     saved = json.loads(result.json_path.read_text())
-    assert saved["modes"]["underbridge"]["speedup_over_baseline"] == result.speedup(
-        "underbridge")
+    assert saved["modes"]["underbridge"]["speedup_over_baseline"] == result.speedup("underbridge")
     assert result.plot_path.read_bytes().startswith(PNG_MAGIC)

@@ -34,7 +34,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ycsb.YcsbR
 
 @pytest.mark.parametrize("mode", ycsb.MODES)
 def test_database_out_of_the_fs_equals_the_native_run(
-        runs: dict[str, tuple[ycsb.YcsbResult, Path]], mode: str, tmp_path: Path) -> None:
+    runs: dict[str, tuple[ycsb.YcsbResult, Path]], mode: str, tmp_path: Path
+) -> None:
     result, db = runs[mode]
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -49,7 +50,8 @@ def test_database_out_of_the_fs_equals_the_native_run(
 
 @pytest.mark.parametrize("mode", ycsb.MODES)
 def test_report_is_complete_and_consistent(
-        runs: dict[str, tuple[ycsb.YcsbResult, Path]], mode: str) -> None:
+    runs: dict[str, tuple[ycsb.YcsbResult, Path]], mode: str
+) -> None:
     result, _ = runs[mode]
     assert result.sim_ops_per_sec == pytest.approx(ycsb.NOMINAL_HZ / result.sim_cycles_per_op)
     parts = result.breakdown
@@ -65,7 +67,8 @@ def test_report_is_complete_and_consistent(
 
 
 def test_underbridge_has_the_highest_throughput(
-        runs: dict[str, tuple[ycsb.YcsbResult, Path]]) -> None:
+    runs: dict[str, tuple[ycsb.YcsbResult, Path]],
+) -> None:
     throughput = {mode: result.sim_ops_per_sec for mode, (result, _) in runs.items()}
     assert max(throughput, key=throughput.__getitem__) == "underbridge"
     assert throughput["sel4"] > throughput["sel4-kpti"]
@@ -74,9 +77,12 @@ def test_underbridge_has_the_highest_throughput(
 def test_same_seed_same_figures(runs: dict[str, tuple[ycsb.YcsbResult, Path]]) -> None:
     again = ycsb.run("underbridge", RECORDS, OPS, SEED)
     first = runs["underbridge"][0]
-    assert (again.sim_cycles_per_op, again.breakdown, again.calls_per_op,
-            again.load_sim_cycles) == (first.sim_cycles_per_op, first.breakdown,
-                                       first.calls_per_op, first.load_sim_cycles)
+    assert (
+        again.sim_cycles_per_op,
+        again.breakdown,
+        again.calls_per_op,
+        again.load_sim_cycles,
+    ) == (first.sim_cycles_per_op, first.breakdown, first.calls_per_op, first.load_sim_cycles)
 
 
 def test_progress_counts_records_then_operations() -> None:
@@ -88,15 +94,39 @@ def test_progress_counts_records_then_operations() -> None:
 
 def test_cli_json(tmp_path: Path) -> None:
     db = tmp_path / "out.db"
-    result = CliRunner().invoke(main, ["bench", "ycsb", "--mode", "sel4", "--records", "10",
-                                       "--ops", "10", "--seed", "5", "--json",
-                                       "--db-out", str(db)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "ycsb",
+            "--mode",
+            "sel4",
+            "--records",
+            "10",
+            "--ops",
+            "10",
+            "--seed",
+            "5",
+            "--json",
+            "--db-out",
+            str(db),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert {"mode", "records", "ops", "seed", "sim_ops_per_sec", "sim_cycles_per_op",
-            "ipc_calls_per_op", "wall_ops_per_sec", "breakdown"} <= set(report)
-    assert (report["mode"], report["records"], report["ops"], report["seed"]) == (
-        "sel4", 10, 10, 5)
+    assert {
+        "mode",
+        "records",
+        "ops",
+        "seed",
+        "sim_ops_per_sec",
+        "sim_cycles_per_op",
+        "ipc_calls_per_op",
+        "wall_ops_per_sec",
+        "breakdown",
+    } <= set(report)
+    assert (report["mode"], report["records"], report["ops"], report["seed"]) == ("sel4", 10, 10, 5)
     assert read_rows(db) == expected_rows(10, 10, 5)
 
 

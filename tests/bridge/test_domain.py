@@ -40,15 +40,24 @@ def system():
     kernel = Kernel(machine, ipc="underbridge")
     echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=True)
     kernel.run(until=lambda: "echo" in kernel.services)
-    relay = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE),
-                         ["pingpong", "5", "echo", "--as-server"], in_kernel=True)
+    relay = kernel.spawn(
+        build_program("pingpong", base=PINGPONG_BASE),
+        ["pingpong", "5", "echo", "--as-server"],
+        in_kernel=True,
+    )
     app = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE), ["pingpong", "5", "echo"])
     kernel.run(until=lambda: not relay.running and not app.running)
     assert relay.exit_status == 0 and app.exit_status == 0
-    relay2 = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE),
-                          ["pingpong", "100000000", "echo", "--as-server"], in_kernel=True)
-    kernel.run(until=lambda: any(g.client is not None and g.client.group is relay2
-                                 for g in kernel.ipc.gates()))
+    relay2 = kernel.spawn(
+        build_program("pingpong", base=PINGPONG_BASE),
+        ["pingpong", "100000000", "echo", "--as-server"],
+        in_kernel=True,
+    )
+    kernel.run(
+        until=lambda: any(
+            g.client is not None and g.client.group is relay2 for g in kernel.ipc.gates()
+        )
+    )
     return kernel, echo, relay2
 
 
@@ -56,8 +65,11 @@ def test_every_page_of_the_kernel_page_table_is_user_and_keyed(system):
     """Rule 2: no U=0 page for a ring-0 server to reach around PKRU, but the read-only
     current-thread word."""
     kernel, _echo, _relay = system
-    supervisor = [(vaddr, mapping.flags) for vaddr, mapping in
-                  kernel.machine.kernel_space.mappings() if not mapping.flags.user]
+    supervisor = [
+        (vaddr, mapping.flags)
+        for vaddr, mapping in kernel.machine.kernel_space.mappings()
+        if not mapping.flags.user
+    ]
     assert supervisor == [(CURRENT_THREAD_PAGE, PageFlags())]  # not writable, not executable
 
 
@@ -73,8 +85,9 @@ def test_each_server_region_carries_its_own_key_only(system):
     ipc = kernel.ipc
     for group, base in ((echo, ECHO_BASE), (relay, PINGPONG_BASE)):
         key = ipc.domain_of(group).key
-        region = [m for va, m in kernel.machine.kernel_space.mappings()
-                  if base <= va < base + REGION_SIZE]
+        region = [
+            m for va, m in kernel.machine.kernel_space.mappings() if base <= va < base + REGION_SIZE
+        ]
         assert region and all(m.flags.pkey == key for m in region)
         for other in ipc.placed_groups():
             if other is not group:
@@ -95,10 +108,12 @@ def test_key_0_is_closed_to_every_server_and_gates_are_not_writable(system):
 def test_shared_keys_are_opened_by_exactly_the_two_parties(system):
     """Rule 5."""
     kernel, echo, relay = system
-    gate = next(g for g in kernel.ipc.gates() if g.client is not None
-                and g.client.group is relay)
-    openers = [group for group in kernel.placement.placed_groups()
-               if not access_disabled(kernel.placement.domain_of(group).pkru, gate.shared_key)]
+    gate = next(g for g in kernel.ipc.gates() if g.client is not None and g.client.group is relay)
+    openers = [
+        group
+        for group in kernel.placement.placed_groups()
+        if not access_disabled(kernel.placement.domain_of(group).pkru, gate.shared_key)
+    ]
     assert set(openers) == {echo, relay}
     buffer = kernel.machine.kernel_space.lookup(gate.conn.buffer_vaddr)
     assert buffer.flags.pkey == gate.shared_key
@@ -112,8 +127,9 @@ def test_application_page_tables_map_nothing_of_the_kernel_or_servers(system):
             continue
         for vaddr, _mapping in group.vmspace.table.mappings():
             assert not ECHO_BASE <= vaddr < ECHO_BASE + REGION_SIZE
-            assert kernel.machine.kernel_space.lookup(vaddr) is None \
-                or vaddr >= 0x5000_0000_0000  # only shared IPC buffers coincide
+            assert (
+                kernel.machine.kernel_space.lookup(vaddr) is None or vaddr >= 0x5000_0000_0000
+            )  # only shared IPC buffers coincide
 
 
 def test_ending_everything_returns_every_frame_page_and_key():
@@ -129,8 +145,7 @@ def test_ending_everything_returns_every_frame_page_and_key():
     frames, pages = machine.frames.free_frames, len(list(machine.kernel_space.mappings()))
     keys = kernel.ipc.keys.available
     for _ in range(3):  # in-kernel and application clients come and go
-        relay = kernel.spawn(pingpong_elf, ["pingpong", "5", "echo", "--as-server"],
-                             in_kernel=True)
+        relay = kernel.spawn(pingpong_elf, ["pingpong", "5", "echo", "--as-server"], in_kernel=True)
         app = kernel.spawn(pingpong_elf, ["pingpong", "5", "echo"])
         kernel.run(until=lambda r=relay, a=app: not r.running and not a.running)
         assert relay.exit_status == 0 and app.exit_status == 0
@@ -168,9 +183,11 @@ def test_a_hidden_wrpkru_is_refused_as_built_and_admitted_once_rewritten(tmp_pat
     from underbridge.errors import UserError
 
     source = tmp_path / "sneaky.c"
-    source.write_text('#include "ub.h"\nint main(void) {\n'
-                      '  __asm__ volatile("mov $0x90ef010f, %%eax" ::: "eax");\n'
-                      '  return 0; }\n')
+    source.write_text(
+        '#include "ub.h"\nint main(void) {\n'
+        '  __asm__ volatile("mov $0x90ef010f, %%eax" ::: "eax");\n'
+        "  return 0; }\n"
+    )
     elf = build_program(source, base=0x0300_0000)
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
     keys = kernel.ipc.keys.available
@@ -185,12 +202,15 @@ def test_a_hidden_wrpkru_is_refused_as_built_and_admitted_once_rewritten(tmp_pat
 
 def test_an_unsafe_server_can_be_sent_to_user_space_instead(tmp_path):
     source = tmp_path / "sneaky.c"
-    source.write_text('#include "ub.h"\nint main(void) {\n'
-                      '  __asm__ volatile("wrpkru" :: "a"(0), "c"(0), "d"(0));\n'
-                      '  return 0; }\n')
+    source.write_text(
+        '#include "ub.h"\nint main(void) {\n'
+        '  __asm__ volatile("wrpkru" :: "a"(0), "c"(0), "d"(0));\n'
+        "  return 0; }\n"
+    )
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
-    group = kernel.spawn(build_program(source, base=0x0300_0000), ["sneaky"], in_kernel=True,
-                         if_unsafe="user")
+    group = kernel.spawn(
+        build_program(source, base=0x0300_0000), ["sneaky"], in_kernel=True, if_unsafe="user"
+    )
     assert kernel.placement.domain_of(group) is None and group.threads[0].context.cpl == 3
     kernel.run()
     assert group.exit_status == 0  # in ring 3, wrpkru only touches its own (keyless) pages

@@ -18,10 +18,18 @@ from underbridge.bridge.gate import (
     wrpkru_offsets,
 )
 
-SPEC = GateSpec(address=0x6000_3000, client_pkru=0x5555_5550, server_pkru=0x5555_5545,
-                save_area=0x01FF_0000, control=0x7000_3000, stack_top=0x01FE_0000,
-                handler=0x0100_1234, badge=3, buffer=0x5000_0003_0000,
-                current_thread=0x7F00_1000)
+SPEC = GateSpec(
+    address=0x6000_3000,
+    client_pkru=0x5555_5550,
+    server_pkru=0x5555_5545,
+    save_area=0x01FF_0000,
+    control=0x7000_3000,
+    stack_top=0x01FE_0000,
+    handler=0x0100_1234,
+    badge=3,
+    buffer=0x5000_0003_0000,
+    current_thread=0x7F00_1000,
+)
 
 
 def instructions(code: bytes):
@@ -57,8 +65,7 @@ def test_authentication_comes_first_and_failures_stop():
     assert insns[-1].mnemonic == "ud2"
 
 
-@pytest.mark.parametrize("field", ["address", "save_area", "control", "handler",
-                                   "current_thread"])
+@pytest.mark.parametrize("field", ["address", "save_area", "control", "handler", "current_thread"])
 def test_addresses_above_2gib_are_refused(field):
     with pytest.raises(ValueError):
         generate(replace(SPEC, **{field: 0x8000_0000}))
@@ -68,16 +75,31 @@ below_2gib = st.integers(0x0100_0000, 0x5EFF_0000)
 
 
 @settings(max_examples=15, deadline=None)
-@given(client=st.integers(0, 2**32 - 1), server=st.integers(0, 2**32 - 1),
-       save=below_2gib.map(lambda v: v & ~7), stack=below_2gib.map(lambda v: v & ~15),
-       handler=below_2gib, badge=st.integers(1, 2**31 - 1),
-       slot=st.integers(0, 0xFFF), buffer=st.integers(0, 2**30))
-def test_the_patched_template_is_what_the_assembler_makes(client, server, save, stack,
-                                                           handler, badge, slot, buffer):
-    spec = GateSpec(address=0x6000_0000 + slot * 4096, client_pkru=client, server_pkru=server,
-                    save_area=save, control=0x7000_0000 + slot * 4096, stack_top=stack,
-                    handler=handler, badge=badge, buffer=0x5000_0000_0000 + buffer * 65536,
-                    current_thread=0x7F00_1000)
+@given(
+    client=st.integers(0, 2**32 - 1),
+    server=st.integers(0, 2**32 - 1),
+    save=below_2gib.map(lambda v: v & ~7),
+    stack=below_2gib.map(lambda v: v & ~15),
+    handler=below_2gib,
+    badge=st.integers(1, 2**31 - 1),
+    slot=st.integers(0, 0xFFF),
+    buffer=st.integers(0, 2**30),
+)
+def test_the_patched_template_is_what_the_assembler_makes(
+    client, server, save, stack, handler, badge, slot, buffer
+):
+    spec = GateSpec(
+        address=0x6000_0000 + slot * 4096,
+        client_pkru=client,
+        server_pkru=server,
+        save_area=save,
+        control=0x7000_0000 + slot * 4096,
+        stack_top=stack,
+        handler=handler,
+        badge=badge,
+        buffer=0x5000_0000_0000 + buffer * 65536,
+        current_thread=0x7F00_1000,
+    )
     assert generate(spec) == assemble_gate(spec)
 
 
@@ -85,10 +107,20 @@ def test_instruction_boundaries_do_not_depend_on_pkru_values():
     """A gate is rewritten in place when a party's PKRU changes, possibly while a thread
     is in the handler and will return into it: its layout must not move. 0xfffffff3 is a
     value GNU as would encode as a short imm8 in a plain `cmp eax, imm`."""
-    layouts = {tuple(insn.address for insn in instructions(generate(
-        replace(SPEC, client_pkru=client, server_pkru=server))))
-        for client, server in [(0x5555_5550, 0x5555_5545), (0xFFFF_FFF3, 0xFFFF_FFC3),
-                               (0, 0xFFFF_FFFF), (0x7F, 0x8000_0000)]}
+    layouts = {
+        tuple(
+            insn.address
+            for insn in instructions(
+                generate(replace(SPEC, client_pkru=client, server_pkru=server))
+            )
+        )
+        for client, server in [
+            (0x5555_5550, 0x5555_5545),
+            (0xFFFF_FFF3, 0xFFFF_FFC3),
+            (0, 0xFFFF_FFFF),
+            (0x7F, 0x8000_0000),
+        ]
+    }
     assert len(layouts) == 1
 
 
@@ -104,18 +136,25 @@ def test_the_return_half_checks_the_thread_recorded_by_the_call_half():
     abort = next(insn.address for insn in insns if insn.mnemonic == "ud2")
     assert branch.mnemonic == "jne" and int(branch.op_str, 16) == abort
     assert (clear.mnemonic, clear.op_str) == ("mov", f"{slot}, rax")  # rax is 0 here
-    assert not any(insn.op_str.startswith(("eax", "rax")) for insn in insns[
-        insns.index(clear) + 1 : next(i for i, insn in enumerate(insns) if insn.mnemonic == "ret")]
+    assert not any(
+        insn.op_str.startswith(("eax", "rax"))
+        for insn in insns[
+            insns.index(clear) + 1 : next(
+                i for i, insn in enumerate(insns) if insn.mnemonic == "ret"
+            )
+        ]
     )  # ...and is the 0 the gate returns
 
 
 def test_the_call_half_refuses_a_second_call_in_progress_before_saving_anything():
     insns = instructions(generate(SPEC))
     slot = f"qword ptr [{SPEC.save_area + CALLER_SLOT:#x}]"
-    check = next(i for i, insn in enumerate(insns) if insn.op_str == f"{slot}, 0"
-                 and insn.mnemonic == "cmp")
+    check = next(
+        i for i, insn in enumerate(insns) if insn.op_str == f"{slot}, 0" and insn.mnemonic == "cmp"
+    )
     assert insns[check + 1].mnemonic == "jne"
     assert (insns[check + 2].mnemonic, insns[check + 2].op_str) == ("mov", f"{slot}, rax")
-    first_save = next(i for i, insn in enumerate(insns)
-                      if insn.op_str == f"qword ptr [{SPEC.save_area:#x}], rsp")
+    first_save = next(
+        i for i, insn in enumerate(insns) if insn.op_str == f"qword ptr [{SPEC.save_area:#x}], rsp"
+    )
     assert check < first_save

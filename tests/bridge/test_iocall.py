@@ -23,9 +23,13 @@ def spawn_driver(kernel, rounds, *, granted=True, routines=None):
     argv = ["iodriver", str(rounds), hex(PORT)]
     if routines is not None:
         argv += [hex(routines.outb), hex(routines.inb)]
-    return kernel.spawn(build_program("iodriver", base=0x0300_0000), argv, in_kernel=True,
-                        io_ports=range(PORT, PORT + 1) if granted else range(0),
-                        rewrite=False)  # as built: its own in/out are trapped
+    return kernel.spawn(
+        build_program("iodriver", base=0x0300_0000),
+        argv,
+        in_kernel=True,
+        io_ports=range(PORT, PORT + 1) if granted else range(0),
+        rewrite=False,
+    )  # as built: its own in/out are trapped
 
 
 @pytest.mark.parametrize("through_routines", [False, True], ids=["trapped", "routines"])

@@ -20,7 +20,7 @@ from underbridge.machine.cpu import Machine
 
 # An echo-compatible server (guest/include/echo_proto.h) whose handler adds and then
 # subtracts 0x90ef010f: the immediate's bytes 0f 01 ef are a hidden wrpkru.
-MAGIC_ECHO = r'''
+MAGIC_ECHO = r"""
 #include "ub.h"
 #include "ub_ipc.h"
 #include "echo_proto.h"
@@ -49,7 +49,7 @@ int main(void)
         return 1;
     ub_ipc_serve(service, handle);
 }
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,7 @@ def serve_and_ping(mode: str, server_elf, *, in_kernel: bool) -> tuple[str, int,
     kernel = Kernel(machine, ipc=mode)
     server = kernel.spawn(server_elf, ["echo"], in_kernel=in_kernel)
     kernel.run(until=lambda: "echo" in kernel.services or not server.running)
-    client = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE),
-                          ["pingpong", "30", "echo"])
+    client = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE), ["pingpong", "30", "echo"])
     kernel.run(until=lambda: not client.running)
     assert server.running, server.fault
     exits = machine.monitor.exits if machine.monitor else 0
@@ -84,10 +83,14 @@ def test_a_rewritten_server_passes_the_same_tests_as_the_original(magic_echo):
 def test_the_loader_maps_the_rewritten_code(magic_echo):
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
     server = kernel.spawn(magic_echo, ["echo"], in_kernel=True)
-    text = [va for va, m in kernel.machine.kernel_space.mappings()
-            if m.flags.executable and ECHO_BASE <= va < ECHO_BASE + (16 << 20)]
-    code = b"".join(kernel.machine.read_virtual(kernel.machine.kernel_space, va, 4096)
-                    for va in text)
+    text = [
+        va
+        for va, m in kernel.machine.kernel_space.mappings()
+        if m.flags.executable and ECHO_BASE <= va < ECHO_BASE + (16 << 20)
+    ]
+    code = b"".join(
+        kernel.machine.read_virtual(kernel.machine.kernel_space, va, 4096) for va in text
+    )
     assert b"\x0f\x01\xef" not in code and len(text) > 1  # a trampoline segment was added
     assert kernel.placement.domain_of(server) is not None
 
@@ -97,9 +100,13 @@ def test_a_drivers_port_io_is_rewritten_into_routine_calls():
     for rewrite in (False, True):
         machine = Machine()
         kernel = Kernel(machine, ipc="underbridge")
-        driver = kernel.spawn(build_program("iodriver", base=0x0300_0000),
-                              ["iodriver", "7", "0x80"], in_kernel=True,
-                              io_ports=range(0x80, 0x81), rewrite=rewrite)
+        driver = kernel.spawn(
+            build_program("iodriver", base=0x0300_0000),
+            ["iodriver", "7", "0x80"],
+            in_kernel=True,
+            io_ports=range(0x80, 0x81),
+            rewrite=rewrite,
+        )
         kernel.run()
         assert driver.state is GroupState.EXITED
         outputs.append((bytes(driver.console), driver.port_writes, machine.monitor.exits))
@@ -110,9 +117,11 @@ def test_a_drivers_port_io_is_rewritten_into_routine_calls():
 
 def test_a_server_that_really_writes_pkru_is_refused_even_with_the_rewriter(tmp_path):
     source = tmp_path / "writer.c"
-    source.write_text('#include "ub.h"\nint main(void) {\n'
-                      '  __asm__ volatile("wrpkru" :: "a"(0), "c"(0), "d"(0));\n'
-                      '  return 0; }\n')
+    source.write_text(
+        '#include "ub.h"\nint main(void) {\n'
+        '  __asm__ volatile("wrpkru" :: "a"(0), "c"(0), "d"(0));\n'
+        "  return 0; }\n"
+    )
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
     with pytest.raises(UserError, match="can change PKRU"):
         kernel.spawn(build_program(source, base=0x0300_0000), ["writer"], in_kernel=True)

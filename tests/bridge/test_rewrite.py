@@ -111,8 +111,10 @@ int main(void)
 
 def asm_program(asm: str, main: str = "return 0;") -> str:
     lines = "".join(f'    "{line}\\n"\n' for line in asm.splitlines())
-    return (f'#include "ub.h"\n__asm__(".pushsection .text\\n"\n{lines}    ".popsection\\n");\n'
-            f"int main(void) {{ {main} }}\n")
+    return (
+        f'#include "ub.h"\n__asm__(".pushsection .text\\n"\n{lines}    ".popsection\\n");\n'
+        f"int main(void) {{ {main} }}\n"
+    )
 
 
 def build(tmp_path_factory, name: str, source: str, base: int) -> bytes:
@@ -153,8 +155,7 @@ def constants_rewritten(constants):
 # ---- hidden PKRU writers ------------------------------------------------------------------
 
 
-def test_the_planted_occurrences_are_there_and_gone_after_rewriting(constants,
-                                                                    constants_rewritten):
+def test_the_planted_occurrences_are_there_and_gone_after_rewriting(constants, constants_rewritten):
     before = scan_elf(constants).pkru_writers
     assert sorted(f.kind for f in before) == ["wrpkru"] * 5 + ["xrstor"]
     assert not any(f.aligned for f in before)
@@ -187,8 +188,7 @@ def test_only_the_patched_sites_and_the_program_headers_change(constants, consta
     assert all(old[i] == new[i] for i in range(len(old)) if i not in changed)
 
 
-def test_the_trampolines_sit_in_one_new_rx_segment_after_the_others(constants,
-                                                                    constants_rewritten):
+def test_the_trampolines_sit_in_one_new_rx_segment_after_the_others(constants, constants_rewritten):
     before, after = parse_elf(constants).segments, parse_elf(constants_rewritten.data).segments
 
     def layout(segment):  # (the first segment's bytes hold the ELF header: e_phoff changed)
@@ -210,10 +210,14 @@ def test_a_clean_program_is_returned_as_it_is(hello_elf):
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
-@given(pattern=st.sampled_from([b"\x0f\x01\xef", b"\x0f\xae\x28", b"\x0f\xc7\x1f"]),
-       position=st.integers(0, 1), other=st.integers(0, 0xFF))
-def test_any_immediate_holding_a_pattern_is_rewritten_faithfully(value_program, pattern,
-                                                                 position, other):
+@given(
+    pattern=st.sampled_from([b"\x0f\x01\xef", b"\x0f\xae\x28", b"\x0f\xc7\x1f"]),
+    position=st.integers(0, 1),
+    other=st.integers(0, 0xFF),
+)
+def test_any_immediate_holding_a_pattern_is_rewritten_faithfully(
+    value_program, pattern, position, other
+):
     data, at = value_program
     imm_bytes = bytes([other]) + pattern if position else pattern + bytes([other])
     imm = int.from_bytes(imm_bytes, "little")
@@ -239,41 +243,69 @@ def value_program(tmp_path_factory) -> tuple[bytes, int]:
 
 
 def test_an_aligned_wrpkru_is_refused(tmp_path_factory):
-    data = build(tmp_path_factory, "aligned", '#include "ub.h"\nint main(void) {\n'
-                 '    __asm__ volatile("wrpkru" :: "a"(0), "c"(0), "d"(0));\n    return 0;\n}\n',
-                 0x400000)
+    data = build(
+        tmp_path_factory,
+        "aligned",
+        '#include "ub.h"\nint main(void) {\n'
+        '    __asm__ volatile("wrpkru" :: "a"(0), "c"(0), "d"(0));\n    return 0;\n}\n',
+        0x400000,
+    )
     (finding,) = scan_elf(data).pkru_writers
-    with pytest.raises(RewriteRefused, match=f"wrpkru at {finding.vaddr:#x} is an aligned "
-                       "instruction: the program itself writes PKRU") as refused:
+    with pytest.raises(
+        RewriteRefused,
+        match=f"wrpkru at {finding.vaddr:#x} is an aligned "
+        "instruction: the program itself writes PKRU",
+    ) as refused:
         rewrite_elf(data, name="aligned")
     assert isinstance(refused.value, UserError)
 
 
 def test_a_pattern_spanning_a_jump_target_is_refused(tmp_path_factory):
-    data = build(tmp_path_factory, "span_target", asm_program(
-        ".globl loop_it\nloop_it:\n\tmovb $0x0f, %al\n.globl inner\ninner:\n\taddl %ebp, %edi\n"
-        "\tdecl %esi\n\tjnz inner\n\tret"), 0x400000)
+    data = build(
+        tmp_path_factory,
+        "span_target",
+        asm_program(
+            ".globl loop_it\nloop_it:\n\tmovb $0x0f, %al\n.globl inner\ninner:\n\taddl %ebp, %edi\n"
+            "\tdecl %esi\n\tjnz inner\n\tret"
+        ),
+        0x400000,
+    )
     inner = symbols(data)["inner"]
-    with pytest.raises(RewriteRefused, match=f"{inner:#x}, a possible jump target, lies "
-                       "strictly inside the range to patch"):
+    with pytest.raises(
+        RewriteRefused,
+        match=f"{inner:#x}, a possible jump target, lies strictly inside the range to patch",
+    ):
         rewrite_elf(data, name="span_target")
 
 
 def test_a_jump_computed_into_an_immediate_is_refused(tmp_path_factory):
     # pkru_writer.c's hidden variant: lea of an address inside a movabs, then jmp *%rbx.
-    data = build(tmp_path_factory, "computed_jump", asm_program(
-        ".globl hop\nhop:\n\tleaq 1f+2(%rip), %rbx\n\tjmp *%rbx\n1:\tmovabs $0x9090909090ef010f, "
-        "%rax\n\tret"), 0x400000)
+    data = build(
+        tmp_path_factory,
+        "computed_jump",
+        asm_program(
+            ".globl hop\nhop:\n\tleaq 1f+2(%rip), %rbx\n\tjmp *%rbx\n"
+            "1:\tmovabs $0x9090909090ef010f, %rax\n\tret"
+        ),
+        0x400000,
+    )
     with pytest.raises(RewriteRefused, match="a possible jump target, lies strictly inside"):
         rewrite_elf(data, name="computed_jump")
 
 
 def test_an_occurrence_in_too_short_a_run_is_refused(tmp_path_factory):
-    data = build(tmp_path_factory, "too_short", asm_program(
-        ".globl short_run\nshort_run:\n\tmovb $0x0f, %al\n\taddl %ebp, %edi\n\tjnz short_run\n"
-        "\tret"), 0x400000)
-    with pytest.raises(RewriteRefused, match="occurrence inside a 4-byte instruction sequence "
-                       "too short to patch"):
+    data = build(
+        tmp_path_factory,
+        "too_short",
+        asm_program(
+            ".globl short_run\nshort_run:\n\tmovb $0x0f, %al\n\taddl %ebp, %edi\n\tjnz short_run\n"
+            "\tret"
+        ),
+        0x400000,
+    )
+    with pytest.raises(
+        RewriteRefused, match="occurrence inside a 4-byte instruction sequence too short to patch"
+    ):
         rewrite_elf(data, name="too_short")
 
 
@@ -310,8 +342,9 @@ def port_io(tmp_path_factory) -> bytes:
 
 def call_in(scratch: Scratch, driver_at: int, function: int, *args: int):
     """Run `function(args...)` in ring 3 from a driver page; the Exit and the context."""
-    setup = "".join(f"mov {reg}, {arg:#x}\n" for reg, arg in zip(("edi", "esi"), args,
-                                                                 strict=False))
+    setup = "".join(
+        f"mov {reg}, {arg:#x}\n" for reg, arg in zip(("edi", "esi"), args, strict=False)
+    )
     scratch.code(f"{setup}mov rax, {function:#x}\ncall rax\nsyscall", vaddr=driver_at)
     context = scratch.context(rip=driver_at)
     return scratch.machine.run(context), context
@@ -319,12 +352,18 @@ def call_in(scratch: Scratch, driver_at: int, function: int, *args: int):
 
 def test_port_io_becomes_calls_of_the_routines(port_io):
     assert sorted(f.kind for f in scan_elf(port_io).privileged) == [
-        "privileged:in", "privileged:in", "privileged:out"]
+        "privileged:in",
+        "privileged:in",
+        "privileged:out",
+    ]
     result = rewrite_elf(port_io, name="port_io", io_routines=IO)
     assert scan_elf(result.data).privileged == ()
-    assert all(line.endswith(("call inb", "call outb"))
-               for change in result.changes for line in change.how
-               if ": in " in line or ": out " in line)
+    assert all(
+        line.endswith(("call inb", "call outb"))
+        for change in result.changes
+        for line in change.how
+        if ": in " in line or ": out " in line
+    )
     where = symbols(port_io)
     machine = Machine()
     table = machine.new_page_table()
@@ -365,10 +404,17 @@ def test_port_io_is_left_alone_without_routines(port_io):
 
 
 def test_other_port_io_forms_are_refused(tmp_path_factory):
-    data = build(tmp_path_factory, "port_imm", asm_program(
-        ".globl post\npost:\n\tmovb $0x42, %al\n\toutb %al, $0x80\n\tret"), 0x400000)
-    with pytest.raises(RewriteRefused, match=r"port I/O `out 0x80, al` at 0x[0-9a-f]+: only "
-                       r"`in al, dx` and `out dx, al`"):
+    data = build(
+        tmp_path_factory,
+        "port_imm",
+        asm_program(".globl post\npost:\n\tmovb $0x42, %al\n\toutb %al, $0x80\n\tret"),
+        0x400000,
+    )
+    with pytest.raises(
+        RewriteRefused,
+        match=r"port I/O `out 0x80, al` at 0x[0-9a-f]+: only "
+        r"`in al, dx` and `out dx, al`",
+    ):
         rewrite_elf(data, name="port_imm", io_routines=IO)
 
 
@@ -379,10 +425,12 @@ def make_elf(vaddr: int, code: bytes) -> bytes:
     """A static ET_EXEC with one R+X PT_LOAD holding `code` at `vaddr`, entry there."""
     header = bytearray(0x1000)
     ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-    header[:64] = ident + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, vaddr, 64, 0, 0, 64, 56,
-                                      1, 64, 0, 0)
-    header[64:120] = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, vaddr, vaddr, len(code), len(code),
-                                 0x1000)
+    header[:64] = ident + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 62, 1, vaddr, 64, 0, 0, 64, 56, 1, 64, 0, 0
+    )
+    header[64:120] = struct.pack(
+        "<IIQQQQQQ", 1, 5, 0x1000, vaddr, vaddr, len(code), len(code), 0x1000
+    )
     return bytes(header) + code
 
 
@@ -453,12 +501,14 @@ def run_form(machine: Machine, data: bytes) -> tuple:
         map_image(machine, table, parse_elf(data))
         data_frame = scratch.page(FORM_DATA, USER_RW, bytes(range(256)) * 16)
         stack = scratch.page(STACK_TOP - PAGE_SIZE, USER_RW, bytes(range(256)) * 16)
-        context = machine.new_context(ring=3, page_table=table, rip=0x400000,
-                                      rsp=STACK_TOP - 0x800)
+        context = machine.new_context(ring=3, page_table=table, rip=0x400000, rsp=STACK_TOP - 0x800)
         assert machine.run(context).kind is ExitKind.SYSCALL
         registers = tuple(context[reg] for reg in Reg if reg <= Reg.RIP)
-        return (registers, machine.mem.read(data_frame, PAGE_SIZE),
-                machine.mem.read(stack + 0x800, 0x800))
+        return (
+            registers,
+            machine.mem.read(data_frame, PAGE_SIZE),
+            machine.mem.read(stack + 0x800, 0x800),
+        )
     finally:
         machine.destroy_page_table(table)
 
@@ -470,6 +520,5 @@ def test_each_form_keeps_registers_flags_and_memory(form_machine, instruction, f
     assert scan_elf(data).pkru_writers
     result = rewrite_elf(data, name="form")
     assert scan_elf(result.data).pkru_writers == ()
-    assert any(form in line for change in result.changes for line in change.how), \
-        result.changes
+    assert any(form in line for change in result.changes for line in change.how), result.changes
     assert run_form(form_machine, result.data) == run_form(form_machine, data)

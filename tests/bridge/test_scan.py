@@ -65,73 +65,166 @@ def snippet(asm: str, *plants: tuple) -> Snippet:
 
 ALIGNED_WRPKRU = snippet("{p}a: wrpkru", ("a", "wrpkru", True, ("wrpkru",)))
 IN_IMM32 = snippet("{p}a = . + 1\n mov eax, 0x90ef010f", ("a", "wrpkru", False, ("mov",)))
-IN_IMM64 = snippet("{p}a = . + 5\n movabs rax, 0x5544ef010f332211",
-                   ("a", "wrpkru", False, ("movabs",)))
-IN_DISP32 = snippet("{p}a = . + 2\n mov ecx, dword ptr [rbx + 0xef010f]",
-                    ("a", "wrpkru", False, ("mov",)))
-IN_RIP_DISP = snippet("{p}a = . + 3\n lea rax, [rip + 0x12ef010f]",
-                      ("a", "wrpkru", False, ("lea",)))
-IN_DISP8_IMM = snippet("{p}a = . + 3\n cmp dword ptr [rax + 8], 0x90ef010f",
-                       ("a", "wrpkru", False, ("cmp",)))
-SPAN_TWO = snippet("{p}a = . + 1\n mov al, 0x0f\n add edi, ebp",  # b0 0f | 01 ef
-                   ("a", "wrpkru", False, ("mov", "add")))
+IN_IMM64 = snippet(
+    "{p}a = . + 5\n movabs rax, 0x5544ef010f332211", ("a", "wrpkru", False, ("movabs",))
+)
+IN_DISP32 = snippet(
+    "{p}a = . + 2\n mov ecx, dword ptr [rbx + 0xef010f]", ("a", "wrpkru", False, ("mov",))
+)
+IN_RIP_DISP = snippet(
+    "{p}a = . + 3\n lea rax, [rip + 0x12ef010f]", ("a", "wrpkru", False, ("lea",))
+)
+IN_DISP8_IMM = snippet(
+    "{p}a = . + 3\n cmp dword ptr [rax + 8], 0x90ef010f", ("a", "wrpkru", False, ("cmp",))
+)
+SPAN_TWO = snippet(
+    "{p}a = . + 1\n mov al, 0x0f\n add edi, ebp",  # b0 0f | 01 ef
+    ("a", "wrpkru", False, ("mov", "add")),
+)
 SPAN_INTO_OUT = snippet(  # b8 00 00 0f 01 | ef: the `out` is aligned and privileged
     "{p}a = . + 3\n mov eax, 0x010f0000\n{p}b: out dx, eax",
-    ("a", "wrpkru", False, ("mov", "out")), ("b", "privileged:out", True, ("out",)))
+    ("a", "wrpkru", False, ("mov", "out")),
+    ("b", "privileged:out", True, ("out",)),
+)
 SPAN_THREE = snippet(  # b0 0f | ae | 68 10 ..: xrstor [rax + 0x10] across three
     "{p}a = . + 1\n mov al, 0x0f\n scasb\n push 0x11223310",
-    ("a", "xrstor", False, ("mov", "scasb", "push")))
+    ("a", "xrstor", False, ("mov", "scasb", "push")),
+)
 XRSTOR_ALIGNED = snippet(
     "{p}a: xrstor [rax]\n{p}b: xrstor [rsp + 8]\n{p}c: xrstor [rip + 0x40]\n"
     "{p}d: xrstor [rbp + rcx*4 + 0x1000]",
-    *((name, "xrstor", True, ("xrstor",)) for name in "abcd"))
+    *((name, "xrstor", True, ("xrstor",)) for name in "abcd"),
+)
 XRSTOR64_ALIGNED = snippet(  # the finding starts at the REX prefix
     "{p}a: xrstor64 [rdi]\n{p}b: xrstor64 [r12 + 0x10]",
-    *((name, "xrstor", True, ("xrstor64",)) for name in "ab"))
+    *((name, "xrstor", True, ("xrstor64",)) for name in "ab"),
+)
 XRSTORS_ALIGNED = snippet(
     "{p}a: xrstors [rdi]\n{p}b: xrstors64 [rbx + 0x10]",
-    ("a", "xrstors", True, ("xrstors",)), ("b", "xrstors", True, ("xrstors64",)))
+    ("a", "xrstors", True, ("xrstors",)),
+    ("b", "xrstors", True, ("xrstors64",)),
+)
 XRSTOR_IN_IMM = snippet("{p}a = . + 1\n mov eax, 0x9028ae0f", ("a", "xrstor", False, ("mov",)))
-XRSTORS_IN_DISP = snippet("{p}a = . + 2\n mov ecx, [rdx + 0x1fc70f]",
-                          ("a", "xrstors", False, ("mov",)))
-XRSTOR64_HIDDEN = snippet("{p}a = . + 3\n movabs rax, 0x2fae0f48",  # 48 b8 48 0f ae 2f 00..
-                          ("a", "xrstor", False, ("movabs",)))
+XRSTORS_IN_DISP = snippet(
+    "{p}a = . + 2\n mov ecx, [rdx + 0x1fc70f]", ("a", "xrstors", False, ("mov",))
+)
+XRSTOR64_HIDDEN = snippet(
+    "{p}a = . + 3\n movabs rax, 0x2fae0f48",  # 48 b8 48 0f ae 2f 00..
+    ("a", "xrstor", False, ("movabs",)),
+)
 XRSTOR_SIB_DISP32 = snippet(  # 0f ae 2c 25 <disp32>: all 8 immediate bytes
-    "{p}a = . + 2\n movabs rax, 0x11223344252cae0f", ("a", "xrstor", False, ("movabs",)))
+    "{p}a = . + 2\n movabs rax, 0x11223344252cae0f", ("a", "xrstor", False, ("movabs",))
+)
 NEAR_MISSES = snippet(  # none of these writes PKRU; hidden hlt/cli/out are not listed
     "lfence\n mfence\n sfence\n xsave [rax]\n xsaveopt [rax]\n fxrstor [rax]\n"
     " clflush [rax]\n xsaves [rdi]\n xsavec [rdi]\n cmpxchg16b [rdi]\n rdrand eax\n"
     " rdseed eax\n rdpkru\n mov eax, 0x90efae0f\n mov eax, 0x90e8ae0f\n"
     " mov eax, 0x90d8c70f\n mov eax, 0x90ee010f\n mov eax, 0x0f01ef90\n"
-    " mov eax, 0xf4fafbee\n movabs rax, 0xef01ef010e0f0f01")
-PRIVILEGED = snippet(
-    "\n".join(f"{{p}}{index}: {text}" for index, (text, _) in enumerate(
-        [("mov cr3, rax", "mov-cr3"), ("mov rax, cr0", "mov-cr0"), ("mov cr4, rax", "mov-cr4"),
-         ("mov cr8, rax", "mov-cr8"), ("mov dr7, rax", "mov-dr7"), ("wrmsr", "wrmsr"),
-         ("rdmsr", "rdmsr"), ("lgdt [rax]", "lgdt"), ("lidt [rax]", "lidt"),
-         ("lldt ax", "lldt"), ("ltr ax", "ltr"), ("hlt", "hlt"), ("cli", "cli"),
-         ("sti", "sti"), ("invlpg [rax]", "invlpg"), ("invpcid rax, [rdi]", "invpcid"),
-         ("in al, dx", "in"), ("out 0x80, al", "out"), ("rep insb", "insb"),
-         ("outsd", "outsd"), ("swapgs", "swapgs"), ("sysretq", "sysretq"),
-         ("iretq", "iretq"), ("wbinvd", "wbinvd"), ("invd", "invd"), ("clts", "clts"),
-         ("xsetbv", "xsetbv"), ("vmfunc", "vmfunc"), ("vmcall", "vmcall")])),
+    " mov eax, 0xf4fafbee\n movabs rax, 0xef01ef010e0f0f01"
 )
-PRIVILEGED_CLASSES = ["mov-cr3", "mov-cr0", "mov-cr4", "mov-cr8", "mov-dr7", "wrmsr", "rdmsr",
-                      "lgdt", "lidt", "lldt", "ltr", "hlt", "cli", "sti", "invlpg", "invpcid",
-                      "in", "out", "insb", "outsd", "swapgs", "sysretq", "iretq", "wbinvd",
-                      "invd", "clts", "xsetbv", "vmfunc", "vmcall"]
-PRIVILEGED = Snippet(PRIVILEGED.asm, tuple(
-    Plant(str(index), f"privileged:{kind}", True, None)
-    for index, kind in enumerate(PRIVILEGED_CLASSES)))
+PRIVILEGED = snippet(
+    "\n".join(
+        f"{{p}}{index}: {text}"
+        for index, (text, _) in enumerate(
+            [
+                ("mov cr3, rax", "mov-cr3"),
+                ("mov rax, cr0", "mov-cr0"),
+                ("mov cr4, rax", "mov-cr4"),
+                ("mov cr8, rax", "mov-cr8"),
+                ("mov dr7, rax", "mov-dr7"),
+                ("wrmsr", "wrmsr"),
+                ("rdmsr", "rdmsr"),
+                ("lgdt [rax]", "lgdt"),
+                ("lidt [rax]", "lidt"),
+                ("lldt ax", "lldt"),
+                ("ltr ax", "ltr"),
+                ("hlt", "hlt"),
+                ("cli", "cli"),
+                ("sti", "sti"),
+                ("invlpg [rax]", "invlpg"),
+                ("invpcid rax, [rdi]", "invpcid"),
+                ("in al, dx", "in"),
+                ("out 0x80, al", "out"),
+                ("rep insb", "insb"),
+                ("outsd", "outsd"),
+                ("swapgs", "swapgs"),
+                ("sysretq", "sysretq"),
+                ("iretq", "iretq"),
+                ("wbinvd", "wbinvd"),
+                ("invd", "invd"),
+                ("clts", "clts"),
+                ("xsetbv", "xsetbv"),
+                ("vmfunc", "vmfunc"),
+                ("vmcall", "vmcall"),
+            ]
+        )
+    ),
+)
+PRIVILEGED_CLASSES = [
+    "mov-cr3",
+    "mov-cr0",
+    "mov-cr4",
+    "mov-cr8",
+    "mov-dr7",
+    "wrmsr",
+    "rdmsr",
+    "lgdt",
+    "lidt",
+    "lldt",
+    "ltr",
+    "hlt",
+    "cli",
+    "sti",
+    "invlpg",
+    "invpcid",
+    "in",
+    "out",
+    "insb",
+    "outsd",
+    "swapgs",
+    "sysretq",
+    "iretq",
+    "wbinvd",
+    "invd",
+    "clts",
+    "xsetbv",
+    "vmfunc",
+    "vmcall",
+]
+PRIVILEGED = Snippet(
+    PRIVILEGED.asm,
+    tuple(
+        Plant(str(index), f"privileged:{kind}", True, None)
+        for index, kind in enumerate(PRIVILEGED_CLASSES)
+    ),
+)
 DATA_BYTES = snippet(  # raw data in .text, then a resynchronising nop sled
     "{p}a: .byte 0x0f, 0x01, 0xef\n .byte 0xff, 0xff\n{p}b: .byte 0x0f, 0xae, 0x68, 0x08\n"
     " .byte 0x0f, 0xae, 0xe8, 0xc4\n{p}c: .byte 0x0f, 0xc7, 0x1c, 0x24\n .fill 16, 1, 0x90",
-    ("a", "wrpkru", None, None), ("b", "xrstor", None, None), ("c", "xrstors", None, None))
+    ("a", "wrpkru", None, None),
+    ("b", "xrstor", None, None),
+    ("c", "xrstors", None, None),
+)
 
-EVERY_CODE_SNIPPET = (ALIGNED_WRPKRU, IN_IMM32, IN_IMM64, IN_DISP32, IN_RIP_DISP, IN_DISP8_IMM,
-                      SPAN_TWO, SPAN_INTO_OUT, SPAN_THREE, XRSTOR_ALIGNED, XRSTOR64_ALIGNED,
-                      XRSTORS_ALIGNED, XRSTOR_IN_IMM, XRSTORS_IN_DISP, XRSTOR64_HIDDEN,
-                      XRSTOR_SIB_DISP32, NEAR_MISSES)
+EVERY_CODE_SNIPPET = (
+    ALIGNED_WRPKRU,
+    IN_IMM32,
+    IN_IMM64,
+    IN_DISP32,
+    IN_RIP_DISP,
+    IN_DISP8_IMM,
+    SPAN_TWO,
+    SPAN_INTO_OUT,
+    SPAN_THREE,
+    XRSTOR_ALIGNED,
+    XRSTOR64_ALIGNED,
+    XRSTORS_ALIGNED,
+    XRSTOR_IN_IMM,
+    XRSTORS_IN_DISP,
+    XRSTOR64_HIDDEN,
+    XRSTOR_SIB_DISP32,
+    NEAR_MISSES,
+)
 
 
 @dataclass(frozen=True)
@@ -151,9 +244,12 @@ __attribute__((section(".text"), used)) const unsigned char blob[] = {
     0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
 };
 """
-C_ARRAY_PLANTS = (Plant("blob", "wrpkru", None, None, 1), Plant("blob", "xrstor", None, None, 5),
-                  Plant("blob", "xrstors", None, None, 11),
-                  Plant("blob", "wrpkru", None, None, 15))
+C_ARRAY_PLANTS = (
+    Plant("blob", "wrpkru", None, None, 1),
+    Plant("blob", "xrstor", None, None, 5),
+    Plant("blob", "xrstors", None, None, 11),
+    Plant("blob", "wrpkru", None, None, 15),
+)
 
 CORPUS = [
     Case("aligned_wrpkru", 0x400000, (ALIGNED_WRPKRU,)),
@@ -173,23 +269,45 @@ CORPUS = [
     Case("xrstor64_hidden", 0x1000_0000, (XRSTOR64_HIDDEN,)),
     Case("xrstor_sib_disp32", 0x20000, (XRSTOR_SIB_DISP32,)),
     Case("near_misses", 0x400000, (NEAR_MISSES,)),
-    Case("several", 0x3000_0000, (IN_IMM32, ALIGNED_WRPKRU, SPAN_TWO, XRSTOR_IN_IMM,
-                                    XRSTORS_IN_DISP, IN_IMM64, ALIGNED_WRPKRU, IN_DISP32)),
+    Case(
+        "several",
+        0x3000_0000,
+        (
+            IN_IMM32,
+            ALIGNED_WRPKRU,
+            SPAN_TWO,
+            XRSTOR_IN_IMM,
+            XRSTORS_IN_DISP,
+            IN_IMM64,
+            ALIGNED_WRPKRU,
+            IN_DISP32,
+        ),
+    ),
     Case("privileged", 0x400000, (PRIVILEGED,)),
     Case("c_array_in_text", 0x440000, c_code=C_ARRAY, c_plants=C_ARRAY_PLANTS),
     Case("asm_data_in_text", 0x50000, (IN_IMM32, DATA_BYTES, IN_DISP32)),
     # (.p2align: the linker pads between .init and .text with zeros, which would throw
     # the linear sweep out of step with the code that follows)
-    Case("segment_start", 0x400000,
-         sections={".init": "{p}a: .byte 0x0f, 0x01, 0xef\n.p2align 4"}),
-    Case("segment_end", 0x6000_0000, (IN_IMM64,),
-         sections={".fini": "{p}a: .byte 0x0f, 0x01, 0xef"}),
-    Case("segment_end_operand_in_zero_fill", 0x400000,
-         sections={".fini": "{p}a: .byte 0x0f, 0xae, 0x2c"}),  # SIB byte: the loader's zero
-    Case("c_constant", 0x400000,
-         c_code="volatile unsigned sink;\nvoid plant(void) { sink = 0x00ef010fu; }\n"),
-    Case("everything", 0x7000_0000, (*EVERY_CODE_SNIPPET, DATA_BYTES),
-         sections={".init": "{p}a: wrpkru\n.p2align 4"}),
+    Case("segment_start", 0x400000, sections={".init": "{p}a: .byte 0x0f, 0x01, 0xef\n.p2align 4"}),
+    Case(
+        "segment_end", 0x6000_0000, (IN_IMM64,), sections={".fini": "{p}a: .byte 0x0f, 0x01, 0xef"}
+    ),
+    Case(
+        "segment_end_operand_in_zero_fill",
+        0x400000,
+        sections={".fini": "{p}a: .byte 0x0f, 0xae, 0x2c"},
+    ),  # SIB byte: the loader's zero
+    Case(
+        "c_constant",
+        0x400000,
+        c_code="volatile unsigned sink;\nvoid plant(void) { sink = 0x00ef010fu; }\n",
+    ),
+    Case(
+        "everything",
+        0x7000_0000,
+        (*EVERY_CODE_SNIPPET, DATA_BYTES),
+        sections={".init": "{p}a: wrpkru\n.p2align 4"},
+    ),
 ]
 # Plants in other sections, by section (their label is `<case>_<section>_a`).
 SECTION_PLANTS = {
@@ -207,18 +325,26 @@ def case_source(case: Case) -> tuple[str, list[Plant]]:
     for index, piece in enumerate(case.snippets):
         prefix = f"ub_plant_{index}_"
         asm += [piece.asm.replace("{p}", prefix), ".p2align 4"]
-        plants += [Plant(prefix + p.label, p.kind, p.aligned, p.overlaps, p.delta)
-                   for p in piece.plants]
+        plants += [
+            Plant(prefix + p.label, p.kind, p.aligned, p.overlaps, p.delta) for p in piece.plants
+        ]
     asm += [".att_syntax prefix", ".popsection"]
     for name, text in case.sections.items():
         prefix = f"ub_plant_{name[1:]}_"
-        asm += [f'.pushsection {name},\\"ax\\"', ".intel_syntax noprefix",
-                text.replace("{p}", prefix), ".att_syntax prefix", ".popsection"]
+        asm += [
+            f'.pushsection {name},\\"ax\\"',
+            ".intel_syntax noprefix",
+            text.replace("{p}", prefix),
+            ".att_syntax prefix",
+            ".popsection",
+        ]
         base = SECTION_PLANTS[case.name]
         plants.append(Plant(prefix + base.label, base.kind, base.aligned, base.overlaps))
     lines = "".join(f'    "{line}\\n"\n' for line in "\n".join(asm).splitlines())
-    source = (f'#include "ub.h"\n{case.c_code}\n__asm__(\n{lines});\n'
-              "int main(int argc, char **argv) { (void)argc; (void)argv; return 0; }\n")
+    source = (
+        f'#include "ub.h"\n{case.c_code}\n__asm__(\n{lines});\n'
+        "int main(int argc, char **argv) { (void)argc; (void)argv; return 0; }\n"
+    )
     return source, plants
 
 
@@ -286,8 +412,9 @@ def test_hidden_findings_carry_their_exact_bytes(corpus_dir):
 
 
 def test_an_operand_completed_by_zero_fill_is_reported_with_it(corpus_dir):
-    elf, _ = build_case(CORPUS[[c.name for c in CORPUS].index(
-        "segment_end_operand_in_zero_fill")], corpus_dir)
+    elf, _ = build_case(
+        CORPUS[[c.name for c in CORPUS].index("segment_end_operand_in_zero_fill")], corpus_dir
+    )
     (finding,) = scan_elf(elf).pkru_writers
     assert finding.encoding.hex() == "0fae2c00"  # the SIB byte is the loader's zero fill
 
@@ -310,10 +437,18 @@ def test_the_projects_programs_write_no_pkru(program, base):
 
 
 def test_a_gate_has_exactly_its_two_checked_wrpkrus():
-    spec = GateSpec(address=0x6000_3000, client_pkru=0x5555_5550, server_pkru=0x5555_5545,
-                    save_area=0x01FF_0000, control=0x7000_3000, stack_top=0x01FE_0000,
-                    handler=0x0100_1234, badge=3, buffer=0x5000_0003_0000,
-                    current_thread=0x7F00_1000)
+    spec = GateSpec(
+        address=0x6000_3000,
+        client_pkru=0x5555_5550,
+        server_pkru=0x5555_5545,
+        save_area=0x01FF_0000,
+        control=0x7000_3000,
+        stack_top=0x01FE_0000,
+        handler=0x0100_1234,
+        badge=3,
+        buffer=0x5000_0003_0000,
+        current_thread=0x7F00_1000,
+    )
     code = generate(spec)
     findings = scan_code(code, vaddr=spec.address)
     assert len(findings) == 2
@@ -334,11 +469,13 @@ def make_elf(segments: list[tuple[int, bytes, int]], *, memsz_extra: int = 0) ->
     for vaddr, data, flags in segments:
         offset = -(-len(out) // 0x1000) * 0x1000 + vaddr % 0x1000
         out += bytes(offset - len(out)) + data
-        phdrs += struct.pack("<IIQQQQQQ", 1, flags, offset, vaddr, vaddr, len(data),
-                             len(data) + memsz_extra, 0x1000)
+        phdrs += struct.pack(
+            "<IIQQQQQQ", 1, flags, offset, vaddr, vaddr, len(data), len(data) + memsz_extra, 0x1000
+        )
     ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
-    out[:64] = ident + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, segments[0][0], 64, 0, 0,
-                                   64, 56, len(segments), 64, 0, 0)
+    out[:64] = ident + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 62, 1, segments[0][0], 64, 0, 0, 64, 56, len(segments), 64, 0, 0
+    )
     out[64:header] = phdrs
     return bytes(out)
 
@@ -360,12 +497,15 @@ def test_segments_on_pages_apart_do_not_join():
 # ---- occurrences split across pages (PKU Pitfalls: two pages that scan clean) -----------
 
 
-@pytest.mark.parametrize(("tail", "head", "kind"), [
-    (b"\x0f\x01", b"\xef", "wrpkru"),
-    (b"\x0f", b"\x01\xef", "wrpkru"),
-    (b"\x0f\xae", b"\x28", "xrstor"),  # xrstor [rax]
-    (b"\x0f\xc7", b"\x1c\x24", "xrstors"),  # xrstors [rsp]: ModRM and SIB on the next page
-])
+@pytest.mark.parametrize(
+    ("tail", "head", "kind"),
+    [
+        (b"\x0f\x01", b"\xef", "wrpkru"),
+        (b"\x0f", b"\x01\xef", "wrpkru"),
+        (b"\x0f\xae", b"\x28", "xrstor"),  # xrstor [rax]
+        (b"\x0f\xc7", b"\x1c\x24", "xrstors"),  # xrstors [rsp]: ModRM and SIB on the next page
+    ],
+)
 def test_an_occurrence_split_across_a_page_boundary_is_found(tail, head, kind):
     # (a) inside one segment, (b) across two segments on adjacent pages: both one region.
     first = b"\x90" * (0x1000 - len(tail)) + tail
@@ -382,8 +522,13 @@ def test_an_occurrence_split_across_a_page_boundary_is_found(tail, head, kind):
 
 def test_a_run_of_adjacent_executable_segments_is_one_region():
     nops = b"\x90" * 0x1000
-    elf = make_elf([(0x400000, nops, PF_RX), (0x401000, nops[2:] + b"\x0f\x01", PF_RX),
-                    (0x402000, b"\xef\xc3", PF_RX)])
+    elf = make_elf(
+        [
+            (0x400000, nops, PF_RX),
+            (0x401000, nops[2:] + b"\x0f\x01", PF_RX),
+            (0x402000, b"\xef\xc3", PF_RX),
+        ]
+    )
     (finding,) = scan_elf(elf).pkru_writers
     assert (finding.vaddr, finding.kind, finding.aligned) == (0x401FFE, "wrpkru", True)
     assert elf[finding.offset : finding.offset + 2] == b"\x0f\x01"  # in the middle piece
@@ -403,7 +548,9 @@ def test_a_wrpkru_split_across_pages_is_refused():
     where = symbols(data)
     writers = scan_elf(elf).pkru_writers
     assert {(f.escape_vaddr, f.kind, f.aligned) for f in writers} == {
-        (where["split_plain"], "wrpkru", True), (where["split_hidden"], "wrpkru", False)}
+        (where["split_plain"], "wrpkru", True),
+        (where["split_hidden"], "wrpkru", False),
+    }
     assert all((f.escape_vaddr + 2) % 0x1000 == 0 for f in writers)  # ef starts a page
     (text,) = [s for s in parse_elf(data).segments if s.executable]
     for page in range(0, len(text.data), 0x1000):  # no page holds one on its own
@@ -435,19 +582,35 @@ def test_file_offsets_and_vaddrs_differ_as_the_program_headers_say():
 def test_json_has_the_documented_shape():
     elf = make_elf([(0x400000, b"\xb8\x0f\x01\xef\x90\xf4", PF_RX)])
     document = json.loads(scan_elf(elf, name="x.elf").to_json())
-    assert document == {"file": "x.elf", "findings": [
-        {"offset": 0x1001, "vaddr": 0x400001, "bytes": "0f 01 ef", "class": "wrpkru",
-         "aligned": False, "overlaps": ["0x400000: mov eax, 0x90ef010f"]},
-        {"offset": 0x1005, "vaddr": 0x400005, "bytes": "f4", "class": "privileged:hlt",
-         "aligned": True, "overlaps": ["0x400005: hlt"]},
-    ]}
+    assert document == {
+        "file": "x.elf",
+        "findings": [
+            {
+                "offset": 0x1001,
+                "vaddr": 0x400001,
+                "bytes": "0f 01 ef",
+                "class": "wrpkru",
+                "aligned": False,
+                "overlaps": ["0x400000: mov eax, 0x90ef010f"],
+            },
+            {
+                "offset": 0x1005,
+                "vaddr": 0x400005,
+                "bytes": "f4",
+                "class": "privileged:hlt",
+                "aligned": True,
+                "overlaps": ["0x400005: hlt"],
+            },
+        ],
+    }
 
 
 def test_the_table_names_every_finding():
     elf = make_elf([(0x400000, b"\xb8\x0f\x01\xef\x90\x0f\xae\x28", PF_RX)])
     table = format_table(scan_elf(elf, name="x.elf"))
-    assert table.splitlines()[0] == ("x.elf: 2 wrpkru/xrstor occurrence(s) (1 hidden), "
-                                     "0 aligned privileged instruction(s)")
+    assert table.splitlines()[0] == (
+        "x.elf: 2 wrpkru/xrstor occurrence(s) (1 hidden), 0 aligned privileged instruction(s)"
+    )
     assert "0x400001" in table and "mov eax, 0x90ef010f" in table and "xrstor ptr [rax]" in table
     assert format_table(ScanReport("y", ())).count("\n") == 0
 
@@ -461,8 +624,27 @@ def test_bad_input_is_an_elf_error(tmp_path):
 
 # ---- properties --------------------------------------------------------------------
 
-INTERESTING = st.sampled_from([0x0F, 0x01, 0xEF, 0xAE, 0xC7, 0x28, 0x2C, 0x25, 0x1F, 0x68,
-                               0xE8, 0x48, 0x66, 0xF3, 0x90, 0xB8, 0x00])
+INTERESTING = st.sampled_from(
+    [
+        0x0F,
+        0x01,
+        0xEF,
+        0xAE,
+        0xC7,
+        0x28,
+        0x2C,
+        0x25,
+        0x1F,
+        0x68,
+        0xE8,
+        0x48,
+        0x66,
+        0xF3,
+        0x90,
+        0xB8,
+        0x00,
+    ]
+)
 CODE = st.lists(st.one_of(INTERESTING, st.integers(0, 255)), max_size=300).map(bytes)
 
 
@@ -485,10 +667,11 @@ def test_findings_match_capstone_decoding_at_every_offset(code):
     expected = set()
     for index in range(len(code)):
         if code[index] == 0x0F:
-            for _addr, _size, mnemonic, _ops in decoder.disasm_lite(mapped[index:index + 15], 0, 1):
+            for _addr, _size, mnemonic, _ops in decoder.disasm_lite(
+                mapped[index : index + 15], 0, 1
+            ):
                 kind = next((k for k, names in PKRU_CLASSES.items() if mnemonic in names), None)
                 if kind:
                     expected.add((0x400000 + index, kind))
-    found = {(f.escape_vaddr, f.kind) for f in scan_code(mapped, vaddr=0x400000)
-             if f.writes_pkru}
+    found = {(f.escape_vaddr, f.kind) for f in scan_code(mapped, vaddr=0x400000) if f.writes_pkru}
     assert found == expected

@@ -36,8 +36,9 @@ def pattern(seed: int, size: int) -> bytes:
     8k .. 8k+7, little-endian."""
     words = (size + 7) // 8
     multiplier, mask = 0x9E3779B97F4A7C15, (1 << 64) - 1
-    return struct.pack(f"<{words}Q", *(((k ^ (seed << 40)) * multiplier) & mask
-                                       for k in range(words)))[:size]
+    return struct.pack(
+        f"<{words}Q", *(((k ^ (seed << 40)) * multiplier) & mask for k in range(words))
+    )[:size]
 
 
 def fnv1a64(data: bytes) -> int:
@@ -68,8 +69,7 @@ def fstest(storage: Storage, *args: str, status: int = 0) -> str:
 
 
 def write(storage: Storage, name: str, size: int, seed: int) -> None:
-    assert fstest(storage, "write", name, str(size), str(seed)) == \
-        f"fstest: wrote {name} {size}\n"
+    assert fstest(storage, "write", name, str(size), str(seed)) == f"fstest: wrote {name} {size}\n"
 
 
 def read(storage: Storage, name: str) -> tuple[int, int]:
@@ -188,8 +188,10 @@ def block_calls_per_fs_call(storage: Storage, args: list[str]) -> list[tuple[int
 def served(storage: Storage) -> tuple[int, int]:
     """The servers' own request counters (ub_calls_served): (fs, ramdisk)."""
     counts = []
-    for name, base, group in (("fs", FS_BASE, storage.fs),
-                              ("ramdisk", RAMDISK_BASE, storage.ramdisk)):
+    for name, base, group in (
+        ("fs", FS_BASE, storage.fs),
+        ("ramdisk", RAMDISK_BASE, storage.ramdisk),
+    ):
         address, size = symbol(build_program(name, base=base), "ub_calls_served")
         raw = storage.kernel.machine.read_virtual(group.vmspace.table, address, size)
         counts.append(int.from_bytes(raw, "little"))

@@ -72,21 +72,36 @@ class Builder:
             self._write_inode(node)
         for block in range(self.next_block):
             self.image[BLOCK_SIZE + block // 8] |= 1 << block % 8
-        self.image[:ubfs.SUPER.size] = ubfs.SUPER.pack(
-            ubfs.MAGIC, BLOCK_SIZE, self.block_count, 1, self.bitmap_blocks,
-            self.inode_start, self.inode_blocks, self.inode_count, self.data_start,
-            ubfs.ROOT_INODE)
+        self.image[: ubfs.SUPER.size] = ubfs.SUPER.pack(
+            ubfs.MAGIC,
+            BLOCK_SIZE,
+            self.block_count,
+            1,
+            self.bitmap_blocks,
+            self.inode_start,
+            self.inode_blocks,
+            self.inode_count,
+            self.data_start,
+            ubfs.ROOT_INODE,
+        )
         return self.image
 
     def _write_inode(self, node: Node) -> None:
         direct = [node.blocks.get(i, 0) for i in range(ubfs.NDIRECT)]
-        indirect = self._table({i - ubfs.NDIRECT: b for i, b in node.blocks.items()
-                                if ubfs.NDIRECT <= i < ubfs.NDIRECT + PTRS}, 1)
+        indirect = self._table(
+            {
+                i - ubfs.NDIRECT: b
+                for i, b in node.blocks.items()
+                if ubfs.NDIRECT <= i < ubfs.NDIRECT + PTRS
+            },
+            1,
+        )
         first = ubfs.NDIRECT + PTRS
         double = self._table({i - first: b for i, b in node.blocks.items() if i >= first}, 2)
         offset = self.inode_start * BLOCK_SIZE + node.inum * ubfs.INODE_SIZE
         self.image[offset : offset + ubfs.INODE_SIZE] = ubfs.INODE.pack(
-            node.type, node.nlink, 0, node.size, *direct, indirect, double)
+            node.type, node.nlink, 0, node.size, *direct, indirect, double
+        )
 
     def _table(self, entries: dict[int, int], level: int) -> int:
         """A table of `level` for entries {index below it: data block}; 0 if empty."""
@@ -139,8 +154,12 @@ def test_files_read_back_through_direct_indirect_and_double_indirect_pointers():
 
 def test_the_geometry_of_the_real_ramdisk_is_fs_cs():
     builder = Builder(1536)
-    assert (builder.bitmap_blocks, builder.inode_blocks, builder.inode_count,
-            builder.data_start) == (1, 12, 384, 14)
+    assert (
+        builder.bitmap_blocks,
+        builder.inode_blocks,
+        builder.inode_count,
+        builder.data_start,
+    ) == (1, 12, 384, 14)
     assert Ubfs(builder.build()).check() == []
 
 
@@ -153,17 +172,29 @@ def test_missing_files_and_corrupt_pointers_raise():
         Ubfs(image).read("f")
 
 
-@pytest.mark.parametrize("change", [
-    lambda image: image.__setitem__(slice(0, 8), b"NOTUBFS!"),
-    lambda image: set_u32(image, 8, 512),  # block size
-    lambda image: set_u32(image, 12, 10_000),  # more blocks than the image
-    lambda image: set_u32(image, 16, 0),  # the bitmap on the superblock
-    lambda image: set_u32(image, 24, 1),  # inode table over the bitmap
-    lambda image: set_u32(image, 32, 10_000),  # more inodes than their blocks hold
-    lambda image: set_u32(image, 36, 2),  # data over the inode table
-    lambda image: set_u32(image, 40, 2),  # another root inode
-], ids=["magic", "block size", "block count", "bitmap", "inode table", "inode count",
-        "data start", "root"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda image: image.__setitem__(slice(0, 8), b"NOTUBFS!"),
+        lambda image: set_u32(image, 8, 512),  # block size
+        lambda image: set_u32(image, 12, 10_000),  # more blocks than the image
+        lambda image: set_u32(image, 16, 0),  # the bitmap on the superblock
+        lambda image: set_u32(image, 24, 1),  # inode table over the bitmap
+        lambda image: set_u32(image, 32, 10_000),  # more inodes than their blocks hold
+        lambda image: set_u32(image, 36, 2),  # data over the inode table
+        lambda image: set_u32(image, 40, 2),  # another root inode
+    ],
+    ids=[
+        "magic",
+        "block size",
+        "block count",
+        "bitmap",
+        "inode table",
+        "inode count",
+        "data start",
+        "root",
+    ],
+)
 def test_an_impossible_superblock_is_not_ubfs(change):
     image = image_of({})
     change(image)
@@ -209,53 +240,85 @@ Corruption = Callable[[Ubfs, bytearray], None]
 # inodes: root 1, then FILES in order from 2 ("empty" 2, "tiny" 3, "block" 4, ...)
 CORRUPTIONS: dict[str, tuple[Corruption, str]] = {
     "used block marked free": (
-        lambda d, i: flip_bit(d, i, direct(d, "block")), "is marked free but inode 4"),
+        lambda d, i: flip_bit(d, i, direct(d, "block")),
+        "is marked free but inode 4",
+    ),
     "free block marked used": (
-        lambda d, i: flip_bit(d, i, d.sb.block_count - 1), "nothing points at it"),
+        lambda d, i: flip_bit(d, i, d.sb.block_count - 1),
+        "nothing points at it",
+    ),
     "metadata marked free": (lambda d, i: flip_bit(d, i, 1), "metadata block 1"),
     "bit past the end": (lambda d, i: flip_bit(d, i, d.sb.block_count), "past the last"),
     "shared block": (
         lambda d, i: set_u32(i, inode_offset(d, 3) + 16, direct(d, "block")),
-        "pointed at twice"),
+        "pointed at twice",
+    ),
     "pointer into metadata": (
-        lambda d, i: set_u32(i, inode_offset(d, 4) + 16, 2), "outside the data area"),
+        lambda d, i: set_u32(i, inode_offset(d, 4) + 16, 2),
+        "outside the data area",
+    ),
     "pointer past the disk": (
-        lambda d, i: set_u32(i, inode_offset(d, 4) + 16, 10**6), "outside the data area"),
+        lambda d, i: set_u32(i, inode_offset(d, 4) + 16, 10**6),
+        "outside the data area",
+    ),
     "table past the disk": (
-        lambda d, i: set_u32(i, inode_offset(d, 6) + 64, 10**6), "table points at block"),
+        lambda d, i: set_u32(i, inode_offset(d, 6) + 64, 10**6),
+        "table points at block",
+    ),
     "data past the size": (
-        lambda d, i: set_u32(i, inode_offset(d, 6) + 8, 100), "past its size 100"),
+        lambda d, i: set_u32(i, inode_offset(d, 6) + 8, 100),
+        "past its size 100",
+    ),
     "dirty tail": (
         lambda d, i: i.__setitem__(direct(d, "tiny") * BLOCK_SIZE + 5, 1),
-        "bytes past its size 5 are not zero"),
+        "bytes past its size 5 are not zero",
+    ),
     "entry of a free inode": (
-        lambda d, i: set_u32(i, entry_offset(d, "tiny"), 20), "inode 20 is not a file"),
+        lambda d, i: set_u32(i, entry_offset(d, "tiny"), 20),
+        "inode 20 is not a file",
+    ),
     "entry of the root": (
-        lambda d, i: set_u32(i, entry_offset(d, "tiny"), 1), "inode 1 is not a file's"),
+        lambda d, i: set_u32(i, entry_offset(d, "tiny"), 1),
+        "inode 1 is not a file's",
+    ),
     "entry past the table": (
-        lambda d, i: set_u32(i, entry_offset(d, "tiny"), 10**6), "is not a file's"),
+        lambda d, i: set_u32(i, entry_offset(d, "tiny"), 10**6),
+        "is not a file's",
+    ),
     "duplicate name": (
-        lambda d, i: i.__setitem__(slice(entry_offset(d, "tiny") + 4,
-                                         entry_offset(d, "tiny") + 10), b"block\0"),
-        "appears twice"),
+        lambda d, i: i.__setitem__(
+            slice(entry_offset(d, "tiny") + 4, entry_offset(d, "tiny") + 10), b"block\0"
+        ),
+        "appears twice",
+    ),
     "slash in a name": (
-        lambda d, i: i.__setitem__(entry_offset(d, "tiny") + 5, ord("/")), "bad name"),
+        lambda d, i: i.__setitem__(entry_offset(d, "tiny") + 5, ord("/")),
+        "bad name",
+    ),
     "unterminated name": (
-        lambda d, i: i.__setitem__(slice(entry_offset(d, "tiny") + 4,
-                                         entry_offset(d, "tiny") + 64), b"z" * 60),
-        "bad name"),
+        lambda d, i: i.__setitem__(
+            slice(entry_offset(d, "tiny") + 4, entry_offset(d, "tiny") + 64), b"z" * 60
+        ),
+        "bad name",
+    ),
     "orphan": (lambda d, i: set_u32(i, entry_offset(d, "tiny"), 0), "but 0 entries"),
     "nlink": (lambda d, i: i.__setitem__(inode_offset(d, 3) + 2, 2), "nlink 2"),
     "root not a directory": (
-        lambda d, i: i.__setitem__(inode_offset(d, 1), ubfs.TYPE_FILE), "root inode"),
+        lambda d, i: i.__setitem__(inode_offset(d, 1), ubfs.TYPE_FILE),
+        "root inode",
+    ),
     "inode 0 in use": (
-        lambda d, i: i.__setitem__(inode_offset(d, 0), ubfs.TYPE_FILE), "inode 0 is in use"),
+        lambda d, i: i.__setitem__(inode_offset(d, 0), ubfs.TYPE_FILE),
+        "inode 0 is in use",
+    ),
     "unknown type": (lambda d, i: i.__setitem__(inode_offset(d, 3), 7), "has type 7"),
-    "directory size": (
-        lambda d, i: set_u32(i, inode_offset(d, 1) + 8, 65), "not whole entries"),
+    "directory size": (lambda d, i: set_u32(i, inode_offset(d, 1) + 8, 65), "not whole entries"),
     "huge size": (
-        lambda d, i: i.__setitem__(slice(inode_offset(d, 3) + 8, inode_offset(d, 3) + 16),
-                                   b"\xff" * 8), "beyond any file"),
+        lambda d, i: i.__setitem__(
+            slice(inode_offset(d, 3) + 8, inode_offset(d, 3) + 16), b"\xff" * 8
+        ),
+        "beyond any file",
+    ),
 }
 
 
@@ -270,16 +333,19 @@ def test_each_broken_invariant_is_reported(name):
 
 # ---- properties ---------------------------------------------------------------------------
 
-NAMES = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/"),
-                min_size=1, max_size=ubfs.DIRENT_NAME - 1)
+NAMES = st.text(
+    st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/"),
+    min_size=1,
+    max_size=ubfs.DIRENT_NAME - 1,
+)
 CONTENT = st.one_of(
     st.binary(max_size=3 * BLOCK_SIZE),
     st.tuples(st.integers(0, 16 * BLOCK_SIZE), st.binary(min_size=1, max_size=100)).map(
-        lambda gap_tail: bytes(gap_tail[0]) + gap_tail[1]),  # a hole, then data
+        lambda gap_tail: bytes(gap_tail[0]) + gap_tail[1]
+    ),  # a hole, then data
 )
 FILE_SETS = st.dictionaries(NAMES, CONTENT, max_size=6)
-QUICK = settings(max_examples=40, deadline=None,
-                 suppress_health_check=[HealthCheck.too_slow])
+QUICK = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @QUICK
@@ -311,8 +377,12 @@ def test_a_stolen_block_is_detected(files, data):
     image = image_of({**files, "victim": b"v" * BLOCK_SIZE, "thief": b"t" * BLOCK_SIZE})
     disk = Ubfs(image)
     thief = next(inum for _, inum, raw in disk.entries() if raw.rstrip(b"\0") == b"thief")
-    owned = [p.block for inode in disk.inodes() if inode.used and inode.inum != thief
-             for p in disk.pointers(inode)]
+    owned = [
+        p.block
+        for inode in disk.inodes()
+        if inode.used and inode.inum != thief
+        for p in disk.pointers(inode)
+    ]
     set_u32(image, inode_offset(disk, thief) + 16, data.draw(st.sampled_from(owned)))
     problems = Ubfs(image).check()
     assert any("pointed at twice" in p for p in problems)

@@ -39,7 +39,8 @@ def test_every_outcome_occurs_in_the_ci_campaign(ci_report):
     assert sum(ci_report.guest_faults.values()) > 0
     assert ci_report.syscall_runs["completed"] > 0
     assert {"ElfError", "ResourceExhausted", "spawned-exited", "spawned-faulted"} <= set(
-        ci_report.elf_outcomes)
+        ci_report.elf_outcomes
+    )
     assert set(ci_report.placements) == {placement.label for placement in PLACEMENTS}
     assert sum(ci_report.elf_outcomes.values()) == ci_report.elf_mutants
 
@@ -58,7 +59,8 @@ def test_mutants_are_reproducible_and_change_the_file():
     assert all(applied for _, applied in mutants)
     assert sum(mutant != data for mutant, _ in mutants) >= 45  # some land on equal values
     assert {name for _, applied in mutants for name in applied} == {
-        mutation.__name__ for mutation in elf.MUTATIONS}
+        mutation.__name__ for mutation in elf.MUTATIONS
+    }
 
 
 def test_the_huge_size_mutation_sets_one_memsz_past_the_machines_memory():
@@ -66,19 +68,29 @@ def test_the_huge_size_mutation_sets_one_memsz_past_the_machines_memory():
     offsets = [elf._phdr_at(bytearray(data), random.Random(i)) for i in range(8)]
     for seed in range(8):
         mutant = elf.huge_size(bytearray(data), random.Random(seed))
-        changed = [offset for offset in set(offsets)
-                   if mutant[offset + 40 : offset + 48] != data[offset + 40 : offset + 48]]
+        changed = [
+            offset
+            for offset in set(offsets)
+            if mutant[offset + 40 : offset + 48] != data[offset + 40 : offset + 48]
+        ]
         assert len(changed) == 1
         memsz = int.from_bytes(mutant[changed[0] + 40 : changed[0] + 48], "little")
         assert memsz >= 64 << 20  # the machine has 64 MiB
 
 
 def test_the_command_prints_the_counts_and_exits_zero():
-    result = CliRunner().invoke(main, ["fuzz", "--syscalls", "200", "--elf", "10"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        main, ["fuzz", "--syscalls", "200", "--elf", "10"], catch_exceptions=False
+    )
     assert result.exit_code == 0
-    for row in ("syscall runs", "syscalls issued", "guest faults", "ELF mutants",
-                "clean errors", "kernel exceptions"):
+    for row in (
+        "syscall runs",
+        "syscalls issued",
+        "guest faults",
+        "ELF mutants",
+        "clean errors",
+        "kernel exceptions",
+    ):
         assert row in result.output
 
 
@@ -90,8 +102,9 @@ def test_a_kernel_exception_is_recorded_and_fails_the_command(monkeypatch):
         raise IndexError("stale slot")
 
     monkeypatch.setattr(Kernel, "run", broken_run)
-    result = CliRunner().invoke(main, ["fuzz", "--syscalls", "1", "--elf", "0", "--json"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        main, ["fuzz", "--syscalls", "1", "--elf", "0", "--json"], catch_exceptions=False
+    )
     assert result.exit_code == 1
     report = json.loads(result.output)
     assert report["kernel_exceptions"] == MAX_IDLE  # one per run, until the fuzzer gives up

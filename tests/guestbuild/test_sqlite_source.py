@@ -32,8 +32,9 @@ def fake_tarball(path: Path) -> Path:
     return path
 
 
-def test_a_tarball_with_another_hash_is_refused(fresh_cache: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_tarball_with_another_hash_is_refused(
+    fresh_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bogus = fake_tarball(tmp_path / "bogus.tgz")
     monkeypatch.setenv("UNDERBRIDGE_SQLITE_TARBALL", str(bogus))
     with pytest.raises(ToolchainError, match="not the pinned"):
@@ -41,8 +42,9 @@ def test_a_tarball_with_another_hash_is_refused(fresh_cache: Path, tmp_path: Pat
     assert not (fresh_cache / f"sqlite-{sqlite_source.SQLITE_VERSION}").exists()
 
 
-def test_a_corrupted_cached_tarball_is_not_used(fresh_cache: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_corrupted_cached_tarball_is_not_used(
+    fresh_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cached = fresh_cache / "downloads" / Path(sqlite_source.TARBALL_URL).name
     cached.parent.mkdir(parents=True)
     fake_tarball(cached)
@@ -57,5 +59,6 @@ def test_the_amalgamation_is_the_pinned_release() -> None:
     assert f'#define SQLITE_VERSION        "{sqlite_source.SQLITE_VERSION}"' in header
     source = (directory / "sqlite3.c").read_bytes()
     # Extracted whole, and unmodified: the amalgamation ends with its own end marker.
-    assert source.rstrip().endswith(b"/************************** End of sqlite3.c "
-                                    b"******************************/")
+    assert source.rstrip().endswith(
+        b"/************************** End of sqlite3.c ******************************/"
+    )

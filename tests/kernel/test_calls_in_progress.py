@@ -26,13 +26,16 @@ UNMAPPED = 0x10
 
 
 def start(kernel: Kernel, source: Path, base: int, argv: list[str], *, in_kernel: bool = True):
-    return kernel.spawn(build_program(source, base=base), argv, name=argv[0],
-                        in_kernel=in_kernel)
+    return kernel.spawn(build_program(source, base=base), argv, name=argv[0], in_kernel=in_kernel)
 
 
 def faulty(kernel: Kernel):
-    server = start(kernel, guest_root() / "attacks" / "faulty_server.c", FAULTY_BASE,
-                   ["faulty_server", hex(UNMAPPED)])
+    server = start(
+        kernel,
+        guest_root() / "attacks" / "faulty_server.c",
+        FAULTY_BASE,
+        ["faulty_server", hex(UNMAPPED)],
+    )
     kernel.run(until=lambda: "attacker" in kernel.services)
     return server
 
@@ -45,7 +48,12 @@ def assert_faulted_reading_unmapped(server) -> None:
     assert server.state is GroupState.FAULTED
     fault = server.fault
     assert (fault.mnemonic, fault.reason, fault.access, fault.address, fault.cpl) == (
-        "#PF", Violation.NOT_PRESENT, Access.READ, UNMAPPED, 0)
+        "#PF",
+        Violation.NOT_PRESENT,
+        Access.READ,
+        UNMAPPED,
+        0,
+    )
 
 
 @pytest.mark.parametrize("in_kernel", [False, True], ids=["application", "in-kernel-client"])
@@ -53,8 +61,13 @@ def test_a_fault_in_a_nested_call_ends_the_innermost_server_and_the_relay_goes_o
     kernel = Kernel(Machine(), ipc="underbridge")
     server = faulty(kernel)
     relay = start(kernel, GUESTS / "relay.c", RELAY_BASE, ["relay", "attacker"])
-    client = start(kernel, GUESTS / "relay_client.c", CLIENT_BASE if in_kernel else APP_BASE,
-                   ["relay_client", "2"], in_kernel=in_kernel)
+    client = start(
+        kernel,
+        GUESTS / "relay_client.c",
+        CLIENT_BASE if in_kernel else APP_BASE,
+        ["relay_client", "2"],
+        in_kernel=in_kernel,
+    )
     kernel.run(until=lambda: not client.running)
     assert_faulted_reading_unmapped(server)
     assert relay.running
@@ -68,8 +81,13 @@ def test_a_fault_in_a_nested_call_ends_the_innermost_server_and_the_relay_goes_o
 def test_a_fault_in_the_handler_ends_the_server_and_the_call_returns_epipe(in_kernel):
     kernel = Kernel(Machine(), ipc="underbridge")
     server = faulty(kernel)
-    client = start(kernel, GUESTS / "relay_client.c", CLIENT_BASE if in_kernel else APP_BASE,
-                   ["relay_client", "2", "attacker"], in_kernel=in_kernel)
+    client = start(
+        kernel,
+        GUESTS / "relay_client.c",
+        CLIENT_BASE if in_kernel else APP_BASE,
+        ["relay_client", "2", "attacker"],
+        in_kernel=in_kernel,
+    )
     kernel.run(until=lambda: not client.running)
     assert_faulted_reading_unmapped(server)
     first, second = lines(client)
@@ -82,8 +100,9 @@ def test_the_faulting_servers_gates_and_keys_are_all_given_back():
     machine = Machine()
     kernel = Kernel(machine, ipc="underbridge")
     server = faulty(kernel)
-    client = start(kernel, GUESTS / "relay_client.c", CLIENT_BASE,
-                   ["relay_client", "1", "attacker"])
+    client = start(
+        kernel, GUESTS / "relay_client.c", CLIENT_BASE, ["relay_client", "1", "attacker"]
+    )
     kernel.run(until=lambda: not client.running)
     assert not server.running and not client.running
     assert kernel.ipc.gates() == [] and kernel.placement.placed_groups() == []

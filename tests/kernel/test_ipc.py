@@ -8,10 +8,20 @@ from underbridge.bench import ipc as ipc_bench
 from underbridge.machine.costs import cycles
 
 ROUND_TRIP_EVENTS = {  # kernel/ipc/sel4.py's docstring, as counts per round trip
-    "sel4": {"syscall": 2, "sysret": 2, "cr3_write": 2,
-             "sel4_fastpath_call": 1, "sel4_fastpath_replyrecv": 1},
-    "sel4-kpti": {"syscall": 2, "sysret": 2, "cr3_write": 4,
-                  "sel4_fastpath_call_kpti": 1, "sel4_fastpath_replyrecv_kpti": 1},
+    "sel4": {
+        "syscall": 2,
+        "sysret": 2,
+        "cr3_write": 2,
+        "sel4_fastpath_call": 1,
+        "sel4_fastpath_replyrecv": 1,
+    },
+    "sel4-kpti": {
+        "syscall": 2,
+        "sysret": 2,
+        "cr3_write": 4,
+        "sel4_fastpath_call_kpti": 1,
+        "sel4_fastpath_replyrecv_kpti": 1,
+    },
 }
 
 
@@ -21,8 +31,14 @@ def result(request):
 
 
 UNDERBRIDGE_EVENTS = {
-    "app-server": {"syscall": 1, "swapgs": 2, "sel4_fastpath_call": 1, "cr3_write": 2,
-                   "wrpkru": 2, "sysret": 1},
+    "app-server": {
+        "syscall": 1,
+        "swapgs": 2,
+        "sel4_fastpath_call": 1,
+        "cr3_write": 2,
+        "wrpkru": 2,
+        "sysret": 1,
+    },
     "server-server": {"wrpkru": 2},  # machine code only: the kernel is never entered
 }
 
@@ -30,8 +46,11 @@ UNDERBRIDGE_EVENTS = {
 def test_every_path_completes_with_the_designs_event_sequence(result):
     assert [r.path for r in result.results] == list(ipc_bench.PATHS)
     for row in result.results:
-        expected = (UNDERBRIDGE_EVENTS[row.path] if result.mode == "underbridge"
-                    else ROUND_TRIP_EVENTS[result.mode])
+        expected = (
+            UNDERBRIDGE_EVENTS[row.path]
+            if result.mode == "underbridge"
+            else ROUND_TRIP_EVENTS[result.mode]
+        )
         assert row.events_per_rtt == expected
 
 
@@ -39,16 +58,18 @@ def test_round_trip_is_primitives_plus_a_few_user_instructions(result):
     if result.mode == "underbridge":
         pytest.skip("the underbridge round trip is mostly gate and handler instructions")
     for row in result.results:
-        charged = sum(cycles(event) * n for event, n in row.events_per_rtt.items()
-                      if event != "syscall")
+        charged = sum(
+            cycles(event) * n for event, n in row.events_per_rtt.items() if event != "syscall"
+        )
         user = row.sim_cycles_per_rtt - charged - 2 * cycles("syscall")
         assert 0 < user < 100, (row, user)  # the client's loop and the server's handler
 
 
 def test_results_are_identical_across_runs(result):
     again = ipc_bench.run(result.mode, rounds=200)
-    assert [r.sim_cycles_per_rtt for r in again.results] == \
-        [r.sim_cycles_per_rtt for r in result.results]
+    assert [r.sim_cycles_per_rtt for r in again.results] == [
+        r.sim_cycles_per_rtt for r in result.results
+    ]
 
 
 def test_sel4_round_trip_is_in_the_published_range():
@@ -59,9 +80,13 @@ def test_sel4_round_trip_is_in_the_published_range():
 
 def test_kpti_adds_two_cr3_writes_and_the_longer_fastpath():
     plain, kpti = (ipc_bench.run(mode, rounds=50) for mode in ("sel4", "sel4-kpti"))
-    extra = (2 * cycles("cr3_write")
-             + cycles("sel4_fastpath_call_kpti") - cycles("sel4_fastpath_call")
-             + cycles("sel4_fastpath_replyrecv_kpti") - cycles("sel4_fastpath_replyrecv"))
+    extra = (
+        2 * cycles("cr3_write")
+        + cycles("sel4_fastpath_call_kpti")
+        - cycles("sel4_fastpath_call")
+        + cycles("sel4_fastpath_replyrecv_kpti")
+        - cycles("sel4_fastpath_replyrecv")
+    )
     for a, b in zip(plain.results, kpti.results, strict=True):
         assert b.sim_cycles_per_rtt - a.sim_cycles_per_rtt == extra
 

@@ -41,17 +41,26 @@ def _run_pingpong(mode: str, path: str) -> tuple[Kernel, list[bool]]:
     in_kernel = kernel.ipc.traits.servers_in_kernel
     kernel.spawn(build_program("echo", base=ipc_bench.ECHO_BASE), ["echo"], in_kernel=in_kernel)
     args = ["pingpong", str(ROUNDS), "echo"] + (["--as-server"] if path == "server-server" else [])
-    client = kernel.spawn(build_program("pingpong", base=ipc_bench.PINGPONG_BASE), args,
-                          in_kernel=in_kernel and path == "server-server")
+    client = kernel.spawn(
+        build_program("pingpong", base=ipc_bench.PINGPONG_BASE),
+        args,
+        in_kernel=in_kernel and path == "server-server",
+    )
     recorder = MarkRecorder(kernel).watch(client)
     kernel.run(until=lambda: not client.running)
     assert client.exit_status == 0 and recorder.complete
     return kernel, taken
 
 
-@pytest.mark.parametrize(("mode", "path"), [("sel4", "app-server"), ("sel4", "server-server"),
-                                            ("sel4-kpti", "app-server"),
-                                            ("underbridge", "app-server")])
+@pytest.mark.parametrize(
+    ("mode", "path"),
+    [
+        ("sel4", "app-server"),
+        ("sel4", "server-server"),
+        ("sel4-kpti", "app-server"),
+        ("underbridge", "app-server"),
+    ],
+)
 def test_fast_and_slow_paths_count_the_same(mode, path, monkeypatch):
     fast, taken = _run_pingpong(mode, path)
     # Every call of the loop, and every reply but the last wait, took the fast path.
@@ -61,8 +70,9 @@ def test_fast_and_slow_paths_count_the_same(mode, path, monkeypatch):
     slow, never = _run_pingpong(mode, path)
     assert not any(never)
     assert fast.machine.tally() == slow.machine.tally()
-    assert [bytes(g.console) for g in fast.groups.values()] == \
-        [bytes(g.console) for g in slow.groups.values()]
+    assert [bytes(g.console) for g in fast.groups.values()] == [
+        bytes(g.console) for g in slow.groups.values()
+    ]
 
 
 @pytest.fixture
@@ -81,8 +91,11 @@ def client(kernel, hello_elf):
 
 
 def _snapshot(kernel: Kernel, *guests: Guest) -> tuple[object, ...]:
-    return (kernel.machine.tally(), kernel.sched.current,
-            [(g.thread.state, g.thread.context.raw()) for g in guests])
+    return (
+        kernel.machine.tally(),
+        kernel.sched.current,
+        [(g.thread.state, g.thread.context.raw()) for g in guests],
+    )
 
 
 def _refused(kernel: Kernel, guest: Guest, number: Sys, *args: int) -> bool:
@@ -103,8 +116,7 @@ def test_a_call_the_fast_path_refuses_changes_nothing(kernel, server, client):
     assert _refused(kernel, client, Sys.IPC_CALL, conn, 1, 2, 3, 4)  # no server waiting
     assert _refused(kernel, client, Sys.IPC_CONNECT, conn)  # not an IPC fast path number
     # What the slow path then says, for the same syscalls:
-    assert dispatch(kernel, client.thread, Sys.IPC_CALL, (weak, 1, 2, 3, 4, 0)) == \
-        err(Errno.EPERM)
+    assert dispatch(kernel, client.thread, Sys.IPC_CALL, (weak, 1, 2, 3, 4, 0)) == err(Errno.EPERM)
 
 
 def test_a_reply_the_fast_path_refuses_changes_nothing(kernel, server, client):
@@ -129,8 +141,9 @@ def test_fast_reply_reaches_the_caller_and_the_server_waits(kernel, server, clie
     kernel.sched.pick()
     assert kernel.ipc.fastpath(kernel, client.thread, Sys.IPC_CALL, (conn, 5, 6, 7, 8, 0))
     assert [server.thread.context[r] for r in (Reg.RDX, Reg.R10, Reg.R8, Reg.R9)] == [5, 6, 7, 8]
-    assert kernel.ipc.fastpath(kernel, server.thread, Sys.IPC_REPLY_WAIT,
-                               (service, 9, 10, 11, -1 % 2**64, 0))
+    assert kernel.ipc.fastpath(
+        kernel, server.thread, Sys.IPC_REPLY_WAIT, (service, 9, 10, 11, -1 % 2**64, 0)
+    )
     got = [client.thread.context[r] for r in (Reg.RAX, Reg.RSI, Reg.RDX, Reg.R10, Reg.R8)]
     assert got == [0, 9, 10, 11, 2**64 - 1]
     assert kernel.sched.current is client.thread

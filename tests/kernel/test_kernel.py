@@ -37,8 +37,9 @@ def test_simulated_cycles_are_identical_across_runs(hello_elf):
     assert tallies[0].events["syscall"] == 2  # write + exit
 
 
-@pytest.mark.parametrize(("which", "mnemonic"), [("cr3", "mov"), ("hlt", "hlt"),
-                                                 ("wrmsr", "wrmsr")])
+@pytest.mark.parametrize(
+    ("which", "mnemonic"), [("cr3", "mov"), ("hlt", "hlt"), ("wrmsr", "wrmsr")]
+)
 def test_privileged_instruction_kills_only_its_process(kernel, hello_elf, which, mnemonic):
     attack = build_program(guest_root() / "attacks" / "ring3_privileged.c", base=0x50_0000)
     bystanders = [kernel.spawn(hello_elf, name=f"hello{i}") for i in range(2)]
@@ -55,11 +56,14 @@ def test_privileged_instruction_kills_only_its_process(kernel, hello_elf, which,
 
 def test_processes_are_preempted_round_robin(hello_elf, tmp_path):
     spinner = tmp_path / "spin.c"
-    spinner.write_text('#include "ub.h"\nint main(void){ for (volatile long i = 0; i < 200000;'
-                       ' i++) ; ub_puts("spun\\n"); return 7; }\n')
+    spinner.write_text(
+        '#include "ub.h"\nint main(void){ for (volatile long i = 0; i < 200000;'
+        ' i++) ; ub_puts("spun\\n"); return 7; }\n'
+    )
     order = []
-    kernel = Kernel(Machine(), quantum=5_000,
-                    console=lambda process, _data: order.append(process.name))
+    kernel = Kernel(
+        Machine(), quantum=5_000, console=lambda process, _data: order.append(process.name)
+    )
     spin = kernel.spawn(build_program(spinner, base=0x60_0000))
     hello = kernel.spawn(hello_elf)
     kernel.run()
@@ -69,11 +73,13 @@ def test_processes_are_preempted_round_robin(hello_elf, tmp_path):
 
 def test_bad_pointer_gives_efault_and_the_guest_goes_on(kernel, tmp_path):
     source = tmp_path / "badptr.c"
-    source.write_text('#include "ub.h"\nint main(void){\n'
-                      '  long r1 = ub_write((void *)0xffffffff80000000UL, 8);\n'
-                      '  long r2 = ub_write((void *)0x10, 8);\n'
-                      '  long r3 = ub_syscall0(999);\n'
-                      '  ub_printf("%ld %ld %ld\\n", r1, r2, r3); return 0; }\n')
+    source.write_text(
+        '#include "ub.h"\nint main(void){\n'
+        "  long r1 = ub_write((void *)0xffffffff80000000UL, 8);\n"
+        "  long r2 = ub_write((void *)0x10, 8);\n"
+        "  long r3 = ub_syscall0(999);\n"
+        '  ub_printf("%ld %ld %ld\\n", r1, r2, r3); return 0; }\n'
+    )
     process = kernel.spawn(build_program(source, base=0x40_0000))
     kernel.run()
     assert bytes(process.console) == b"-14 -14 -38\n"

@@ -23,8 +23,9 @@ PROBE_BASE = 0x0800_0000
 
 @pytest.fixture(scope="module")
 def probe_elf() -> Path:
-    return build_program(guest_root() / "apps" / "libc_probe" / "libc_probe.c",
-                         base=PROBE_BASE, libc="musl")
+    return build_program(
+        guest_root() / "apps" / "libc_probe" / "libc_probe.c", base=PROBE_BASE, libc="musl"
+    )
 
 
 def run_probe(elf: Path) -> tuple[Kernel, CapGroup]:
@@ -105,10 +106,14 @@ def test_mmap_serves_private_anonymous_memory_only(linux_thread: tuple[Kernel, T
     kernel, thread = linux_thread
     anon = linux_abi.MAP_PRIVATE | linux_abi.MAP_ANONYMOUS
     rw = 3
-    assert call(kernel, thread, LinuxSys.MMAP, 0, PAGE_SIZE, rw, linux_abi.MAP_PRIVATE,
-                3, 0) == -Errno.EINVAL
-    assert call(kernel, thread, LinuxSys.MMAP, 0, PAGE_SIZE, rw | linux_abi.PROT_EXEC,
-                anon, -1, 0) == -Errno.EINVAL
+    assert (
+        call(kernel, thread, LinuxSys.MMAP, 0, PAGE_SIZE, rw, linux_abi.MAP_PRIVATE, 3, 0)
+        == -Errno.EINVAL
+    )
+    assert (
+        call(kernel, thread, LinuxSys.MMAP, 0, PAGE_SIZE, rw | linux_abi.PROT_EXEC, anon, -1, 0)
+        == -Errno.EINVAL
+    )
     free = kernel.machine.frames.free_frames
     first = call(kernel, thread, LinuxSys.MMAP, 0, 5 * PAGE_SIZE, rw, anon, -1, 0)
     second = call(kernel, thread, LinuxSys.MMAP, 0, PAGE_SIZE, rw, anon, -1, 0)
@@ -131,8 +136,9 @@ def test_arch_prctl_sets_a_canonical_fs_base(linux_thread: tuple[Kernel, Thread]
     kernel, thread = linux_thread
     assert call(kernel, thread, LinuxSys.ARCH_PRCTL, linux_abi.ARCH_SET_FS, 0x1234_5000) == 0
     assert thread.context[Reg.FS_BASE] == 0x1234_5000
-    assert call(kernel, thread, LinuxSys.ARCH_PRCTL, linux_abi.ARCH_SET_FS,
-                1 << 48) == -Errno.EINVAL
+    assert (
+        call(kernel, thread, LinuxSys.ARCH_PRCTL, linux_abi.ARCH_SET_FS, 1 << 48) == -Errno.EINVAL
+    )
     assert call(kernel, thread, LinuxSys.ARCH_PRCTL, 0x1001, 0) == -Errno.EINVAL
 
 

@@ -68,6 +68,7 @@ def test_every_syscall_has_a_handler_and_unknown_numbers_are_enosys(guest):
 
 # -- write / exit / yield -----------------------------------------------------------
 
+
 def test_write(guest):
     assert guest.sys(Sys.WRITE, guest.put(b"hi!"), 3) == 3
     assert bytes(guest.group.console) == b"hi!"
@@ -91,6 +92,7 @@ def test_yield_rotates_the_ready_queue(kernel, guest, other):
 
 
 # -- capabilities -----------------------------------------------------------------
+
 
 def test_cap_copy_only_shrinks_rights(guest):
     slot = guest.sys(Sys.NOTIF_CREATE)
@@ -142,6 +144,7 @@ def test_destroying_an_object_revokes_every_copy_everywhere(kernel, guest, hello
 
 # -- memory objects -------------------------------------------------------------------
 
+
 def test_pmo_create_map_share_unmap(guest, other, kernel, hello_elf):
     slot = guest.sys(Sys.PMO_CREATE, 5000)  # rounds up to two pages
     assert guest.sys(Sys.PMO_MAP, slot, FREE_VA, Prot.READ | Prot.WRITE) == 0
@@ -154,8 +157,9 @@ def test_pmo_create_map_share_unmap(guest, other, kernel, hello_elf):
     child_group = guest.group.caps.get(child).obj
     child_thread = child_group.threads[0]
     assert dispatch(kernel, child_thread, Sys.PMO_MAP, (given, FREE_VA, Prot.READ, 0, 0, 0)) == 0
-    assert dispatch(kernel, child_thread, Sys.PMO_MAP,
-                    (given, FREE_VA + 0x10000, Prot.WRITE, 0, 0, 0)) == err(Errno.EPERM)
+    assert dispatch(
+        kernel, child_thread, Sys.PMO_MAP, (given, FREE_VA + 0x10000, Prot.WRITE, 0, 0, 0)
+    ) == err(Errno.EPERM)
     assert copy_in(kernel.machine, child_group.vmspace.table, FREE_VA + 4096, 2, pkru=0) == b"xy"
     assert not child_group.vmspace.table.lookup(FREE_VA).flags.writable
     assert guest.sys(Sys.PMO_UNMAP, FREE_VA) == 0
@@ -163,16 +167,19 @@ def test_pmo_create_map_share_unmap(guest, other, kernel, hello_elf):
     assert guest.sys(Sys.PMO_UNMAP, FREE_VA) == err(Errno.EINVAL)
 
 
-@pytest.mark.parametrize(("size", "vaddr", "prot", "errno"), [
-    (0, FREE_VA, Prot.READ, Errno.EINVAL),  # create: empty
-    (1 << 40, FREE_VA, Prot.READ, Errno.EINVAL),  # create: too large
-    (4096, FREE_VA + 1, Prot.READ, Errno.EINVAL),  # map: unaligned
-    (4096, KERNEL_DATA, Prot.READ, Errno.EINVAL),  # map: kernel half
-    (4096, 0x1000, Prot.READ, Errno.EINVAL),  # map: below user space
-    (4096, FREE_VA, 0, Errno.EINVAL),  # map: no protection
-    (4096, FREE_VA, 8, Errno.EINVAL),  # map: unknown protection bit
-    (4096, 0x40_0000, Prot.READ, Errno.EBUSY),  # map: over the program image
-])
+@pytest.mark.parametrize(
+    ("size", "vaddr", "prot", "errno"),
+    [
+        (0, FREE_VA, Prot.READ, Errno.EINVAL),  # create: empty
+        (1 << 40, FREE_VA, Prot.READ, Errno.EINVAL),  # create: too large
+        (4096, FREE_VA + 1, Prot.READ, Errno.EINVAL),  # map: unaligned
+        (4096, KERNEL_DATA, Prot.READ, Errno.EINVAL),  # map: kernel half
+        (4096, 0x1000, Prot.READ, Errno.EINVAL),  # map: below user space
+        (4096, FREE_VA, 0, Errno.EINVAL),  # map: no protection
+        (4096, FREE_VA, 8, Errno.EINVAL),  # map: unknown protection bit
+        (4096, 0x40_0000, Prot.READ, Errno.EBUSY),  # map: over the program image
+    ],
+)
 def test_pmo_errors(guest, size, vaddr, prot, errno):
     slot = guest.sys(Sys.PMO_CREATE, size)
     if size in (0, 1 << 40):
@@ -216,6 +223,7 @@ def test_exhausted_memory_is_enomem_and_leaks_nothing(kernel, hello_elf):
 
 
 # -- spawn / wait / threads -----------------------------------------------------------
+
 
 def test_spawn_and_wait(kernel, guest, hello_elf):
     kernel.register_program("hello", hello_elf)
@@ -263,6 +271,7 @@ def test_thread_create_and_exit(kernel, guest):
 
 # -- notifications -----------------------------------------------------------------
 
+
 def test_notifications_count_block_and_wake(kernel, guest, other):
     slot = guest.sys(Sys.NOTIF_CREATE)
     assert guest.sys(Sys.NOTIF_SIGNAL, slot) == 0
@@ -279,6 +288,7 @@ def test_notifications_count_block_and_wake(kernel, guest, other):
 
 
 # -- IPC -----------------------------------------------------------------------------
+
 
 def register(guest: Guest, name: bytes) -> int:
     return guest.sys(Sys.IPC_REGISTER, guest.put(name, 512), len(name), 0x40_1000)
@@ -343,8 +353,9 @@ def test_call_and_reply_round_trip(kernel, guest, other):
     assert guest.thread.state is ThreadState.BLOCKED
 
 
-def test_callers_queue_when_the_server_is_busy_and_fail_when_it_dies(kernel, guest, other,
-                                                                     hello_elf):
+def test_callers_queue_when_the_server_is_busy_and_fail_when_it_dies(
+    kernel, guest, other, hello_elf
+):
     register(guest, b"echo")
     conn = other.sys(Sys.IPC_CONNECT, other.put(b"echo"), 4)
     kernel.sched.pick()

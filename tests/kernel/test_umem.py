@@ -17,10 +17,12 @@ BASE = 0x50_0000
 def space():
     machine = Machine(accounting=False)
     table = machine.new_page_table()
-    for offset, flags in ((0, PageFlags(user=True, writable=True)),
-                          (0x1000, PageFlags(user=True, writable=True)),
-                          (0x2000, PageFlags(user=True)),
-                          (0x3000, PageFlags(writable=True))):  # supervisor page
+    for offset, flags in (
+        (0, PageFlags(user=True, writable=True)),
+        (0x1000, PageFlags(user=True, writable=True)),
+        (0x2000, PageFlags(user=True)),
+        (0x3000, PageFlags(writable=True)),
+    ):  # supervisor page
         table.map(BASE + offset, machine.frames.alloc(), flags)
     table.map(BASE + 0x8000, machine.frames.alloc(), PageFlags(user=True, writable=True, pkey=6))
     return machine, table
@@ -46,14 +48,17 @@ def test_copy_round_trip_across_a_page_boundary(space):
     assert copy_in(machine, table, BASE + 0x1000 - 100, 200, pkru=0) == data[:200]
 
 
-@pytest.mark.parametrize(("vaddr", "length"), [
-    (BASE + 0x4000, 1),  # unmapped
-    (BASE + 0x3000, 8),  # supervisor page
-    (KERNEL_DATA, 8),  # the kernel's own data
-    (BASE + 0x2ff0, 0x20),  # runs from a user page into a supervisor one
-    (-8, 8),
-    (BASE, MAX_COPY + 1),
-])
+@pytest.mark.parametrize(
+    ("vaddr", "length"),
+    [
+        (BASE + 0x4000, 1),  # unmapped
+        (BASE + 0x3000, 8),  # supervisor page
+        (KERNEL_DATA, 8),  # the kernel's own data
+        (BASE + 0x2FF0, 0x20),  # runs from a user page into a supervisor one
+        (-8, 8),
+        (BASE, MAX_COPY + 1),
+    ],
+)
 def test_copy_in_refuses_what_the_guest_cannot_read(space, vaddr, length):
     machine, table = space
     with pytest.raises(SyscallError) as error:
@@ -63,7 +68,7 @@ def test_copy_in_refuses_what_the_guest_cannot_read(space, vaddr, length):
 
 def test_copy_out_refuses_read_only_pages_and_writes_nothing(space):
     machine, table = space
-    copy_out(machine, table, BASE + 0x1ff0, b"\0" * 16, pkru=0)
+    copy_out(machine, table, BASE + 0x1FF0, b"\0" * 16, pkru=0)
     with pytest.raises(SyscallError):
-        copy_out(machine, table, BASE + 0x1ff0, b"\xff" * 32, pkru=0)  # tail is read-only
-    assert copy_in(machine, table, BASE + 0x1ff0, 16, pkru=0) == b"\0" * 16
+        copy_out(machine, table, BASE + 0x1FF0, b"\xff" * 32, pkru=0)  # tail is read-only
+    assert copy_in(machine, table, BASE + 0x1FF0, 16, pkru=0) == b"\0" * 16

@@ -40,8 +40,9 @@ class Scratch:
         return frame
 
     def context(self, ring: int = 3, rip: int = CODE_VA, pkru: int = 0) -> CpuContext:
-        return self.machine.new_context(ring=ring, page_table=self.table, rip=rip,
-                                        rsp=STACK_TOP, pkru=pkru)
+        return self.machine.new_context(
+            ring=ring, page_table=self.table, rip=rip, rsp=STACK_TOP, pkru=pkru
+        )
 
 
 @pytest.fixture(scope="module")

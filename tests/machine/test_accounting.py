@@ -25,12 +25,23 @@ from underbridge.machine.native_accounting import NativeAccounting
 from .conftest import Scratch
 
 
-@pytest.mark.parametrize(("source", "event"), [
-    ("wrpkru", "wrpkru"), ("vmfunc", "vmfunc"), ("syscall", "syscall"), ("sysretq", "sysret"),
-    (".byte 0x0f, 0x07", "sysret"), ("swapgs", "swapgs"), ("mov cr3, rax", "cr3_write"),
-    ("mov cr3, r12", "cr3_write"), ("mov cr4, rax", None), ("mov rax, cr3", None),
-    ("nop", None), ("rdpkru", None),
-])
+@pytest.mark.parametrize(
+    ("source", "event"),
+    [
+        ("wrpkru", "wrpkru"),
+        ("vmfunc", "vmfunc"),
+        ("syscall", "syscall"),
+        ("sysretq", "sysret"),
+        (".byte 0x0f, 0x07", "sysret"),
+        ("swapgs", "swapgs"),
+        ("mov cr3, rax", "cr3_write"),
+        ("mov cr3, r12", "cr3_write"),
+        ("mov cr4, rax", None),
+        ("mov rax, cr3", None),
+        ("nop", None),
+        ("rdpkru", None),
+    ],
+)
 def test_costed_instructions_are_recognised_by_encoding(source, event):
     assert instruction_event(assemble(source)) == event
 
@@ -136,15 +147,21 @@ def test_charges_follow_charge_to_and_moves_keep_the_total() -> None:
 
 
 _EVENTS = ["sysret", "swapgs", "cr3_write", "sel4_fastpath_call", "vm_exit"]
-_STEPS = st.lists(st.one_of(
-    st.tuples(st.just("to"), st.sampled_from(["kernel", "ipc", "fs"])),
-    st.tuples(st.just("one"), st.sampled_from(_EVENTS), st.integers(1, 3)),
-    st.tuples(st.just("path"), st.sampled_from(range(3))),
-    st.tuples(st.just("in"), st.sampled_from(["ipc", "other"]), st.sampled_from(range(3))),
-    st.just(("tally",)),
-), max_size=40)
-_PATHS = [Charges.of("sysret"), Charges.of(("swapgs", 2), "sysret", ("cr3_write", 2)),
-          Charges.of("sel4_fastpath_call", "cr3_write")]
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("to"), st.sampled_from(["kernel", "ipc", "fs"])),
+        st.tuples(st.just("one"), st.sampled_from(_EVENTS), st.integers(1, 3)),
+        st.tuples(st.just("path"), st.sampled_from(range(3))),
+        st.tuples(st.just("in"), st.sampled_from(["ipc", "other"]), st.sampled_from(range(3))),
+        st.just(("tally",)),
+    ),
+    max_size=40,
+)
+_PATHS = [
+    Charges.of("sysret"),
+    Charges.of(("swapgs", 2), "sysret", ("cr3_write", 2)),
+    Charges.of("sel4_fastpath_call", "cr3_write"),
+]
 
 
 @pytest.mark.parametrize("kind", [Accounting, NativeAccounting])

@@ -16,8 +16,13 @@ from .conftest import CODE_VA, DATA_VA, USER_RW
 
 def test_boot_calibrates_a_layout_with_distinct_offsets(machine):
     layout = machine.layout
-    offsets = [*layout.regs, layout.pkru, layout.error_code, layout.exception_in_flight,
-               layout.cs_selector]
+    offsets = [
+        *layout.regs,
+        layout.pkru,
+        layout.error_code,
+        layout.exception_in_flight,
+        layout.cs_selector,
+    ]
     assert len(set(offsets)) == len(offsets)
     assert all(0 <= offset < layout.size for offset in offsets)
 
@@ -63,8 +68,19 @@ def test_kernel_can_return_a_value_and_resume(scratch):
     assert context[Reg.RBX] == 1234
 
 
-@pytest.mark.parametrize("instruction", ["mov cr3, rax", "hlt", "wrmsr", "cli", "lgdt [rax]",
-                                         "in al, dx", "invlpg [rax]", "mov cr4, rax"])
+@pytest.mark.parametrize(
+    "instruction",
+    [
+        "mov cr3, rax",
+        "hlt",
+        "wrmsr",
+        "cli",
+        "lgdt [rax]",
+        "in al, dx",
+        "invlpg [rax]",
+        "mov cr4, rax",
+    ],
+)
 def test_privileged_instruction_in_ring3_is_gp_with_disassembly(scratch, instruction):
     scratch.code(instruction)
     result = scratch.machine.run(scratch.context())
@@ -284,8 +300,12 @@ def test_registers_read_and_written_at_once_match_one_by_one(machine):
         context[reg] = 0x1111 * (int(reg) + 1)
     assert context.syscall_args() == tuple(context[r] for r in SYSCALL_ARG_REGS)
     context.set_registers((Reg.R10, Reg.RAX, Reg.R8), (7, -1, 2**64 + 3))
-    assert context.registers((Reg.RAX, Reg.R8, Reg.R10, Reg.R9)) == \
-        (2**64 - 1, 3, 7, 0x1111 * (int(Reg.R9) + 1))
+    assert context.registers((Reg.RAX, Reg.R8, Reg.R10, Reg.R9)) == (
+        2**64 - 1,
+        3,
+        7,
+        0x1111 * (int(Reg.R9) + 1),
+    )
 
 
 def test_a_reset_context_is_a_new_context(machine):
@@ -295,7 +315,8 @@ def test_a_reset_context_is_a_new_context(machine):
     for reg in Reg:
         used[reg] = 0xDEAD
     used.end_exception()
-    reset = machine.reset_context(used, ring=0, page_table=table, rip=0x40_1000, rsp=0x7000,
-                                  pkru=0x55)
+    reset = machine.reset_context(
+        used, ring=0, page_table=table, rip=0x40_1000, rsp=0x7000, pkru=0x55
+    )
     fresh = machine.new_context(ring=0, page_table=table, rip=0x40_1000, rsp=0x7000, pkru=0x55)
     assert reset is used and reset.raw() == fresh.raw()

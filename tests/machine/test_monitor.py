@@ -12,9 +12,26 @@ from underbridge.machine.faults import GENERAL_PROTECTION, VM_EXIT
 
 from .conftest import CODE_VA, Scratch
 
-PRIVILEGED = ["mov cr4, rax", "mov cr0, rax", "mov cr3, rax", "wrmsr", "rdmsr", "lgdt [rax]",
-              "lidt [rax]", "hlt", "cli", "sti", "invlpg [rax]", "in al, dx", "out dx, al",
-              "swapgs", "wbinvd", "clts", "mov rax, cr0", "mov dr7, rax"]
+PRIVILEGED = [
+    "mov cr4, rax",
+    "mov cr0, rax",
+    "mov cr3, rax",
+    "wrmsr",
+    "rdmsr",
+    "lgdt [rax]",
+    "lidt [rax]",
+    "hlt",
+    "cli",
+    "sti",
+    "invlpg [rax]",
+    "in al, dx",
+    "out dx, al",
+    "swapgs",
+    "wbinvd",
+    "clts",
+    "mov rax, cr0",
+    "mov dr7, rax",
+]
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["accounting", "no-accounting"])
@@ -24,7 +41,8 @@ def machine(request):
 
 @pytest.mark.parametrize("instruction", PRIVILEGED)
 def test_privileged_instruction_in_ring0_is_a_vm_exit_after_the_code_before_it(
-        machine, instruction):
+    machine, instruction
+):
     scratch = Scratch(machine, machine.new_page_table())
     scratch.code(f"mov rbx, 5\nadd rbx, 1\n{instruction}\nmov rbx, 99\nsyscall")
     context = scratch.context(ring=0)
@@ -40,8 +58,10 @@ def test_privileged_instruction_in_ring0_is_a_vm_exit_after_the_code_before_it(
 def test_a_privileged_instruction_hidden_in_an_immediate_and_jumped_to_is_trapped(machine):
     """mov cr4, rax (0F 22 E0) hidden inside a mov's immediate, reached by a computed jump."""
     hidden = int.from_bytes(bytes.fromhex("0f22e090"), "little")
-    code = assemble(f"lea rbx, [rip + target + 1]\njmp rbx\ntarget: mov eax, {hidden:#x}\n"
-                    "syscall", origin=CODE_VA)
+    code = assemble(
+        f"lea rbx, [rip + target + 1]\njmp rbx\ntarget: mov eax, {hidden:#x}\nsyscall",
+        origin=CODE_VA,
+    )
     assert bytes.fromhex("0f22e0") in code
     scratch = Scratch(machine, machine.new_page_table())
     scratch.code(f".byte {', '.join(hex(b) for b in code)}")

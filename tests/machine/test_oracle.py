@@ -47,8 +47,9 @@ def observe(bench, page: Page, access: Access, cpu: Cpu):
     if old is not None:
         machine.frames.free(old)
     if page.present:
-        flags = PageFlags(writable=page.writable, user=page.user,
-                          executable=page.executable, pkey=page.pkey)
+        flags = PageFlags(
+            writable=page.writable, user=page.user, executable=page.executable, pkey=page.pkey
+        )
         bench.page(TARGET, flags, SYSCALL)
         machine.code_changed(table)
     context = bench.context(ring=cpu.cpl, rip=PROBES[access][0], pkru=cpu.pkru)
@@ -72,10 +73,21 @@ def check(bench, page: Page, access: Access, cpu: Cpu) -> None:
     assert fault.reason in expected, (fault.describe(), expected)
 
 
-pages = st.builds(Page, present=st.booleans(), writable=st.booleans(), user=st.booleans(),
-                  executable=st.booleans(), pkey=st.integers(0, 15))
-cpus = st.builds(Cpu, cpl=st.sampled_from([0, 3]), pkru=st.integers(0, 2**32 - 1),
-                 wp=st.booleans(), pke=st.booleans())
+pages = st.builds(
+    Page,
+    present=st.booleans(),
+    writable=st.booleans(),
+    user=st.booleans(),
+    executable=st.booleans(),
+    pkey=st.integers(0, 15),
+)
+cpus = st.builds(
+    Cpu,
+    cpl=st.sampled_from([0, 3]),
+    pkru=st.integers(0, 2**32 - 1),
+    wp=st.booleans(),
+    pke=st.booleans(),
+)
 
 
 @settings(max_examples=1000, deadline=None, derandomize=True)
@@ -90,8 +102,11 @@ KEY_STATES = {"open": 0, "AD": 1 << (2 * KEY), "WD": 2 << (2 * KEY), "AD+WD": 3 
 
 @pytest.mark.parametrize(
     ("cpl", "access", "writable", "wp", "key_state"),
-    list(itertools.product([0, 3], [Access.READ, Access.WRITE], [True, False], [True, False],
-                           KEY_STATES)),
+    list(
+        itertools.product(
+            [0, 3], [Access.READ, Access.WRITE], [True, False], [True, False], KEY_STATES
+        )
+    ),
 )
 def test_pkru_rules_exhaustively_on_user_pages(bench, cpl, access, writable, wp, key_state):
     """Every PKRU state x ring x R/W x WP on a U=1 page, including ring 0."""

@@ -20,8 +20,13 @@ from underbridge.machine.paging import (
 )
 from underbridge.machine.physmem import PAGE_SIZE
 
-flags = st.builds(PageFlags, writable=st.booleans(), user=st.booleans(),
-                  executable=st.booleans(), pkey=st.integers(0, 15))
+flags = st.builds(
+    PageFlags,
+    writable=st.booleans(),
+    user=st.booleans(),
+    executable=st.booleans(),
+    pkey=st.integers(0, 15),
+)
 frames = st.integers(0, (1 << 52) - 1).map(lambda a: a & ADDR_MASK)
 
 
@@ -108,12 +113,16 @@ def test_destroy_returns_table_frames(machine):
 # Indices near the edges of each level, so sequences share and split tables at every
 # level, in both canonical halves.
 _EDGES = (0, 1, 255, 256, 510, 511)
-_VADDRS = sorted({((i4 << 39 | i3 << 30 | i2 << 21 | i1 << 12)
-                   | (0xFFFF_0000_0000_0000 if i4 >= 256 else 0))
-                  for i4 in (0, 1, 255, 256, 511) for i3 in _EDGES[::2]
-                  for i2 in _EDGES[1::2] for i1 in (0, 511)})
-_OPS = st.lists(st.tuples(st.sampled_from(("map", "unmap")), st.sampled_from(_VADDRS)),
-                max_size=60)
+_VADDRS = sorted(
+    {
+        ((i4 << 39 | i3 << 30 | i2 << 21 | i1 << 12) | (0xFFFF_0000_0000_0000 if i4 >= 256 else 0))
+        for i4 in (0, 1, 255, 256, 511)
+        for i3 in _EDGES[::2]
+        for i2 in _EDGES[1::2]
+        for i1 in (0, 511)
+    }
+)
+_OPS = st.lists(st.tuples(st.sampled_from(("map", "unmap")), st.sampled_from(_VADDRS)), max_size=60)
 
 
 def _tables_needed(vaddrs) -> int:
@@ -141,8 +150,9 @@ def test_random_map_unmap_matches_a_dict_and_keeps_no_empty_table(machine, ops):
             if frame is not None:
                 machine.frames.free(frame)
         assert table.table_frames == _tables_needed(model)
-    assert {v: table.translate(v + 8) for v in _VADDRS} == \
-        {v: model[v] + 8 if v in model else None for v in _VADDRS}
+    assert {v: table.translate(v + 8) for v in _VADDRS} == {
+        v: model[v] + 8 if v in model else None for v in _VADDRS
+    }
     assert dict(table.mappings()).keys() == model.keys()
     assert machine.frames.in_use == before + table.table_frames + len(model)
     for vaddr in list(model):

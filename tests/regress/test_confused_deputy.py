@@ -22,8 +22,7 @@ def test_in_kernel_servers_cannot_use_the_kernel_as_a_deputy(hello_elf):
     kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=True)
     kernel.run(until=lambda: "echo" in kernel.services)
     kernel.register_program("hello", hello_elf)
-    attacker = kernel.spawn(build_program("hello", base=0x0300_0000), ["hello"],
-                            in_kernel=True)
+    attacker = kernel.spawn(build_program("hello", base=0x0300_0000), ["hello"], in_kernel=True)
     thread = attacker.threads[0]
 
     def sys(number, *args):

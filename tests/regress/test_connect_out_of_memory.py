@@ -33,8 +33,9 @@ int main(void)
 def connect_with_free_frames(client_elf, free: int) -> tuple[str, Kernel]:
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
     echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=True)
-    kernel.run(until=lambda: "echo" in kernel.services
-               and echo.threads[0].state is ThreadState.BLOCKED)
+    kernel.run(
+        until=lambda: "echo" in kernel.services and echo.threads[0].state is ThreadState.BLOCKED
+    )
     client = kernel.spawn(client_elf, ["client"])
     frames = kernel.machine.frames
     try:

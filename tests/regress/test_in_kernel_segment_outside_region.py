@@ -23,8 +23,15 @@ from .elf_edit import P_MEMSZ, P_VADDR, load_offsets, with_field
 BASE = 0x0300_0000
 
 
-@pytest.mark.parametrize("where", [GATE_WINDOW + 0x1000, CONTROL_WINDOW + 0x1000,
-                                   ECHO_BASE + REGION_SIZE, BASE + REGION_SIZE // 2])
+@pytest.mark.parametrize(
+    "where",
+    [
+        GATE_WINDOW + 0x1000,
+        CONTROL_WINDOW + 0x1000,
+        ECHO_BASE + REGION_SIZE,
+        BASE + REGION_SIZE // 2,
+    ],
+)
 def test_a_segment_outside_the_region_is_refused(where):
     data = build_program("hello", base=BASE).read_bytes()
     mutant = with_field(data, load_offsets(data)[-1], P_VADDR, where)

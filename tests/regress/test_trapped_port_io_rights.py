@@ -21,12 +21,20 @@ GUESTS = Path(__file__).parent.parent / "guests"
 
 def test_a_handler_cannot_use_its_callers_ports():
     kernel = Kernel(Machine(), ipc="underbridge")
-    server = kernel.spawn(build_program(GUESTS / "port_handler.c", base=0x0300_0000),
-                          ["port_handler"], in_kernel=True, rewrite=False)
+    server = kernel.spawn(
+        build_program(GUESTS / "port_handler.c", base=0x0300_0000),
+        ["port_handler"],
+        in_kernel=True,
+        rewrite=False,
+    )
     kernel.run(until=lambda: "ports" in kernel.services)
     # relay_client calls {1, 2, 3, 4}: port mr[1] = 2, value mr[2] = 3
-    client = kernel.spawn(build_program(GUESTS / "relay_client.c", base=0x0500_0000),
-                          ["relay_client", "1", "ports"], in_kernel=True, io_ports=range(2, 3))
+    client = kernel.spawn(
+        build_program(GUESTS / "relay_client.c", base=0x0500_0000),
+        ["relay_client", "1", "ports"],
+        in_kernel=True,
+        io_ports=range(2, 3),
+    )
     kernel.run(until=lambda: not client.running)
     assert server.state is GroupState.FAULTED
     assert server.fault.mnemonic == "VMEXIT" and server.fault.instruction == "out dx, al"

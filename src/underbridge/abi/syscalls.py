@@ -120,67 +120,118 @@ class SyscallSpec:
 
 SYSCALLS: tuple[SyscallSpec, ...] = (
     SyscallSpec(Sys.EXIT, ("long status",), "end the calling cap group (all its threads)"),
-    SyscallSpec(Sys.WRITE, ("const void *buf", "unsigned long len"),
-                "append len bytes at buf to the console", "RAX: len or -errno"),
+    SyscallSpec(
+        Sys.WRITE,
+        ("const void *buf", "unsigned long len"),
+        "append len bytes at buf to the console",
+        "RAX: len or -errno",
+    ),
     SyscallSpec(Sys.YIELD, (), "give up the rest of this time slice"),
-    SyscallSpec(Sys.SPAWN, ("const char *name", "unsigned long name_len", "const char *args",
-                            "unsigned long args_len"),
-                "start the named program with NUL-separated args",
-                "RAX: slot of a cap-group cap (READ|GRANT) or -errno"),
-    SyscallSpec(Sys.WAIT, ("long group_slot", "struct ub_exit_info *info"),
-                "block until the cap group ends; write how it ended to *info"),
-    SyscallSpec(Sys.CAP_COPY, ("long slot", "unsigned long rights_mask"),
-                "copy a cap in the caller's own table with rights & mask",
-                "RAX: new slot or -errno"),
-    SyscallSpec(Sys.CAP_GRANT, ("long group_slot", "long slot", "unsigned long rights_mask"),
-                "copy a GRANT cap into another cap group (needs GRANT on both caps)",
-                "RAX: the slot in the other group or -errno"),
-    SyscallSpec(Sys.CAP_DELETE, ("long slot",), "empty a slot of the caller's table; "
-                "deleting a connection cap closes the connection"),
-    SyscallSpec(Sys.CAP_INFO, ("long slot",), "the type and rights of a cap",
-                "RAX: (type << 16) | rights or -errno"),
-    SyscallSpec(Sys.PMO_CREATE, ("unsigned long size",),
-                "allocate a zeroed memory object of size bytes (rounded up to pages)",
-                "RAX: slot (READ|WRITE|GRANT) or -errno"),
-    SyscallSpec(Sys.PMO_MAP, ("long pmo_slot", "unsigned long vaddr", "unsigned long prot"),
-                "map the whole memory object at vaddr (page aligned) with UB_PROT_* bits"),
-    SyscallSpec(Sys.PMO_UNMAP, ("unsigned long vaddr",),
-                "unmap the memory object mapped at vaddr"),
-    SyscallSpec(Sys.THREAD_CREATE, ("unsigned long entry", "unsigned long stack_top",
-                                    "unsigned long arg"),
-                "start a thread at entry(arg) on the given stack",
-                "RAX: slot of a thread cap or -errno"),
-    SyscallSpec(Sys.THREAD_EXIT, (), "end the calling thread (the cap group ends with its "
-                                     "last thread, status 0)"),
-    SyscallSpec(Sys.NOTIF_CREATE, (), "create a notification (a counting semaphore)",
-                "RAX: slot (SIGNAL|WAIT|GRANT) or -errno"),
+    SyscallSpec(
+        Sys.SPAWN,
+        (
+            "const char *name",
+            "unsigned long name_len",
+            "const char *args",
+            "unsigned long args_len",
+        ),
+        "start the named program with NUL-separated args",
+        "RAX: slot of a cap-group cap (READ|GRANT) or -errno",
+    ),
+    SyscallSpec(
+        Sys.WAIT,
+        ("long group_slot", "struct ub_exit_info *info"),
+        "block until the cap group ends; write how it ended to *info",
+    ),
+    SyscallSpec(
+        Sys.CAP_COPY,
+        ("long slot", "unsigned long rights_mask"),
+        "copy a cap in the caller's own table with rights & mask",
+        "RAX: new slot or -errno",
+    ),
+    SyscallSpec(
+        Sys.CAP_GRANT,
+        ("long group_slot", "long slot", "unsigned long rights_mask"),
+        "copy a GRANT cap into another cap group (needs GRANT on both caps)",
+        "RAX: the slot in the other group or -errno",
+    ),
+    SyscallSpec(
+        Sys.CAP_DELETE,
+        ("long slot",),
+        "empty a slot of the caller's table; deleting a connection cap closes the connection",
+    ),
+    SyscallSpec(
+        Sys.CAP_INFO,
+        ("long slot",),
+        "the type and rights of a cap",
+        "RAX: (type << 16) | rights or -errno",
+    ),
+    SyscallSpec(
+        Sys.PMO_CREATE,
+        ("unsigned long size",),
+        "allocate a zeroed memory object of size bytes (rounded up to pages)",
+        "RAX: slot (READ|WRITE|GRANT) or -errno",
+    ),
+    SyscallSpec(
+        Sys.PMO_MAP,
+        ("long pmo_slot", "unsigned long vaddr", "unsigned long prot"),
+        "map the whole memory object at vaddr (page aligned) with UB_PROT_* bits",
+    ),
+    SyscallSpec(Sys.PMO_UNMAP, ("unsigned long vaddr",), "unmap the memory object mapped at vaddr"),
+    SyscallSpec(
+        Sys.THREAD_CREATE,
+        ("unsigned long entry", "unsigned long stack_top", "unsigned long arg"),
+        "start a thread at entry(arg) on the given stack",
+        "RAX: slot of a thread cap or -errno",
+    ),
+    SyscallSpec(
+        Sys.THREAD_EXIT,
+        (),
+        "end the calling thread (the cap group ends with its last thread, status 0)",
+    ),
+    SyscallSpec(
+        Sys.NOTIF_CREATE,
+        (),
+        "create a notification (a counting semaphore)",
+        "RAX: slot (SIGNAL|WAIT|GRANT) or -errno",
+    ),
     SyscallSpec(Sys.NOTIF_SIGNAL, ("long slot",), "add one to the count, waking one waiter"),
     SyscallSpec(Sys.NOTIF_WAIT, ("long slot",), "block until the count is positive, take one"),
-    SyscallSpec(Sys.IPC_REGISTER, ("const char *name", "unsigned long name_len",
-                                   "unsigned long handler"),
-                "offer a service under name; the caller's threads receive on it. handler "
-                "is the address of the server's void handler(struct ub_msg *), recorded so "
-                "that a later placement can enter it directly through a gate",
-                "RAX: slot of the service cap (RECV) or -errno"),
-    SyscallSpec(Sys.IPC_CONNECT, ("const char *name", "unsigned long name_len"),
-                "connect to a service; the kernel maps a fresh shared buffer into both "
-                "sides at the same address and gives the connection an unforgeable badge",
-                "RAX: connection slot (CALL) or -errno; RDI: buffer address; RSI: its size; "
-                "RDX: the connection's gate, or 0 to call with IPC_CALL"),
-    SyscallSpec(Sys.IPC_CALL, ("long conn_slot", "long mr0", "long mr1", "long mr2",
-                               "long mr3"),
-                "send 4 message registers and block for the reply",
-                "RAX: 0 or -errno; RSI, RDX, R10, R8: reply mr0..mr3"),
-    SyscallSpec(Sys.IPC_REPLY_WAIT, ("long service_slot", "long mr0", "long mr1", "long mr2",
-                                     "long mr3"),
-                "reply to the last caller (if any), then block for the next call",
-                "RAX: 0 or -errno; RDI: badge; RSI: shared buffer address; "
-                "RDX, R10, R8, R9: mr0..mr3"),
-    SyscallSpec(Sys.PORT_IO, ("unsigned long port", "unsigned long value",
-                              "unsigned long write"),
-                "read (write=0) or write one byte of an I/O port the cap group was granted; "
-                "what the kernel's checked inb/outb routines call",
-                "RAX: the byte read (or 0 for a write), or -EPERM"),
+    SyscallSpec(
+        Sys.IPC_REGISTER,
+        ("const char *name", "unsigned long name_len", "unsigned long handler"),
+        "offer a service under name; the caller's threads receive on it. handler "
+        "is the address of the server's void handler(struct ub_msg *), recorded so "
+        "that a later placement can enter it directly through a gate",
+        "RAX: slot of the service cap (RECV) or -errno",
+    ),
+    SyscallSpec(
+        Sys.IPC_CONNECT,
+        ("const char *name", "unsigned long name_len"),
+        "connect to a service; the kernel maps a fresh shared buffer into both "
+        "sides at the same address and gives the connection an unforgeable badge",
+        "RAX: connection slot (CALL) or -errno; RDI: buffer address; RSI: its size; "
+        "RDX: the connection's gate, or 0 to call with IPC_CALL",
+    ),
+    SyscallSpec(
+        Sys.IPC_CALL,
+        ("long conn_slot", "long mr0", "long mr1", "long mr2", "long mr3"),
+        "send 4 message registers and block for the reply",
+        "RAX: 0 or -errno; RSI, RDX, R10, R8: reply mr0..mr3",
+    ),
+    SyscallSpec(
+        Sys.IPC_REPLY_WAIT,
+        ("long service_slot", "long mr0", "long mr1", "long mr2", "long mr3"),
+        "reply to the last caller (if any), then block for the next call",
+        "RAX: 0 or -errno; RDI: badge; RSI: shared buffer address; RDX, R10, R8, R9: mr0..mr3",
+    ),
+    SyscallSpec(
+        Sys.PORT_IO,
+        ("unsigned long port", "unsigned long value", "unsigned long write"),
+        "read (write=0) or write one byte of an I/O port the cap group was granted; "
+        "what the kernel's checked inb/outb routines call",
+        "RAX: the byte read (or 0 for a write), or -EPERM",
+    ),
 )
 
 BANNER = "/* Generated by underbridge.abi.syscalls.render_header(); do not edit. */"
@@ -188,23 +239,42 @@ BANNER = "/* Generated by underbridge.abi.syscalls.render_header(); do not edit.
 
 def render_header() -> str:
     """The C header that gives guests the syscall numbers, error codes and flags."""
-    lines = [BANNER, "#ifndef UB_SYSCALL_H", "#define UB_SYSCALL_H", "",
-             "/* Linux-ABI guests (musl) own the Linux numbers; ours sit above them. */",
-             "#ifdef UB_LINUX_ABI", f"#define UB_SYS_BASE {LINUX_NATIVE_BASE:#x}", "#else",
-             "#define UB_SYS_BASE 0", "#endif", ""]
+    lines = [
+        BANNER,
+        "#ifndef UB_SYSCALL_H",
+        "#define UB_SYSCALL_H",
+        "",
+        "/* Linux-ABI guests (musl) own the Linux numbers; ours sit above them. */",
+        "#ifdef UB_LINUX_ABI",
+        f"#define UB_SYS_BASE {LINUX_NATIVE_BASE:#x}",
+        "#else",
+        "#define UB_SYS_BASE 0",
+        "#endif",
+        "",
+    ]
     for spec in SYSCALLS:
-        lines.append(f"/* {spec.number.name.lower()}({', '.join(spec.args)}): {spec.doc}."
-                     f" {spec.results} */")
+        lines.append(
+            f"/* {spec.number.name.lower()}({', '.join(spec.args)}): {spec.doc}. {spec.results} */"
+        )
         lines.append(f"#define UB_SYS_{spec.number.name} (UB_SYS_BASE + {int(spec.number)})")
-    for title, enum, prefix in (("errors", Errno, "UB_"), ("rights", Rights, "UB_RIGHT_"),
-                                ("object types", ObjType, "UB_OBJ_"),
-                                ("PMO_MAP protection", Prot, "UB_PROT_"),
-                                ("limits", Limit, "UB_")):
+    for title, enum, prefix in (
+        ("errors", Errno, "UB_"),
+        ("rights", Rights, "UB_RIGHT_"),
+        ("object types", ObjType, "UB_OBJ_"),
+        ("PMO_MAP protection", Prot, "UB_PROT_"),
+        ("limits", Limit, "UB_"),
+    ):
         lines += ["", f"/* {title} */"]
         for member in enum:  # type: ignore[attr-defined]
             lines.append(f"#define {prefix}{member.name} {int(member)}")
-    lines += ["", "/* WAIT: how a cap group ended */",
-              "#define UB_EXIT_NORMAL 0", "#define UB_EXIT_FAULT 1",
-              "struct ub_exit_info { long how; long value; /* status, or fault vector */ };",
-              "", "#endif", ""]
+    lines += [
+        "",
+        "/* WAIT: how a cap group ended */",
+        "#define UB_EXIT_NORMAL 0",
+        "#define UB_EXIT_FAULT 1",
+        "struct ub_exit_info { long how; long value; /* status, or fault vector */ };",
+        "",
+        "#endif",
+        "",
+    ]
     return "\n".join(lines)

@@ -23,8 +23,10 @@ from underbridge.machine.cpu import Machine
 
 DRIVER_BASE = 0x0300_0000
 PORT = 0x80
-HOW = {"trapped": "out dx, al: trapped by the monitor (VM exit), emulated by the kernel",
-       "rewritten": "out dx, al rewritten by the loader into a call of the checked routine"}
+HOW = {
+    "trapped": "out dx, al: trapped by the monitor (VM exit), emulated by the kernel",
+    "rewritten": "out dx, al rewritten by the loader into a call of the checked routine",
+}
 
 
 class BenchFailed(RuntimeError):
@@ -53,8 +55,13 @@ def _measure(way: str, rounds: int) -> WayResult:
     machine = Machine()
     kernel = Kernel(machine, ipc="underbridge")
     argv = ["iodriver", str(rounds), hex(PORT)]
-    driver = kernel.spawn(build_program("iodriver", base=DRIVER_BASE), argv, in_kernel=True,
-                          io_ports=range(PORT, PORT + 1), rewrite=way == "rewritten")
+    driver = kernel.spawn(
+        build_program("iodriver", base=DRIVER_BASE),
+        argv,
+        in_kernel=True,
+        io_ports=range(PORT, PORT + 1),
+        rewrite=way == "rewritten",
+    )
     recorder = MarkRecorder(kernel).watch(driver)
     kernel.run(until=lambda: not driver.running)
     if driver.state is not GroupState.EXITED or driver.exit_status != 0 or not recorder.complete:
@@ -68,5 +75,6 @@ def _measure(way: str, rounds: int) -> WayResult:
 def run(rounds: int) -> DeprivilegeResult:
     if rounds < 1:
         raise ValueError("at least one round is needed")
-    return DeprivilegeResult(rounds, tuple(_measure(way, rounds)
-                                           for way in ("trapped", "rewritten")))
+    return DeprivilegeResult(
+        rounds, tuple(_measure(way, rounds) for way in ("trapped", "rewritten"))
+    )

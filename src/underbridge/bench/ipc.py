@@ -51,30 +51,41 @@ class IpcBenchResult:
     results: tuple[PathResult, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {"mode": self.mode, "rounds": self.rounds,
-                "results": [{k: v for k, v in asdict(r).items() if v is not None}
-                            for r in self.results]}
+        return {
+            "mode": self.mode,
+            "rounds": self.rounds,
+            "results": [
+                {k: v for k, v in asdict(r).items() if v is not None} for r in self.results
+            ],
+        }
 
 
-def run_path(mode: str, path: str, rounds: int, progress: Progress | None = None, *,
-             accounting: bool = True) -> PathResult:
+def run_path(
+    mode: str, path: str, rounds: int, progress: Progress | None = None, *, accounting: bool = True
+) -> PathResult:
     """accounting=False: wall time only (no cycle figures), to see what accounting costs."""
     machine = Machine(accounting=accounting)
     kernel = Kernel(machine, ipc=mode)
     in_kernel = kernel.ipc.traits.servers_in_kernel
     echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=in_kernel)
-    kernel.run(until=lambda: "echo" in kernel.services
-               and echo.threads[0].state is ThreadState.BLOCKED)  # serving
+    kernel.run(
+        until=lambda: "echo" in kernel.services and echo.threads[0].state is ThreadState.BLOCKED
+    )  # serving
     args = ["pingpong", str(rounds), "echo"] + (["--as-server"] if path == "server-server" else [])
-    client = kernel.spawn(build_program("pingpong", base=PINGPONG_BASE), args,
-                          in_kernel=in_kernel and path == "server-server")
+    client = kernel.spawn(
+        build_program("pingpong", base=PINGPONG_BASE),
+        args,
+        in_kernel=in_kernel and path == "server-server",
+    )
     recorder = MarkRecorder(kernel).watch(client)
     kernel.run(until=lambda: not client.running)
     if progress is not None:
         progress(rounds)
     if client.state is not GroupState.EXITED or client.exit_status != 0 or not recorder.complete:
-        raise BenchFailed(f"pingpong ended {client.state.value} ({client.exit_status}, "
-                          f"{client.fault}): {bytes(client.console).decode(errors='replace')}")
+        raise BenchFailed(
+            f"pingpong ended {client.state.value} ({client.exit_status}, "
+            f"{client.fault}): {bytes(client.console).decode(errors='replace')}"
+        )
     if not echo.running:
         raise BenchFailed(f"echo ended early: {bytes(echo.console).decode(errors='replace')}")
     cycles, wall, events = recorder.per_round(rounds)
@@ -83,10 +94,13 @@ def run_path(mode: str, path: str, rounds: int, progress: Progress | None = None
     return PathResult(path, cycles, wall * 1e6, rounds, events)
 
 
-def run(mode: str, rounds: int, progress: Progress | None = None, *,
-        accounting: bool = True) -> IpcBenchResult:
+def run(
+    mode: str, rounds: int, progress: Progress | None = None, *, accounting: bool = True
+) -> IpcBenchResult:
     if rounds < 1:
         raise ValueError("at least one round is needed")
-    return IpcBenchResult(mode, rounds, tuple(run_path(mode, path, rounds, progress,
-                                                       accounting=accounting)
-                                              for path in PATHS))
+    return IpcBenchResult(
+        mode,
+        rounds,
+        tuple(run_path(mode, path, rounds, progress, accounting=accounting) for path in PATHS),
+    )

@@ -64,9 +64,14 @@ class PathVsFloor:
 
 #: Kernel entries per round trip: seL4's Call + ReplyRecv; UnderBridge's app call (the
 #: server's reply returns through the gate); none between two in-kernel servers.
-KERNEL_ENTRIES = {("sel4", "app-server"): 2, ("sel4", "server-server"): 2,
-                  ("sel4-kpti", "app-server"): 2, ("sel4-kpti", "server-server"): 2,
-                  ("underbridge", "app-server"): 1, ("underbridge", "server-server"): 0}
+KERNEL_ENTRIES = {
+    ("sel4", "app-server"): 2,
+    ("sel4", "server-server"): 2,
+    ("sel4-kpti", "app-server"): 2,
+    ("sel4-kpti", "server-server"): 2,
+    ("underbridge", "app-server"): 1,
+    ("underbridge", "server-server"): 0,
+}
 
 
 def _context_for(machine: Machine, source: str, ring: int) -> CpuContext:
@@ -87,8 +92,11 @@ def _timed(action: Callable[[], object]) -> float:
 
 def loop_mips(iterations: int, *, accounting: bool) -> tuple[float, int]:
     machine = Machine(accounting=accounting, monitor=accounting)  # off: no block hook at all
-    context = _context_for(machine, f"mov rcx, {iterations}\n"
-                           "l: add rax, 1\nadd rbx, 2\ndec rcx\njnz l\nsyscall", ring=3)
+    context = _context_for(
+        machine,
+        f"mov rcx, {iterations}\nl: add rax, 1\nadd rbx, 2\ndec rcx\njnz l\nsyscall",
+        ring=3,
+    )
     seconds = _timed(lambda: machine.run(context))
     return iterations * LOOP_INSTRUCTIONS / seconds / 1e6, machine.tally().cycles
 
@@ -113,9 +121,12 @@ def wrpkru_pair_us(pairs: int) -> float:
 
 
 def _wrpkru_loop(machine: Machine, pairs: int) -> CpuContext:
-    return _context_for(machine, f"mov r8, {pairs}\nxor ecx, ecx\nxor edx, edx\n"
-                        "l: mov eax, 4\nwrpkru\nxor eax, eax\nwrpkru\ndec r8\njnz l\nsyscall",
-                        ring=0)
+    return _context_for(
+        machine,
+        f"mov r8, {pairs}\nxor ecx, ecx\nxor edx, edx\n"
+        "l: mov eax, 4\nwrpkru\nxor eax, eax\nwrpkru\ndec r8\njnz l\nsyscall",
+        ring=0,
+    )
 
 
 def wrpkru_floor_us(pairs: int) -> float:
@@ -149,8 +160,9 @@ def syscall_floor_us(rounds: int) -> float:
     return seconds / rounds * 1e6
 
 
-def ipc_against_floors(rounds: int, syscall_floor: float, wrpkru_floor: float
-                       ) -> tuple[PathVsFloor, ...]:
+def ipc_against_floors(
+    rounds: int, syscall_floor: float, wrpkru_floor: float
+) -> tuple[PathVsFloor, ...]:
     from underbridge.bench import ipc
 
     rows = []

@@ -45,8 +45,9 @@ class MarkRecorder:
     def _observe(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
         if thread.group is self.group and number == Sys.WRITE and args[1] == 0:
             tally = self.kernel.machine.tally()
-            self.marks.append(Mark(tally.cycles, time.perf_counter(), tally.events,
-                                   tally.by_category))
+            self.marks.append(
+                Mark(tally.cycles, time.perf_counter(), tally.events, tally.by_category)
+            )
 
     @property
     def complete(self) -> bool:

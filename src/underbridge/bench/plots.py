@@ -16,8 +16,17 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 LOG_SPREAD = 20.0  # beyond this max/min ratio the cycle axis is logarithmic
 BAR_COLOR = "#4c72b0"
-REFERENCE_COLORS = ("#c44e52", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3",
-                    "#8c8c8c", "#ccb974", "#64b5cd")
+REFERENCE_COLORS = (
+    "#c44e52",
+    "#dd8452",
+    "#55a868",
+    "#8172b3",
+    "#937860",
+    "#da8bc3",
+    "#8c8c8c",
+    "#ccb974",
+    "#64b5cd",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,19 +44,25 @@ class Reference:
     bars: tuple[int, ...] = ()
 
 
-def ipc_cycles(path: Path, bars: Sequence[Bar], references: Sequence[Reference],
-               title: str) -> Path:
+def ipc_cycles(
+    path: Path, bars: Sequence[Bar], references: Sequence[Reference], title: str
+) -> Path:
     """Simulated cycles per round trip as bars, published figures as markers; a PNG."""
     values = [b.cycles for b in bars] + [r.cycles for r in references]
     log = bool(values) and min(values) > 0 and max(values) / min(values) > LOG_SPREAD
     width = max(8.0, 1.4 * len(bars) + 4.0)
-    figure = Figure(figsize=(width, 6.5 + 0.3 * len(references)), dpi=110,
-                    layout="constrained")
+    figure = Figure(figsize=(width, 6.5 + 0.3 * len(references)), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     positions = range(len(bars))
-    drawn = axes.bar(positions, [b.cycles for b in bars], width=0.6, color=BAR_COLOR,
-                     label="ours: simulated cycles per round trip", zorder=2)
+    drawn = axes.bar(
+        positions,
+        [b.cycles for b in bars],
+        width=0.6,
+        color=BAR_COLOR,
+        label="ours: simulated cycles per round trip",
+        zorder=2,
+    )
     axes.bar_label(drawn, labels=[f"{b.cycles:,.0f}" for b in bars], padding=3, fontsize=9)
     axes.set_xticks(list(positions), [b.label for b in bars])
     axes.set_xlim(-0.6, max(len(bars), 1) - 0.4)
@@ -55,15 +70,34 @@ def ipc_cycles(path: Path, bars: Sequence[Bar], references: Sequence[Reference],
     for reference, color in zip(references, REFERENCE_COLORS * 4, strict=False):
         if reference.bars:
             for i, bar in enumerate(reference.bars):
-                axes.hlines(reference.cycles, bar - 0.42, bar + 0.42, colors=color,
-                            linewidth=3, zorder=3,
-                            label=f"paper: {reference.label}" if i == 0 else None)
+                axes.hlines(
+                    reference.cycles,
+                    bar - 0.42,
+                    bar + 0.42,
+                    colors=color,
+                    linewidth=3,
+                    zorder=3,
+                    label=f"paper: {reference.label}" if i == 0 else None,
+                )
         else:
-            axes.axhline(reference.cycles, color=color, linestyle="--", linewidth=1.5,
-                         zorder=1, label=f"paper: {reference.label}")
-        axes.annotate(f"{reference.cycles:,.0f}", xy=(1.0, reference.cycles),
-                      xycoords=("axes fraction", "data"), xytext=(4, 0),
-                      textcoords="offset points", va="center", fontsize=8, color=color)
+            axes.axhline(
+                reference.cycles,
+                color=color,
+                linestyle="--",
+                linewidth=1.5,
+                zorder=1,
+                label=f"paper: {reference.label}",
+            )
+        axes.annotate(
+            f"{reference.cycles:,.0f}",
+            xy=(1.0, reference.cycles),
+            xycoords=("axes fraction", "data"),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+            color=color,
+        )
 
     if log:
         axes.set_yscale("log")
@@ -79,15 +113,25 @@ def ipc_cycles(path: Path, bars: Sequence[Bar], references: Sequence[Reference],
     axes.set_ylabel("simulated cycles per round trip" + (" (log scale)" if log else ""))
     handles, labels = axes.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("ours"))
-    axes.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper center",
-                bbox_to_anchor=(0.5, -0.14), fontsize=9, frameon=False)
+    axes.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        fontsize=9,
+        frameon=False,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
 
 
-BREAKDOWN_COLORS = {"application": "#4c72b0", "ipc": "#c44e52", "kernel": "#8172b3",
-                    "server": "#55a868"}
+BREAKDOWN_COLORS = {
+    "application": "#4c72b0",
+    "ipc": "#c44e52",
+    "kernel": "#8172b3",
+    "server": "#55a868",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,19 +142,23 @@ class ThroughputBar:
     breakdown: dict[str, float]  # simulated cycles per operation by category
 
 
-def ycsb_throughput(path: Path, bars: Sequence[ThroughputBar], title: str, baseline: str
-                    ) -> Path:
+def ycsb_throughput(path: Path, bars: Sequence[ThroughputBar], title: str, baseline: str) -> Path:
     """Left: simulated throughput per mode with its speedup; right: cycles per operation
     stacked by category. A PNG."""
     figure = Figure(figsize=(12, 5.5), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2)
     positions = list(range(len(bars)))
-    drawn = left.bar(positions, [b.ops_per_sec for b in bars], width=0.6, color=BAR_COLOR,
-                     zorder=2)
-    left.bar_label(drawn, padding=3, fontsize=9, labels=[
-        f"{b.ops_per_sec:,.0f}" + ("" if b.speedup is None else f"\n{b.speedup:.2f}x")
-        for b in bars])
+    drawn = left.bar(positions, [b.ops_per_sec for b in bars], width=0.6, color=BAR_COLOR, zorder=2)
+    left.bar_label(
+        drawn,
+        padding=3,
+        fontsize=9,
+        labels=[
+            f"{b.ops_per_sec:,.0f}" + ("" if b.speedup is None else f"\n{b.speedup:.2f}x")
+            for b in bars
+        ],
+    )
     left.set_xticks(positions, [b.mode for b in bars])
     left.set_ylim(0, max((b.ops_per_sec for b in bars), default=1) * 1.25)
     left.set_ylabel("operations per simulated second (2.0 GHz)")
@@ -121,8 +169,9 @@ def ycsb_throughput(path: Path, bars: Sequence[ThroughputBar], title: str, basel
     bottoms = [0.0] * len(bars)
     for category, color in BREAKDOWN_COLORS.items():
         heights = [b.breakdown.get(category, 0.0) for b in bars]
-        right.bar(positions, heights, bottom=bottoms, width=0.6, color=color, label=category,
-                  zorder=2)
+        right.bar(
+            positions, heights, bottom=bottoms, width=0.6, color=color, label=category, zorder=2
+        )
         bottoms = [bottom + height for bottom, height in zip(bottoms, heights, strict=True)]
     right.set_xticks(positions, [b.mode for b in bars])
     right.set_ylabel("simulated cycles per operation")

@@ -63,19 +63,46 @@ class PaperFigure:
 
 
 PAPER: tuple[PaperFigure, ...] = (
-    PaperFigure("underbridge_ipc_roundtrip", "UnderBridge IPC round trip",
-                REFERENCE["underbridge_ipc_roundtrip"].cycles, "=",
-                REFERENCE["underbridge_ipc_roundtrip"].source,
-                ("underbridge",), "server-server"),
-    PaperFigure("skybridge_ipc_roundtrip", "SkyBridge IPC round trip", 400, "~",
-                UNDERBRIDGE_PAPER, ("skybridge",)),
-    PaperFigure("sel4_call_reply_skylake", "seL4 Call + ReplyRecv on Skylake",
-                REFERENCE["sel4_call_reply_skylake"].cycles, "=",
-                REFERENCE["sel4_call_reply_skylake"].source, ("sel4",)),
-    PaperFigure("optimized_kernel_ipc", "optimized kernel IPC round trip", 1_500, "<",
-                UNDERBRIDGE_ATC20, ("sel4", "sel4-kpti")),
-    PaperFigure("function_call", "function-pointer call, no isolation",
-                COSTS["function_call"].cycles, "~", COSTS["function_call"].source),
+    PaperFigure(
+        "underbridge_ipc_roundtrip",
+        "UnderBridge IPC round trip",
+        REFERENCE["underbridge_ipc_roundtrip"].cycles,
+        "=",
+        REFERENCE["underbridge_ipc_roundtrip"].source,
+        ("underbridge",),
+        "server-server",
+    ),
+    PaperFigure(
+        "skybridge_ipc_roundtrip",
+        "SkyBridge IPC round trip",
+        400,
+        "~",
+        UNDERBRIDGE_PAPER,
+        ("skybridge",),
+    ),
+    PaperFigure(
+        "sel4_call_reply_skylake",
+        "seL4 Call + ReplyRecv on Skylake",
+        REFERENCE["sel4_call_reply_skylake"].cycles,
+        "=",
+        REFERENCE["sel4_call_reply_skylake"].source,
+        ("sel4",),
+    ),
+    PaperFigure(
+        "optimized_kernel_ipc",
+        "optimized kernel IPC round trip",
+        1_500,
+        "<",
+        UNDERBRIDGE_ATC20,
+        ("sel4", "sel4-kpti"),
+    ),
+    PaperFigure(
+        "function_call",
+        "function-pointer call, no isolation",
+        COSTS["function_call"].cycles,
+        "~",
+        COSTS["function_call"].source,
+    ),
 )
 
 
@@ -113,13 +140,21 @@ class Reproduction:
     def to_json(self) -> dict[str, object]:
         return {
             "rounds": self.rounds,
-            "modes": {mode: {"bench": result.to_json(), "wall_seconds": self.wall_seconds[mode]}
-                      for mode, result in self.results.items()},
+            "modes": {
+                mode: {"bench": result.to_json(), "wall_seconds": self.wall_seconds[mode]}
+                for mode, result in self.results.items()
+            },
             "paper": [asdict(figure) for figure in PAPER],
-            "comparison": [{"mode": row.mode, "path": row.path,
-                            "sim_cycles_per_rtt": row.sim_cycles,
-                            "wall_us_per_rtt": row.wall_us,
-                            "paper": [figure.key for figure in row.paper]} for row in self.rows],
+            "comparison": [
+                {
+                    "mode": row.mode,
+                    "path": row.path,
+                    "sim_cycles_per_rtt": row.sim_cycles,
+                    "wall_us_per_rtt": row.wall_us,
+                    "paper": [figure.key for figure in row.paper],
+                }
+                for row in self.rows
+            ],
             "ratios": [{**asdict(ratio), "path": RATIO_PATH} for ratio in self.ratios],
         }
 
@@ -134,9 +169,17 @@ def _modes() -> tuple[str, ...]:
 
 
 def _rows(results: dict[str, ipc_bench.IpcBenchResult]) -> tuple[Row, ...]:
-    rows = [Row(mode, r.path, r.sim_cycles_per_rtt, r.wall_us_per_rtt,
-                tuple(f for f in PAPER if f.applies_to(mode, r.path)))
-            for mode, result in results.items() for r in result.results]
+    rows = [
+        Row(
+            mode,
+            r.path,
+            r.sim_cycles_per_rtt,
+            r.wall_us_per_rtt,
+            tuple(f for f in PAPER if f.applies_to(mode, r.path)),
+        )
+        for mode, result in results.items()
+        for r in result.results
+    ]
     for figure in PAPER:
         if not any(figure in row.paper for row in rows):
             mode = "/".join(figure.modes) if figure.modes else None
@@ -155,8 +198,7 @@ def _missing(figure: PaperFigure, rows: Sequence[Row]) -> str:
 
 def _paper_cycles(mode: str, path: str) -> int | None:
     """The published figure (not a bound) for one mode and path, if there is one."""
-    return next((f.cycles for f in PAPER if f.applies_to(mode, path) and f.relation != "<"),
-                None)
+    return next((f.cycles for f in PAPER if f.applies_to(mode, path) and f.relation != "<"), None)
 
 
 def _ratio(results: dict[str, ipc_bench.IpcBenchResult], mode: str, versus: str) -> Ratio:
@@ -164,8 +206,12 @@ def _ratio(results: dict[str, ipc_bench.IpcBenchResult], mode: str, versus: str)
         return next(r.sim_cycles_per_rtt for r in results[m].results if r.path == RATIO_PATH)
 
     mine, theirs = _paper_cycles(mode, RATIO_PATH), _paper_cycles(versus, RATIO_PATH)
-    return Ratio(mode, versus, ours(mode) / ours(versus),
-                 mine / theirs if mine is not None and theirs is not None else None)
+    return Ratio(
+        mode,
+        versus,
+        ours(mode) / ours(versus),
+        mine / theirs if mine is not None and theirs is not None else None,
+    )
 
 
 def _ratios(results: dict[str, ipc_bench.IpcBenchResult]) -> tuple[Ratio, ...]:
@@ -177,8 +223,12 @@ def _ratios(results: dict[str, ipc_bench.IpcBenchResult]) -> tuple[Ratio, ...]:
     return tuple(ratios)
 
 
-def run(rounds: int = ROUNDS, out: Path = Path("out"), progress: Progress | None = None,
-        modes: Sequence[str] | None = None) -> Reproduction:
+def run(
+    rounds: int = ROUNDS,
+    out: Path = Path("out"),
+    progress: Progress | None = None,
+    modes: Sequence[str] | None = None,
+) -> Reproduction:
     """Benchmark every mode (default: every design in DESIGNS now), compare, write files."""
     from underbridge.bench import plots
 
@@ -201,18 +251,24 @@ def run(rounds: int = ROUNDS, out: Path = Path("out"), progress: Progress | None
 
     rows = _rows(results)
     out.mkdir(parents=True, exist_ok=True)
-    reproduction = Reproduction(rounds, results, wall, rows, _ratios(results),
-                                out / JSON_NAME, out / PLOT_NAME)
+    reproduction = Reproduction(
+        rounds, results, wall, rows, _ratios(results), out / JSON_NAME, out / PLOT_NAME
+    )
     reproduction.json_path.write_text(json.dumps(reproduction.to_json(), indent=2) + "\n")
     measured = [row for row in rows if row.sim_cycles is not None]
     plots.ipc_cycles(
         reproduction.plot_path,
         bars=[plots.Bar(f"{row.mode}\n{row.path}", row.sim_cycles or 0.0) for row in measured],
-        references=[plots.Reference(f"{figure.what}: {figure.shown()}{_missing(figure, rows)}",
-                                    figure.cycles, tuple(i for i, row in enumerate(measured)
-                                                         if figure in row.paper))
-                    for figure in PAPER],
-        title=f"IPC round trip per design ({rounds:,} rounds, cycles per round trip over the loop)")
+        references=[
+            plots.Reference(
+                f"{figure.what}: {figure.shown()}{_missing(figure, rows)}",
+                figure.cycles,
+                tuple(i for i, row in enumerate(measured) if figure in row.paper),
+            )
+            for figure in PAPER
+        ],
+        title=f"IPC round trip per design ({rounds:,} rounds, cycles per round trip over the loop)",
+    )
     return reproduction
 
 
@@ -229,18 +285,24 @@ def _note(figure: PaperFigure) -> str:
 
 def comparison_table(reproduction: Reproduction) -> Table:
     """One line per measured (mode, path), then one per published figure with no mode."""
-    table = Table(title=f"underbridge reproduce: IPC round trip "
-                        f"({reproduction.rounds:,} rounds, cycles per round trip over the loop)")
+    table = Table(
+        title=f"underbridge reproduce: IPC round trip "
+        f"({reproduction.rounds:,} rounds, cycles per round trip over the loop)"
+    )
     table.add_column("mode")
     table.add_column("path")
     table.add_column("simulated cycles / round trip", justify="right")
     table.add_column("wall us / round trip", justify="right")
     table.add_column("paper cycles", justify="right")
     for row in reproduction.rows:
-        table.add_row(row.mode or "-", row.path or ("any" if row.mode else "-"),
-                      _number(row.sim_cycles, ",.0f"), _number(row.wall_us, ".1f"),
-                      "\n".join(f"{f.shown()} {_note(f)}" for f in row.paper),
-                      style="dim" if row.sim_cycles is None else None)
+        table.add_row(
+            row.mode or "-",
+            row.path or ("any" if row.mode else "-"),
+            _number(row.sim_cycles, ",.0f"),
+            _number(row.wall_us, ".1f"),
+            "\n".join(f"{f.shown()} {_note(f)}" for f in row.paper),
+            style="dim" if row.sim_cycles is None else None,
+        )
     return table
 
 
@@ -262,6 +324,9 @@ def ratio_table(reproduction: Reproduction) -> Table:
     table.add_column("ours", justify="right")
     table.add_column("published figures", justify="right")
     for ratio in reproduction.ratios:
-        table.add_row(f"{ratio.mode} / {ratio.versus}", f"{ratio.ours:.2f}x",
-                      _number(ratio.paper, ".2f") + ("x" if ratio.paper is not None else ""))
+        table.add_row(
+            f"{ratio.mode} / {ratio.versus}",
+            f"{ratio.ours:.2f}x",
+            _number(ratio.paper, ".2f") + ("x" if ratio.paper is not None else ""),
+        )
     return table

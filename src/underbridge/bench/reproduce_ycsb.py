@@ -46,40 +46,57 @@ class YcsbReproduction:
         return None if base is None else self.results[mode].sim_ops_per_sec / base.sim_ops_per_sec
 
     def to_json(self) -> dict[str, object]:
-        return {"records": self.records, "ops": self.ops, "seed": self.seed,
-                "baseline": BASELINE,
-                "modes": {mode: {**result.to_json(), "speedup_over_baseline": self.speedup(mode)}
-                          for mode, result in self.results.items()}}
+        return {
+            "records": self.records,
+            "ops": self.ops,
+            "seed": self.seed,
+            "baseline": BASELINE,
+            "modes": {
+                mode: {**result.to_json(), "speedup_over_baseline": self.speedup(mode)}
+                for mode, result in self.results.items()
+            },
+        }
 
 
-def run(records: int, ops: int, out: Path, *, seed: int = SEED,
-        progress: Progress | None = None, modes: Sequence[str] = ycsb.MODES
-        ) -> YcsbReproduction:
+def run(
+    records: int,
+    ops: int,
+    out: Path,
+    *,
+    seed: int = SEED,
+    progress: Progress | None = None,
+    modes: Sequence[str] = ycsb.MODES,
+) -> YcsbReproduction:
     from underbridge.bench import plots
 
     results = {}
     for mode in modes:
+
         def report(done: int, total: int, mode: str = mode) -> None:
             if progress is not None:
                 progress(mode, done, total)
 
         results[mode] = ycsb.run(mode, records, ops, seed, progress=report)
     out.mkdir(parents=True, exist_ok=True)
-    reproduction = YcsbReproduction(records, ops, seed, results, out / JSON_NAME,
-                                    out / PLOT_NAME)
+    reproduction = YcsbReproduction(records, ops, seed, results, out / JSON_NAME, out / PLOT_NAME)
     reproduction.json_path.write_text(json.dumps(reproduction.to_json(), indent=2) + "\n")
     plots.ycsb_throughput(
         reproduction.plot_path,
-        [plots.ThroughputBar(mode, r.sim_ops_per_sec, reproduction.speedup(mode), r.breakdown)
-         for mode, r in results.items()],
+        [
+            plots.ThroughputBar(mode, r.sim_ops_per_sec, reproduction.speedup(mode), r.breakdown)
+            for mode, r in results.items()
+        ],
         title=f"SQLite under YCSB-A ({records:,} records, {ops:,} operations, seed {seed})",
-        baseline=BASELINE)
+        baseline=BASELINE,
+    )
     return reproduction
 
 
 def throughput_table(reproduction: YcsbReproduction) -> Table:
-    table = Table(title=f"underbridge reproduce: SQLite under YCSB-A "
-                        f"({reproduction.records:,} records, {reproduction.ops:,} operations)")
+    table = Table(
+        title=f"underbridge reproduce: SQLite under YCSB-A "
+        f"({reproduction.records:,} records, {reproduction.ops:,} operations)"
+    )
     table.add_column("mode", no_wrap=True)
     table.add_column("simulated ops/s", justify="right")
     table.add_column(f"speedup over {BASELINE}", justify="right")
@@ -87,9 +104,13 @@ def throughput_table(reproduction: YcsbReproduction) -> Table:
     table.add_column("wall ops/s", justify="right")
     for mode, result in reproduction.results.items():
         speedup = reproduction.speedup(mode)
-        table.add_row(mode, f"{result.sim_ops_per_sec:,.0f}",
-                      "-" if speedup is None else f"{speedup:.2f}x",
-                      f"{result.ipc_calls_per_op:.1f}", f"{result.wall_ops_per_sec:,.0f}")
+        table.add_row(
+            mode,
+            f"{result.sim_ops_per_sec:,.0f}",
+            "-" if speedup is None else f"{speedup:.2f}x",
+            f"{result.ipc_calls_per_op:.1f}",
+            f"{result.wall_ops_per_sec:,.0f}",
+        )
     table.caption = "simulated: operations per second at a nominal 2.0 GHz"
     return table
 
@@ -101,9 +122,14 @@ def breakdown_table(reproduction: YcsbReproduction) -> Table:
     for name in BREAKDOWN:
         table.add_column(name, justify="right")
     for mode, result in reproduction.results.items():
-        table.add_row(mode, f"{result.sim_cycles_per_op:,.0f}",
-                      *(f"{result.breakdown.get(name, 0.0):,.0f}" for name in BREAKDOWN))
-    table.caption = ("application: the ycsb guest (SQLite, musl, VFS); ipc: IPC syscalls' "
-                     "kernel paths and gates; kernel: other kernel work; server: fs and "
-                     "ramdisk")
+        table.add_row(
+            mode,
+            f"{result.sim_cycles_per_op:,.0f}",
+            *(f"{result.breakdown.get(name, 0.0):,.0f}" for name in BREAKDOWN),
+        )
+    table.caption = (
+        "application: the ycsb guest (SQLite, musl, VFS); ipc: IPC syscalls' "
+        "kernel paths and gates; kernel: other kernel work; server: fs and "
+        "ramdisk"
+    )
     return table

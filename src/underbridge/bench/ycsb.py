@@ -84,9 +84,14 @@ class YcsbResult:
 def build_ycsb() -> Path:
     """The ycsb guest: ycsb.c, the VFS and the marker, musl, and SQLite's object."""
     app = guest_root() / "apps" / "ycsb"
-    return build_program(app / "ycsb.c", base=YCSB_BASE, libc="musl",
-                         extra_sources=[app / "ubvfs.c", app / "mark.c"],
-                         extra_objects=[sqlite_object()], include_dirs=[amalgamation_dir()])
+    return build_program(
+        app / "ycsb.c",
+        base=YCSB_BASE,
+        libc="musl",
+        extra_sources=[app / "ubvfs.c", app / "mark.c"],
+        extra_objects=[sqlite_object()],
+        include_dirs=[amalgamation_dir()],
+    )
 
 
 @dataclass(slots=True)
@@ -125,8 +130,9 @@ def _attribute_image(machine: Machine, elf: Path, category: str) -> None:
 class _Run:
     """One benchmark run: the machine, the stack, the guest and its observers."""
 
-    def __init__(self, mode: str, records: int, ops: int, seed: int, *,
-                 accounting: bool = True) -> None:
+    def __init__(
+        self, mode: str, records: int, ops: int, seed: int, *, accounting: bool = True
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if records < 1 or ops < 1:
@@ -135,21 +141,27 @@ class _Run:
         self.machine = Machine(accounting=accounting)
         self.kernel = Kernel(self.machine, ipc=mode)
         self.storage: Storage = start_storage(
-            self.kernel, in_kernel=self.kernel.ipc.traits.servers_in_kernel)
+            self.kernel, in_kernel=self.kernel.ipc.traits.servers_in_kernel
+        )
         self.elf = build_ycsb()
         _attribute_image(self.machine, self.elf, APP)
         for server in SERVERS:  # the whole region: in kernel space the rewriter may add code
-            self.machine.attribute(f"{SERVER}:{server.name}", server.base,
-                                   server.base + REGION_SIZE)
+            self.machine.attribute(
+                f"{SERVER}:{server.name}", server.base, server.base + REGION_SIZE
+            )
         self.machine.attribute(IPC_CATEGORY, GATE_WINDOW, CONTROL_WINDOW)  # the gates
         self.app = self.kernel.spawn(
-            self.elf, ["ycsb", str(records), str(ops), str(seed), "/" + DB_NAME], abi="linux")
-        self.progress_counter = _Counter(self.kernel, self.app,
-                                         symbol(self.elf, "ycsb_progress")[0])
+            self.elf, ["ycsb", str(records), str(ops), str(seed), "/" + DB_NAME], abi="linux"
+        )
+        self.progress_counter = _Counter(
+            self.kernel, self.app, symbol(self.elf, "ycsb_progress")[0]
+        )
         self.call_counters = {
-            server.name: _Counter(self.kernel, server.group(self.storage),
-                                  symbol(server.elf(), "ub_calls_served")[0])
-            for server in SERVERS}
+            server.name: _Counter(
+                self.kernel, server.group(self.storage), symbol(server.elf(), "ub_calls_served")[0]
+            )
+            for server in SERVERS
+        }
         self.calls_at_marks: list[dict[str, int]] = []
         self.recorder = MarkRecorder(self.kernel).watch(self.app)
         self.kernel.syscall_observers.append(self._note_calls)
@@ -202,9 +214,16 @@ def _per_op(run: _Run) -> tuple[float, dict[str, float], dict[str, float], int]:
     return cycles / run.ops, breakdown, calls, ops_mark.cycles - load.cycles - marker_cycles
 
 
-def run(mode: str, records: int, ops: int, seed: int = 1, *,
-        progress: Progress | None = None, db_out: Path | None = None,
-        accounting: bool = True) -> YcsbResult:
+def run(
+    mode: str,
+    records: int,
+    ops: int,
+    seed: int = 1,
+    *,
+    progress: Progress | None = None,
+    db_out: Path | None = None,
+    accounting: bool = True,
+) -> YcsbResult:
     """Load `records` records and run `ops` YCSB-A operations under `mode`; check, report.
 
     accounting=False: wall time only, no simulated figures (what accounting costs)."""
@@ -213,13 +232,17 @@ def run(mode: str, records: int, ops: int, seed: int = 1, *,
     bench.execute(progress)
     console = bench.console()
     if bench.app.state is not GroupState.EXITED or bench.app.exit_status != 0:
-        raise BenchFailed(f"ycsb ended {bench.app.state.value} (status {bench.app.exit_status},"
-                          f" fault {bench.app.fault}):\n{console}")
+        raise BenchFailed(
+            f"ycsb ended {bench.app.state.value} (status {bench.app.exit_status},"
+            f" fault {bench.app.fault}):\n{console}"
+        )
     guest = YcsbSummary.parse(console)
     native = run_native(None, records, ops, seed)
     if guest != native:
-        raise BenchFailed(f"the guest's results differ from the native run's:\n"
-                          f"  guest:  {guest.line()}\n  native: {native.line()}")
+        raise BenchFailed(
+            f"the guest's results differ from the native run's:\n"
+            f"  guest:  {guest.line()}\n  native: {native.line()}"
+        )
     disk = Ubfs(bench.storage.disk_image())
     problems = disk.check()
     if db_out is not None:
@@ -229,30 +252,50 @@ def run(mode: str, records: int, ops: int, seed: int = 1, *,
     wall_ops = marks[2].wall - marks[1].wall
     if not accounting:
         return YcsbResult(
-            mode=mode, records=records, ops=ops, seed=seed, sim_ops_per_sec=None,
-            sim_cycles_per_op=None, ipc_calls_per_op=sum(calls.values()),
-            wall_ops_per_sec=ops / wall_ops, breakdown=None, calls_per_op=calls,
-            load_sim_cycles=None, wall_seconds=time.perf_counter() - started,
-            summary=guest.line(), fs_check=problems)
+            mode=mode,
+            records=records,
+            ops=ops,
+            seed=seed,
+            sim_ops_per_sec=None,
+            sim_cycles_per_op=None,
+            ipc_calls_per_op=sum(calls.values()),
+            wall_ops_per_sec=ops / wall_ops,
+            breakdown=None,
+            calls_per_op=calls,
+            load_sim_cycles=None,
+            wall_seconds=time.perf_counter() - started,
+            summary=guest.line(),
+            fs_check=problems,
+        )
     return YcsbResult(
-        mode=mode, records=records, ops=ops, seed=seed,
-        sim_ops_per_sec=NOMINAL_HZ / cycles, sim_cycles_per_op=cycles,
-        ipc_calls_per_op=sum(calls.values()), wall_ops_per_sec=ops / wall_ops,
-        breakdown=breakdown, calls_per_op=calls, load_sim_cycles=load_cycles,
-        wall_seconds=time.perf_counter() - started, summary=guest.line(),
-        fs_check=problems)
+        mode=mode,
+        records=records,
+        ops=ops,
+        seed=seed,
+        sim_ops_per_sec=NOMINAL_HZ / cycles,
+        sim_cycles_per_op=cycles,
+        ipc_calls_per_op=sum(calls.values()),
+        wall_ops_per_sec=ops / wall_ops,
+        breakdown=breakdown,
+        calls_per_op=calls,
+        load_sim_cycles=load_cycles,
+        wall_seconds=time.perf_counter() - started,
+        summary=guest.line(),
+        fs_check=problems,
+    )
 
 
 def result_table(result: YcsbResult) -> Table:
     """The terminal report of one run."""
-    table = Table(title=f"underbridge bench ycsb --mode {result.mode}: YCSB-A, "
-                        f"{result.records:,} records, {result.ops:,} operations, "
-                        f"seed {result.seed}")
+    table = Table(
+        title=f"underbridge bench ycsb --mode {result.mode}: YCSB-A, "
+        f"{result.records:,} records, {result.ops:,} operations, "
+        f"seed {result.seed}"
+    )
     table.add_column("measurement")
     table.add_column("value", justify="right")
     if result.sim_ops_per_sec is not None and result.sim_cycles_per_op is not None:
-        table.add_row("simulated throughput (ops/s at 2.0 GHz)",
-                      f"{result.sim_ops_per_sec:,.0f}")
+        table.add_row("simulated throughput (ops/s at 2.0 GHz)", f"{result.sim_ops_per_sec:,.0f}")
         table.add_row("simulated cycles / operation", f"{result.sim_cycles_per_op:,.0f}")
     for name, cycles in (result.breakdown or {}).items():
         table.add_row(f"  {name}", f"{cycles:,.0f}")
@@ -266,6 +309,8 @@ def result_table(result: YcsbResult) -> Table:
     else:
         table.add_row("simulated cycles", "not counted (--no-accounting)")
     table.add_row("results equal the native run's", "yes")
-    table.add_row("file system consistent", "yes" if not result.fs_check
-                  else f"NO: {'; '.join(result.fs_check)}")
+    table.add_row(
+        "file system consistent",
+        "yes" if not result.fs_check else f"NO: {'; '.join(result.fs_check)}",
+    )
     return table

@@ -49,10 +49,14 @@ class KeyAllocator:
 
     def allocate(self, owner: str) -> int:
         if not self._free:
-            raise SyscallError(Errno.ENOKEY, (
-                f"no protection key left for {owner}: all {NUM_PKEYS - 1} are in use by "
-                + ", ".join(sorted(self.owners.values()))
-                + " (move a server to user space to free one)"))
+            raise SyscallError(
+                Errno.ENOKEY,
+                (
+                    f"no protection key left for {owner}: all {NUM_PKEYS - 1} are in use by "
+                    + ", ".join(sorted(self.owners.values()))
+                    + " (move a server to user space to free one)"
+                ),
+            )
         key = self._free.pop(0)
         self.owners[key] = owner
         return key

@@ -104,8 +104,7 @@ def _switch_pkru(value: int, abort: str, *, zero_ecx_edx: bool = True) -> list[s
     on the value: GNU as would pick the 3-byte imm8 form for values like 0xfffffff3.
     """
     zero = ["xor ecx, ecx", "xor edx, edx"] if zero_ecx_edx else []
-    return [*zero, f"mov eax, {value:#x}", "wrpkru", ".byte 0x3d", _imm32(value),
-            f"jne {abort}"]
+    return [*zero, f"mov eax, {value:#x}", "wrpkru", ".byte 0x3d", _imm32(value), f"jne {abort}"]
 
 
 def _check(spec: GateSpec) -> None:
@@ -127,44 +126,75 @@ def gate_source(spec: GateSpec) -> str:
     address.
     """
     _check(spec)
-    save = [f"mov qword ptr [{spec.save_area + 8 * i:#x}], {reg}"
-            for i, reg in enumerate(SAVED_REGS)]
-    restore = [f"mov {reg}, qword ptr [{spec.save_area + 8 * i:#x}]"
-               for i, reg in enumerate(SAVED_REGS)]
+    save = [
+        f"mov qword ptr [{spec.save_area + 8 * i:#x}], {reg}" for i, reg in enumerate(SAVED_REGS)
+    ]
+    restore = [
+        f"mov {reg}, qword ptr [{spec.save_area + 8 * i:#x}]" for i, reg in enumerate(SAVED_REGS)
+    ]
     caller = f"qword ptr [{spec.save_area + CALLER_SLOT:#x}]"
     current = f"qword ptr [{spec.current_thread:#x}]"
     call_token = f"qword ptr [{spec.control + CALL_TOKEN:#x}]"
     lines = [
         # 1. only the connection's client domain may pass
-        "xor ecx, ecx", "rdpkru", ".byte 0x3d", _imm32(spec.client_pkru), "jne .Ldeny",
+        "xor ecx, ecx",
+        "rdpkru",
+        ".byte 0x3d",
+        _imm32(spec.client_pkru),
+        "jne .Ldeny",
         # 2. one call at a time, bound to the thread that makes it
-        f"mov rax, {current}", f"cmp {caller}, 0", "jne .Lbusy", f"mov {caller}, rax",
-        *save, f"mov {call_token}, 1",
+        f"mov rax, {current}",
+        f"cmp {caller}, 0",
+        "jne .Lbusy",
+        f"mov {caller}, rax",
+        *save,
+        f"mov {call_token}, 1",
         # the server sees nothing of the caller's registers but the message
         *(f"xor {reg}, {reg}" for reg in SCRUBBED),
         # 3. switch to the server's domain, checked. ECX and EDX are still zero from
         # rdpkru; a jump here with other values takes #GP at wrpkru, which is no bypass.
         *_switch_pkru(spec.server_pkru, ".Labort", zero_ecx_edx=False),
         # 4. the call token proves the caller came through step 1
-        f"cmp {call_token}, 1", "jne .Labort", f"mov {call_token}, 0",
+        f"cmp {call_token}, 1",
+        "jne .Labort",
+        f"mov {call_token}, 0",
         # 5. the handler, on the server's stack
         f"mov rsp, {spec.stack_top - MSG_SIZE:#x}",
         f"mov qword ptr [rsp], {spec.badge:#x}",
-        f"mov rax, {spec.buffer:#x}", "mov [rsp + 8], rax",
-        "mov [rsp + 16], rsi", "mov [rsp + 24], rdi", "mov [rsp + 32], r8", "mov [rsp + 40], r9",
-        "mov rdi, rsp", f"call {spec.handler:#x}",
-        "mov rsi, [rsp + 16]", "mov rdi, [rsp + 24]", "mov r8, [rsp + 32]", "mov r9, [rsp + 40]",
+        f"mov rax, {spec.buffer:#x}",
+        "mov [rsp + 8], rax",
+        "mov [rsp + 16], rsi",
+        "mov [rsp + 24], rdi",
+        "mov [rsp + 32], r8",
+        "mov [rsp + 40], r9",
+        "mov rdi, rsp",
+        f"call {spec.handler:#x}",
+        "mov rsi, [rsp + 16]",
+        "mov rdi, [rsp + 24]",
+        "mov r8, [rsp + 32]",
+        "mov r9, [rsp + 40]",
         # back to the client's domain, the same way
         *_switch_pkru(spec.client_pkru, ".Labort"),
         # 6. only the genuine return of this thread's call in progress gets through;
         # RAX ends 0 (success) exactly when the caller slot held the current thread,
         # and that 0 is what clears the slot.
-        f"mov rax, {current}", f"xor rax, {caller}", "jne .Labort", f"mov {caller}, rax",
+        f"mov rax, {current}",
+        f"xor rax, {caller}",
+        "jne .Labort",
+        f"mov {caller}, rax",
         # nor does the caller see the server's registers: the rest is restored or zero
-        "xor r10d, r10d", "xor r11d, r11d", *restore, "ret",
-        ".Ldeny:", f"mov rax, {-int(Errno.EPERM)}", "ret",
-        ".Lbusy:", f"mov rax, {-int(Errno.EBUSY)}", "ret",
-        ".Labort:", "ud2",
+        "xor r10d, r10d",
+        "xor r11d, r11d",
+        *restore,
+        "ret",
+        ".Ldeny:",
+        f"mov rax, {-int(Errno.EPERM)}",
+        "ret",
+        ".Lbusy:",
+        f"mov rax, {-int(Errno.EBUSY)}",
+        "ret",
+        ".Labort:",
+        "ud2",
     ]
     return "\n".join(lines)
 
@@ -185,13 +215,28 @@ def assemble_gate(spec: GateSpec) -> bytes:
 # patching a copy of the template with real values gives the bytes a direct assembly
 # would (a test checks it).
 
-_BASE = {"client_pkru": 0x1000_0000, "server_pkru": 0x1100_0000, "save_area": 0x1200_0000,
-         "control": 0x1300_0000, "stack_top": 0x1400_0000, "badge": 0x1500_0000,
-         "current_thread": 0x1600_0000, "handler": 0x1700_0000, "address": 0x1800_0000,
-         "buffer": 0x5000_0000_0000}
+_BASE = {
+    "client_pkru": 0x1000_0000,
+    "server_pkru": 0x1100_0000,
+    "save_area": 0x1200_0000,
+    "control": 0x1300_0000,
+    "stack_top": 0x1400_0000,
+    "badge": 0x1500_0000,
+    "current_thread": 0x1600_0000,
+    "handler": 0x1700_0000,
+    "address": 0x1800_0000,
+    "buffer": 0x5000_0000_0000,
+}
 _DELTA = 0x0101_0101_0101_0110  # every byte changes; keeps 16-byte alignment
-_ABSOLUTE = ("client_pkru", "server_pkru", "save_area", "control", "stack_top", "badge",
-             "current_thread")
+_ABSOLUTE = (
+    "client_pkru",
+    "server_pkru",
+    "save_area",
+    "control",
+    "stack_top",
+    "badge",
+    "current_thread",
+)
 
 
 @dataclass(frozen=True, slots=True)

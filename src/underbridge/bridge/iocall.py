@@ -32,21 +32,43 @@ class IoRoutines:
 
 def _call_port_io(write: bool) -> list[str]:
     value = "movzx esi, al" if write else "xor esi, esi"
-    return ["pushfq", *(f"push {reg}" for reg in SAVED), "push rax",
-            "movzx edi, dx", value, f"mov edx, {int(write)}",
-            f"mov eax, {int(Sys.PORT_IO)}", "syscall",
-            "test rax, rax", "js .Ldenied", "mov r11, rax", "pop rax"]
+    return [
+        "pushfq",
+        *(f"push {reg}" for reg in SAVED),
+        "push rax",
+        "movzx edi, dx",
+        value,
+        f"mov edx, {int(write)}",
+        f"mov eax, {int(Sys.PORT_IO)}",
+        "syscall",
+        "test rax, rax",
+        "js .Ldenied",
+        "mov r11, rax",
+        "pop rax",
+    ]
 
 
 def source() -> str:
     restore = [f"pop {reg}" for reg in reversed(SAVED)]
-    lines = ["outb:", *_call_port_io(write=True), *restore, "popfq", "ret",
-             f".org {INB_OFFSET:#x}, 0xcc", "inb:", *_call_port_io(write=False),
-             "mov al, r11b", *restore, "popfq", "ret", ".Ldenied:", "ud2"]
+    lines = [
+        "outb:",
+        *_call_port_io(write=True),
+        *restore,
+        "popfq",
+        "ret",
+        f".org {INB_OFFSET:#x}, 0xcc",
+        "inb:",
+        *_call_port_io(write=False),
+        "mov al, r11b",
+        *restore,
+        "popfq",
+        "ret",
+        ".Ldenied:",
+        "ud2",
+    ]
     return "\n".join(lines)
 
 
 def generate(address: int) -> tuple[bytes, IoRoutines]:
     """The routines' code, assembled for `address`, and their entry points."""
-    return assemble(source(), origin=address), IoRoutines(inb=address + INB_OFFSET,
-                                                          outb=address)
+    return assemble(source(), origin=address), IoRoutines(inb=address + INB_OFFSET, outb=address)

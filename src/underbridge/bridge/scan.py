@@ -166,12 +166,12 @@ def scan_elf(source: Path | str | bytes, *, name: str | None = None) -> ScanRepo
     return scan_image(parse_elf(data, name=label), label)[0]
 
 
-def scan_image(image: ElfImage, label: str
-               ) -> tuple[ScanReport, list[tuple[CodeRegion, list[Instruction]]]]:
+def scan_image(
+    image: ElfImage, label: str
+) -> tuple[ScanReport, list[tuple[CodeRegion, list[Instruction]]]]:
     """The report on a parsed image, and each executable region with its linear sweep
     (for the rewriter, bridge/rewrite/, which works on the same sweep)."""
-    swept = [(region, _sweep(region.code, region.vaddr))
-             for region in code_regions(image.segments)]
+    swept = [(region, _sweep(region.code, region.vaddr)) for region in code_regions(image.segments)]
     findings = [f for region, sweep in swept for f in _scan_region(region, sweep)]
     return ScanReport(file=label, findings=tuple(findings)), swept
 
@@ -186,13 +186,24 @@ def format_table(report: ScanReport) -> str:
     """A plain-text report: one summary line, then one row per finding."""
     writers = report.pkru_writers
     hidden = sum(not f.aligned for f in writers)
-    lines = [f"{report.file}: {len(writers)} wrpkru/xrstor occurrence(s) ({hidden} hidden), "
-             f"{len(report.privileged)} aligned privileged instruction(s)"]
+    lines = [
+        f"{report.file}: {len(writers)} wrpkru/xrstor occurrence(s) ({hidden} hidden), "
+        f"{len(report.privileged)} aligned privileged instruction(s)"
+    ]
     if not report.findings:
         return lines[0]
     header = ("offset", "vaddr", "class", "aligned", "bytes", "overlaps")
-    rows = [(f"{f.offset:#x}", f"{f.vaddr:#x}", f.kind, "yes" if f.aligned else "hidden",
-             f.encoding.hex(" "), "; ".join(map(str, f.overlaps))) for f in report.findings]
+    rows = [
+        (
+            f"{f.offset:#x}",
+            f"{f.vaddr:#x}",
+            f.kind,
+            "yes" if f.aligned else "hidden",
+            f.encoding.hex(" "),
+            "; ".join(map(str, f.overlaps)),
+        )
+        for f in report.findings
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     for row in [header, *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
@@ -204,8 +215,9 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ElfError(f"{path}: cannot read ({exc.strerror or exc})",
-                       hint="check the path") from exc
+        raise ElfError(
+            f"{path}: cannot read ({exc.strerror or exc})", hint="check the path"
+        ) from exc
 
 
 # ---- executable regions --------------------------------------------------------------
@@ -268,10 +280,15 @@ def _region(group: list[Segment]) -> CodeRegion:
 
 def _scan_region(region: CodeRegion, sweep: list[Instruction]) -> list[Finding]:
     starts = [insn.vaddr for insn in sweep]
-    findings = [_pkru_finding(region, sweep, starts, index, kind, length)
-                for index, kind, length in _occurrences(region.code)]
-    findings += [_privileged_finding(region, insn, kind) for insn in sweep
-                 if (kind := _privileged_class(insn)) is not None]
+    findings = [
+        _pkru_finding(region, sweep, starts, index, kind, length)
+        for index, kind, length in _occurrences(region.code)
+    ]
+    findings += [
+        _privileged_finding(region, insn, kind)
+        for insn in sweep
+        if (kind := _privileged_class(insn)) is not None
+    ]
     return sorted(findings, key=lambda f: (f.vaddr, f.kind))
 
 
@@ -322,8 +339,14 @@ def _memory_operand_length(code: bytes, at: int) -> int | None:
     return length
 
 
-def _pkru_finding(region: CodeRegion, sweep: list[Instruction], starts: list[int], index: int,
-                  kind: str, length: int) -> Finding:
+def _pkru_finding(
+    region: CodeRegion,
+    sweep: list[Instruction],
+    starts: list[int],
+    index: int,
+    kind: str,
+    length: int,
+) -> Finding:
     escape = region.vaddr + index
     insn = _aligned_as(region, sweep, starts, escape, kind, length)
     if insn is not None:
@@ -331,27 +354,42 @@ def _pkru_finding(region: CodeRegion, sweep: list[Instruction], starts: list[int
     else:
         start, end, aligned = escape, escape + length, False
         overlaps = _overlapping(sweep, starts, start, end)
-    return Finding(region.file_offset(start), start,
-                   region.code[start - region.vaddr : end - region.vaddr],
-                   kind, aligned, overlaps)
+    return Finding(
+        region.file_offset(start),
+        start,
+        region.code[start - region.vaddr : end - region.vaddr],
+        kind,
+        aligned,
+        overlaps,
+    )
 
 
-def _aligned_as(region: CodeRegion, sweep: list[Instruction], starts: list[int], escape: int,
-                kind: str, length: int) -> Instruction | None:
+def _aligned_as(
+    region: CodeRegion,
+    sweep: list[Instruction],
+    starts: list[int],
+    escape: int,
+    kind: str,
+    length: int,
+) -> Instruction | None:
     """The sweep's instruction that IS this occurrence (prefixes allowed), if any."""
     position = bisect_right(starts, escape) - 1
     if position < 0:
         return None
     insn = sweep[position]
     prefixes = region.code[insn.vaddr - region.vaddr : escape - region.vaddr]
-    if (insn.end == escape + length and insn.mnemonic in PKRU_CLASSES[kind]
-            and all(byte in _PREFIXES for byte in prefixes)):
+    if (
+        insn.end == escape + length
+        and insn.mnemonic in PKRU_CLASSES[kind]
+        and all(byte in _PREFIXES for byte in prefixes)
+    ):
         return insn
     return None
 
 
-def _overlapping(sweep: list[Instruction], starts: list[int], start: int, end: int
-                 ) -> tuple[Instruction, ...]:
+def _overlapping(
+    sweep: list[Instruction], starts: list[int], start: int, end: int
+) -> tuple[Instruction, ...]:
     """The sweep's instructions that share a byte with [start, end)."""
     first = max(bisect_right(starts, start) - 1, 0)
     last = bisect_right(starts, end - 1)
@@ -365,5 +403,11 @@ def _privileged_class(insn: Instruction) -> str | None:
 
 def _privileged_finding(region: CodeRegion, insn: Instruction, kind: str) -> Finding:
     start = insn.vaddr - region.vaddr
-    return Finding(region.file_offset(insn.vaddr), insn.vaddr,
-                   region.code[start : start + insn.size], kind, True, (insn,))
+    return Finding(
+        region.file_offset(insn.vaddr),
+        insn.vaddr,
+        region.code[start : start + insn.size],
+        kind,
+        True,
+        (insn,),
+    )

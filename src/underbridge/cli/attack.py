@@ -19,8 +19,13 @@ from underbridge.errors import UserError
 
 
 @click.command()
-@click.option("--only", "only", multiple=True, metavar="ROW",
-              help="Run only this row (its id, e.g. forged-return); repeatable.")
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="ROW",
+    help="Run only this row (its id, e.g. forged-return); repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @user_errors
 def redteam(only: tuple[str, ...], as_json: bool) -> None:
@@ -37,19 +42,24 @@ def redteam(only: tuple[str, ...], as_json: bool) -> None:
 
     known = {spec.id for spec in red.ATTACKS}
     if unknown := [row for row in only if row not in known]:
-        raise UserError(f"no red-team row {unknown[0]!r}",
-                        hint="the ids are in the first column of `underbridge redteam --json`"
-                             " and in ATTACKS (src/underbridge/redteam/rows.py)")
+        raise UserError(
+            f"no red-team row {unknown[0]!r}",
+            hint="the ids are in the first column of `underbridge redteam --json`"
+            " and in ATTACKS (src/underbridge/redteam/rows.py)",
+        )
     specs = tuple(spec for spec in red.ATTACKS if not only or spec.id in only)
     with Progress(console=errors, transient=True, disable=as_json) as bar:
         task = bar.add_task("attacks", total=len(specs))
-        result = red.run(specs, progress=lambda spec: bar.update(task, advance=1,
-                                                                 description=spec.id))
+        result = red.run(
+            specs, progress=lambda spec: bar.update(task, advance=1, description=spec.id)
+        )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        table = Table(title="underbridge redteam (each row: fresh machine, echo in the kernel, "
-                            "then a legitimate client checks echo still answers)")
+        table = Table(
+            title="underbridge redteam (each row: fresh machine, echo in the kernel, "
+            "then a legitimate client checks echo still answers)"
+        )
         table.add_column("#", justify="right")
         table.add_column("attack", ratio=3)
         table.add_column("expected", ratio=2)
@@ -57,12 +67,20 @@ def redteam(only: tuple[str, ...], as_json: bool) -> None:
         table.add_column("verdict")
         for number, row in enumerate(result.rows, 1):
             style = "bold green" if row.passed else "bold red"
-            table.add_row(str(number), escape(row.spec.attack), escape(row.spec.expect.text),
-                          escape(row.observed), f"[{style}]{row.verdict}[/]")
+            table.add_row(
+                str(number),
+                escape(row.spec.attack),
+                escape(row.spec.expect.text),
+                escape(row.observed),
+                f"[{style}]{row.verdict}[/]",
+            )
         console.print(table)
         failed = sum(not row.passed for row in result.rows)
-        console.print("[bold green]every attack was stopped as expected[/]" if not failed else
-                      f"[bold red]{failed} of {len(result.rows)} rows failed[/]")
+        console.print(
+            "[bold green]every attack was stopped as expected[/]"
+            if not failed
+            else f"[bold red]{failed} of {len(result.rows)} rows failed[/]"
+        )
     sys.exit(0 if result.passed else 1)
 
 
@@ -70,12 +88,29 @@ def redteam(only: tuple[str, ...], as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--syscalls", "syscall_count", type=click.IntRange(min=0), default=3000,
-              show_default=True, help="Syscalls to issue from fuzz guests (at least).")
-@click.option("--elf", "elf_count", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Mutated ELF files to hand to Kernel.spawn.")
-@click.option("--seed", type=click.IntRange(min=0, max=(1 << 64) - 1), default=1,
-              show_default=True, help="Same seed and sizes, same counts.")
+@click.option(
+    "--syscalls",
+    "syscall_count",
+    type=click.IntRange(min=0),
+    default=3000,
+    show_default=True,
+    help="Syscalls to issue from fuzz guests (at least).",
+)
+@click.option(
+    "--elf",
+    "elf_count",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Mutated ELF files to hand to Kernel.spawn.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0, max=(1 << 64) - 1),
+    default=1,
+    show_default=True,
+    help="Same seed and sizes, same counts.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors
 def fuzz(syscall_count: int, elf_count: int, seed: int, as_json: bool) -> None:
@@ -92,10 +127,13 @@ def fuzz(syscall_count: int, elf_count: int, seed: int, as_json: bool) -> None:
     from underbridge import fuzz as fuzzing
 
     with Progress(console=errors, transient=True, disable=as_json) as bar:
-        tasks = {"syscalls": bar.add_task("syscalls", total=syscall_count),
-                 "elf": bar.add_task("ELF mutants", total=elf_count)}
-        report = fuzzing.run(syscall_count, elf_count, seed,
-                             progress=lambda kind, n: bar.advance(tasks[kind], n))
+        tasks = {
+            "syscalls": bar.add_task("syscalls", total=syscall_count),
+            "elf": bar.add_task("ELF mutants", total=elf_count),
+        }
+        report = fuzzing.run(
+            syscall_count, elf_count, seed, progress=lambda kind, n: bar.advance(tasks[kind], n)
+        )
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -111,18 +149,21 @@ def _print_fuzz(report: Any) -> None:
     table.add_column("detail", ratio=1)
     table.add_row("syscall runs", f"{runs:,}", _counts(report.syscall_runs))
     table.add_row("syscalls issued", f"{report.syscalls:,}", _counts(report.results))
-    table.add_row("guest faults", f"{sum(report.guest_faults.values()):,}",
-                  _counts(report.guest_faults))
+    table.add_row(
+        "guest faults", f"{sum(report.guest_faults.values()):,}", _counts(report.guest_faults)
+    )
     table.add_row("ELF mutants", f"{report.elf_mutants:,}", _counts(report.elf_outcomes))
     table.add_row("clean errors", f"{report.clean_errors:,}", "-errno results + refused mutants")
     table.add_row("servers lost", f"{report.servers_lost:,}", "runs after which echo was gone")
     style = "bold red" if report.kernel_exceptions else "bold green"
-    table.add_row(f"[{style}]kernel exceptions[/]", f"[{style}]{report.kernel_exceptions}[/]",
-                  escape("\n".join(report.exceptions)))
+    table.add_row(
+        f"[{style}]kernel exceptions[/]",
+        f"[{style}]{report.kernel_exceptions}[/]",
+        escape("\n".join(report.exceptions)),
+    )
     console.print(table)
     console.print(f"[dim]{report.wall_seconds:.1f} s wall[/]")
 
 
 def _counts(counter: Any) -> str:
     return escape(", ".join(f"{name} {n:,}" for name, n in counter.most_common()))
-

@@ -61,8 +61,9 @@ def writable_directory(directory: Path) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
-        raise click.BadParameter(f"cannot write in {shown(str(directory))}: "
-                                 f"{error.strerror}") from None
+        raise click.BadParameter(
+            f"cannot write in {shown(str(directory))}: {error.strerror}"
+        ) from None
 
 
 def output_directory(_ctx: click.Context, _param: click.Parameter, path: Path) -> Path:
@@ -70,18 +71,15 @@ def output_directory(_ctx: click.Context, _param: click.Parameter, path: Path) -
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise click.BadParameter(f"cannot create {shown(str(path))}: {error.strerror}"
-                                 ) from None
+        raise click.BadParameter(f"cannot create {shown(str(path))}: {error.strerror}") from None
     writable_directory(path)
     return path
 
 
-def output_file(_ctx: click.Context, _param: click.Parameter, path: Path | None
-                ) -> Path | None:
+def output_file(_ctx: click.Context, _param: click.Parameter, path: Path | None) -> Path | None:
     """A click callback: the file's directory must exist and be writable."""
     if path is not None:
         if not path.parent.is_dir():
             raise click.BadParameter(f"no directory {shown(str(path.parent))}")
         writable_directory(path.parent)
     return path
-

@@ -60,16 +60,31 @@ def _waits(threads: list[Thread]) -> str:
 @click.command()
 @click.argument("program", required=False)
 @click.argument("args", nargs=-1)
-@click.option("--c", "c_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Build and run your own C file instead of a program from guest/apps.")
+@click.option(
+    "--c",
+    "c_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Build and run your own C file instead of a program from guest/apps.",
+)
 @click.option("--no-accounting", is_flag=True, help="Skip simulated-cycle accounting (faster).")
-@click.option("--budget", type=click.IntRange(min=0), default=DEFAULT_BUDGET, show_default=True,
-              help="Stop the guest after this many simulated cycles (instructions with "
-                   "--no-accounting); 0: no limit.")
+@click.option(
+    "--budget",
+    type=click.IntRange(min=0),
+    default=DEFAULT_BUDGET,
+    show_default=True,
+    help="Stop the guest after this many simulated cycles (instructions with "
+    "--no-accounting); 0: no limit.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors
-def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_accounting: bool,
-        budget: int, as_json: bool) -> None:
+def run(
+    program: str | None,
+    args: tuple[str, ...],
+    c_file: Path | None,
+    no_accounting: bool,
+    budget: int,
+    as_json: bool,
+) -> None:
     """Build a guest C program and run it in ring 3.
 
     \b
@@ -82,8 +97,10 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
     from underbridge.machine.cpu import Machine
 
     if program is None and c_file is None:
-        raise UserError("name a program from guest/apps or give --c FILE.c",
-                        hint="underbridge run hello   or   underbridge run --c mine.c ARGS")
+        raise UserError(
+            "name a program from guest/apps or give --c FILE.c",
+            hint="underbridge run hello   or   underbridge run --c mine.c ARGS",
+        )
     if c_file is not None and program is not None:
         args = (program, *args)  # with --c, every positional word is an argument
     source: Path | str = c_file if c_file is not None else str(program)
@@ -127,19 +144,27 @@ def run(program: str | None, args: tuple[str, ...], c_file: Path | None, no_acco
         click.echo(json.dumps(report, indent=2))
     else:
         if process.fault is not None:
-            console.print(f"[bold red]{escape(name)} terminated:[/] "
-                          f"{escape(process.fault.describe())}")
+            console.print(
+                f"[bold red]{escape(name)} terminated:[/] {escape(process.fault.describe())}"
+            )
         elif outcome == "budget":
-            console.print(f"[bold red]stopped:[/] budget of {budget:,} {unit} spent "
-                          "(--budget N to change it, 0 for none)")
+            console.print(
+                f"[bold red]stopped:[/] budget of {budget:,} {unit} spent "
+                "(--budget N to change it, 0 for none)"
+            )
         elif outcome == "deadlock":
-            console.print(f"[bold red]deadlock:[/] no thread can run any more; "
-                          f"{escape(_waits(blocked))}")
-        counts = ("accounting off" if no_accounting else
-                  f"{tally.instructions:,} guest instructions, {tally.cycles:,} simulated cycles")
+            console.print(
+                f"[bold red]deadlock:[/] no thread can run any more; {escape(_waits(blocked))}"
+            )
+        counts = (
+            "accounting off"
+            if no_accounting
+            else f"{tally.instructions:,} guest instructions, {tally.cycles:,} simulated cycles"
+        )
         status = f" (status {process.exit_status})" if outcome == "exited" else ""
-        console.print(f"[dim]{escape(name)}: {outcome}{status}, {counts}, "
-                      f"{wall * 1e3:.1f} ms wall[/]")
+        console.print(
+            f"[dim]{escape(name)}: {outcome}{status}, {counts}, {wall * 1e3:.1f} ms wall[/]"
+        )
     sys.exit(_exit_code(process, outcome))
 
 
@@ -161,12 +186,23 @@ def demo_pku(as_json: bool) -> None:
     result = run_pku_demo()
     guests = [*result.victims, *result.attackers, result.survivor]
     if as_json:
-        click.echo(json.dumps({
-            "isolation_held": result.isolation_held,
-            "guests": [{"name": g.name, "status": g.state.value,
-                        "output": bytes(g.console).decode(errors="replace"),
-                        "fault": g.fault.to_json() if g.fault else None} for g in guests],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "isolation_held": result.isolation_held,
+                    "guests": [
+                        {
+                            "name": g.name,
+                            "status": g.state.value,
+                            "output": bytes(g.console).decode(errors="replace"),
+                            "fault": g.fault.to_json() if g.fault else None,
+                        }
+                        for g in guests
+                    ],
+                },
+                indent=2,
+            )
+        )
     else:
         for guest in guests:
             console.rule(escape(guest.name), style="dim")
@@ -175,9 +211,12 @@ def demo_pku(as_json: bool) -> None:
                 console.print(f"[bold yellow]  -> {escape(guest.fault.describe())}[/]")
             else:
                 console.print(f"[green]  -> {guest.state.value}[/]")
-        verdict = ("[bold green]isolation held[/]: each guest reached its own memory; each "
-                   "cross-domain read raised a protection-key fault; the machine runs on."
-                   if result.isolation_held else "[bold red]isolation FAILED[/]")
+        verdict = (
+            "[bold green]isolation held[/]: each guest reached its own memory; each "
+            "cross-domain read raised a protection-key fault; the machine runs on."
+            if result.isolation_held
+            else "[bold red]isolation FAILED[/]"
+        )
         console.print(verdict)
     sys.exit(0 if result.isolation_held else 1)
 

@@ -31,10 +31,16 @@ def bench() -> None:
 
 
 @bench.command("ipc")
-@click.option("--mode", type=click.Choice(DESIGNS), default="sel4", show_default=True,
-              help="The IPC design the kernel uses.")
-@click.option("--rounds", type=click.IntRange(min=3, max=MAX_COUNT), default=10_000,
-              show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(DESIGNS),
+    default="sel4",
+    show_default=True,
+    help="The IPC design the kernel uses.",
+)
+@click.option(
+    "--rounds", type=click.IntRange(min=3, max=MAX_COUNT), default=10_000, show_default=True
+)
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
@@ -46,8 +52,9 @@ def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> Non
 
     with Progress(console=errors, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"{mode} round trips", total=rounds * len(ipc_bench.PATHS))
-        result = ipc_bench.run(mode, rounds, progress=lambda n: bar.advance(task, n),
-                               accounting=not no_accounting)
+        result = ipc_bench.run(
+            mode, rounds, progress=lambda n: bar.advance(task, n), accounting=not no_accounting
+        )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -60,26 +67,53 @@ def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> Non
         table.add_row(row.path, cycles, f"{row.wall_us_per_rtt:.1f}")
     console.print(table)
     for row in result.results if not no_accounting else ():
-        events = ", ".join(f"{name} x{count:g}"
-                           for name, count in sorted((row.events_per_rtt or {}).items()))
+        events = ", ".join(
+            f"{name} x{count:g}" for name, count in sorted((row.events_per_rtt or {}).items())
+        )
         console.print(f"[dim]{row.path} hardware events per round trip: {events}[/]")
 
 
 @bench.command("ycsb")
-@click.option("--mode", type=click.Choice(DESIGNS), default="underbridge", show_default=True,
-              help="The IPC design the kernel uses.")
-@click.option("--records", type=click.IntRange(min=1, max=2_000), default=1_000,
-              show_default=True, help="Records loaded first (the RAM disk holds about 2,000).")
-@click.option("--ops", type=click.IntRange(min=1, max=MAX_COUNT), default=1_000, show_default=True,
-              help="YCSB-A operations after the load (50% reads, 50% updates).")
+@click.option(
+    "--mode",
+    type=click.Choice(DESIGNS),
+    default="underbridge",
+    show_default=True,
+    help="The IPC design the kernel uses.",
+)
+@click.option(
+    "--records",
+    type=click.IntRange(min=1, max=2_000),
+    default=1_000,
+    show_default=True,
+    help="Records loaded first (the RAM disk holds about 2,000).",
+)
+@click.option(
+    "--ops",
+    type=click.IntRange(min=1, max=MAX_COUNT),
+    default=1_000,
+    show_default=True,
+    help="YCSB-A operations after the load (50% reads, 50% updates).",
+)
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=1, show_default=True)
-@click.option("--db-out", type=click.Path(dir_okay=False, path_type=Path), callback=output_file,
-              help="Copy the database file out of the file system to this host path.")
+@click.option(
+    "--db-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=output_file,
+    help="Copy the database file out of the file system to this host path.",
+)
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def bench_ycsb(mode: str, records: int, ops: int, seed: int, db_out: Path | None,
-               no_accounting: bool, as_json: bool) -> None:
+def bench_ycsb(
+    mode: str,
+    records: int,
+    ops: int,
+    seed: int,
+    db_out: Path | None,
+    no_accounting: bool,
+    as_json: bool,
+) -> None:
     """SQLite under YCSB workload A inside the microkernel, file operations over IPC."""
     from rich.progress import Progress
 
@@ -87,9 +121,15 @@ def bench_ycsb(mode: str, records: int, ops: int, seed: int, db_out: Path | None
 
     with Progress(console=errors, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"{mode}: records loaded + operations", total=records + ops)
-        result = ycsb.run(mode, records, ops, seed, db_out=db_out,
-                          progress=lambda done, total: bar.update(task, completed=done),
-                          accounting=not no_accounting)
+        result = ycsb.run(
+            mode,
+            records,
+            ops,
+            seed,
+            db_out=db_out,
+            progress=lambda done, total: bar.update(task, completed=done),
+            accounting=not no_accounting,
+        )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -99,8 +139,9 @@ def bench_ycsb(mode: str, records: int, ops: int, seed: int, db_out: Path | None
 
 
 @bench.command("deprivilege")
-@click.option("--rounds", type=click.IntRange(min=1, max=MAX_COUNT), default=10_000,
-              show_default=True)
+@click.option(
+    "--rounds", type=click.IntRange(min=1, max=MAX_COUNT), default=10_000, show_default=True
+)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def bench_deprivilege(rounds: int, as_json: bool) -> None:
@@ -118,15 +159,21 @@ def bench_deprivilege(rounds: int, as_json: bool) -> None:
     table.add_column("wall us / write", justify="right")
     table.add_column("how")
     for row in result.results:
-        table.add_row(row.way, f"{row.sim_cycles_per_op:,.0f}", f"{row.wall_us_per_op:.1f}",
-                      row.how)
+        table.add_row(
+            row.way, f"{row.sim_cycles_per_op:,.0f}", f"{row.wall_us_per_op:.1f}", row.how
+        )
     console.print(table)
 
 
 @bench.command("machine")
-@click.option("--scale", type=click.FloatRange(0.001, 100.0), default=1.0, show_default=True,
-              callback=finite,
-              help="Multiply the number of iterations (smaller is faster, noisier).")
+@click.option(
+    "--scale",
+    type=click.FloatRange(0.001, 100.0),
+    default=1.0,
+    show_default=True,
+    callback=finite,
+    help="Multiply the number of iterations (smaller is faster, noisier).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench_machine(scale: float, as_json: bool) -> None:
     """Wall-time cost of the emulated machine's basic operations."""
@@ -152,17 +199,33 @@ def bench_machine(scale: float, as_json: bool) -> None:
     for column in ("design", "path", "wall us/rtt", "entries", "floor us", "x floor"):
         paths.add_column(column, justify="left" if column in ("design", "path") else "right")
     for row in result.ipc:
-        paths.add_row(row.mode, row.path, f"{row.wall_us_per_rtt:.1f}", str(row.kernel_entries),
-                      f"{row.floor_us:.2f}", f"{row.ratio:.1f}")
+        paths.add_row(
+            row.mode,
+            row.path,
+            f"{row.wall_us_per_rtt:.1f}",
+            str(row.kernel_entries),
+            f"{row.floor_us:.2f}",
+            f"{row.ratio:.1f}",
+        )
     console.print(paths)
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="200 rounds per path instead of 2,000, and "
-              "YCSB-A with 200 records and 200 operations instead of 1,000 each.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("out"), show_default=True, callback=output_directory,
-              help="Directory for the JSON files and charts (created).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="200 rounds per path instead of 2,000, and "
+    "YCSB-A with 200 records and 200 operations instead of 1,000 each.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("out"),
+    show_default=True,
+    callback=output_directory,
+    help="Directory for the JSON files and charts (created).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON instead of the table.")
 @user_errors
 def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
@@ -179,19 +242,29 @@ def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
     from underbridge.bench import reproduce_ycsb as ycsb_part
 
     rounds = reproduction.QUICK_ROUNDS if quick else reproduction.ROUNDS
-    records, ops = ((ycsb_part.QUICK_RECORDS, ycsb_part.QUICK_OPS) if quick
-                    else (ycsb_part.RECORDS, ycsb_part.OPS))
+    records, ops = (
+        (ycsb_part.QUICK_RECORDS, ycsb_part.QUICK_OPS)
+        if quick
+        else (ycsb_part.RECORDS, ycsb_part.OPS)
+    )
     with Progress(console=errors, transient=True, disable=as_json) as bar:
         task = bar.add_task("IPC round trips", total=reproduction.total_round_trips(rounds))
-        result = reproduction.run(rounds, out_dir, progress=lambda mode, n: bar.update(
-            task, advance=n, description=f"{mode} round trips"))
+        result = reproduction.run(
+            rounds,
+            out_dir,
+            progress=lambda mode, n: bar.update(task, advance=n, description=f"{mode} round trips"),
+        )
         ycsb_task = bar.add_task("YCSB-A", total=records + ops)
-        ycsb_result = ycsb_part.run(records, ops, out_dir, progress=lambda mode, done, total:
-                                    bar.update(ycsb_task, completed=done, total=total,
-                                               description=f"YCSB-A under {mode}"))
+        ycsb_result = ycsb_part.run(
+            records,
+            ops,
+            out_dir,
+            progress=lambda mode, done, total: bar.update(
+                ycsb_task, completed=done, total=total, description=f"YCSB-A under {mode}"
+            ),
+        )
     if as_json:
-        click.echo(json.dumps({"ipc": result.to_json(), "ycsb": ycsb_result.to_json()},
-                              indent=2))
+        click.echo(json.dumps({"ipc": result.to_json(), "ycsb": ycsb_result.to_json()}, indent=2))
         return
     console.print(reproduction.comparison_table(result))
     console.print(reproduction.paper_table())

@@ -41,11 +41,14 @@ class PkuDemoResult:
 
     @property
     def isolation_held(self) -> bool:
-        blocked = all(a.state is GroupState.FAULTED and a.fault is not None
-                      and a.fault.reason is Violation.PKEY_ACCESS_DISABLED and a.fault.cpl == 0
-                      for a in self.attackers)
-        own_access = all(b"read it back" in bytes(g.console)
-                         for g in self.attackers + self.victims)
+        blocked = all(
+            a.state is GroupState.FAULTED
+            and a.fault is not None
+            and a.fault.reason is Violation.PKEY_ACCESS_DISABLED
+            and a.fault.cpl == 0
+            for a in self.attackers
+        )
+        own_access = all(b"read it back" in bytes(g.console) for g in self.attackers + self.victims)
         return blocked and own_access and self.survivor.exit_status == 0
 
 
@@ -58,10 +61,16 @@ def run_pku_demo(machine: Machine | None = None) -> PkuDemoResult:
 
     def spawn(spec: GuestSpec, role: str, target: str) -> CapGroup:
         argv = ["pku_neighbor", spec.name, role, str(spec.value), hex(secrets[target])]
-        return kernel.spawn(binaries[spec.name], argv, name=f"guest {spec.name} ({role})",
-                            ring=0, table=shared, pkey=spec.pkey,
-                            pkru=pkru_allowing(read_write=[spec.pkey]),
-                            stack_top=spec.base - PAGE_SIZE)
+        return kernel.spawn(
+            binaries[spec.name],
+            argv,
+            name=f"guest {spec.name} ({role})",
+            ring=0,
+            table=shared,
+            pkey=spec.pkey,
+            pkru=pkru_allowing(read_write=[spec.pkey]),
+            stack_top=spec.base - PAGE_SIZE,
+        )
 
     attackers, victims = [], []
     for attacker_spec, victim_spec in (GUESTS, tuple(reversed(GUESTS))):
@@ -71,8 +80,14 @@ def run_pku_demo(machine: Machine | None = None) -> PkuDemoResult:
         kernel.kill(victim)
         attackers.append(attacker)
         victims.append(victim)
-    survivor = kernel.spawn(build_program("hello", base=0x3000_0000), name="survivor", ring=0,
-                            table=shared, pkey=3, pkru=pkru_allowing(read_write=[3]),
-                            stack_top=0x3000_0000 - PAGE_SIZE)
+    survivor = kernel.spawn(
+        build_program("hello", base=0x3000_0000),
+        name="survivor",
+        ring=0,
+        table=shared,
+        pkey=3,
+        pkru=pkru_allowing(read_write=[3]),
+        stack_top=0x3000_0000 - PAGE_SIZE,
+    )
     kernel.run()
     return PkuDemoResult(tuple(attackers), tuple(victims), survivor)

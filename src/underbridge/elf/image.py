@@ -136,9 +136,13 @@ def parse_elf(data: bytes, *, name: str = "<elf>") -> ElfImage:
     phdrs = _decode(name, lambda: list(_read_phdrs(elf, data, header)))
     segments = tuple(sorted(_load_segments(phdrs, data, name), key=lambda seg: seg.vaddr))
     _check_image(segments, header.e_entry, name)
-    return ElfImage(entry=header.e_entry, segments=segments,
-                    phdr_vaddr=_phdr_vaddr(segments, header), phentsize=header.e_phentsize,
-                    phnum=header.e_phnum)
+    return ElfImage(
+        entry=header.e_entry,
+        segments=segments,
+        phdr_vaddr=_phdr_vaddr(segments, header),
+        phentsize=header.e_phentsize,
+        phnum=header.e_phnum,
+    )
 
 
 def _decode(name: str, step: Callable[[], _T]) -> _T:

@@ -53,18 +53,25 @@ def console_text(group: CapGroup) -> str:
 def serving(kernel: Kernel, group: CapGroup, service: str) -> bool:
     """Has `group` registered `service` and blocked to serve it?"""
     registered = kernel.services.get(service)
-    return (registered is not None and registered.server is group
-            and group.threads[0].state is ThreadState.BLOCKED)
+    return (
+        registered is not None
+        and registered.server is group
+        and group.threads[0].state is ThreadState.BLOCKED
+    )
 
 
-def spawn_server(kernel: Kernel, elf: Path, argv: list[str], service: str, *,
-                 in_kernel: bool) -> CapGroup:
+def spawn_server(
+    kernel: Kernel, elf: Path, argv: list[str], service: str, *, in_kernel: bool
+) -> CapGroup:
     """Spawn a server and run the kernel until it serves `service`, or raise."""
     group = kernel.spawn(elf, argv, in_kernel=in_kernel)
     kernel.run(until=lambda: serving(kernel, group, service) or not group.running)
     if not serving(kernel, group, service):
-        how = (f"ended {group.state.value} ({group.exit_status}, {group.fault})"
-               if not group.running else "is not serving (nothing left to run)")
+        how = (
+            f"ended {group.state.value} ({group.exit_status}, {group.fault})"
+            if not group.running
+            else "is not serving (nothing left to run)"
+        )
         raise StorageError(f"{argv[0]} {how}: {console_text(group)!r}")
     return group
 
@@ -88,15 +95,14 @@ class Storage:
         """A copy of the whole disk as the ramdisk holds it now."""
         if not self.ramdisk.running:
             raise StorageError(f"the ramdisk has ended: {console_text(self.ramdisk)!r}")
-        image = self.kernel.machine.read_virtual(self.ramdisk.vmspace.table, self.disk_at,
-                                                 self.disk_size)
+        image = self.kernel.machine.read_virtual(
+            self.ramdisk.vmspace.table, self.disk_at, self.disk_size
+        )
         if len(image) != self.disk_size:
-            raise StorageError(f"only {len(image)} of the disk's {self.disk_size} bytes "
-                               "are mapped")
+            raise StorageError(f"only {len(image)} of the disk's {self.disk_size} bytes are mapped")
         return image
 
-    def run_client(self, program: str, args: Sequence[str], *, base: int = FSTEST_BASE
-                   ) -> CapGroup:
+    def run_client(self, program: str, args: Sequence[str], *, base: int = FSTEST_BASE) -> CapGroup:
         """Run a bundled program as an application until it ends; return its group."""
         client = self.kernel.spawn(build_program(program, base=base), [program, *args])
         self.kernel.run(until=lambda: not client.running)
@@ -106,8 +112,9 @@ class Storage:
 def start_fs(kernel: Kernel, *, in_kernel: bool) -> CapGroup:
     """Spawn the fs server (it mounts "blk", which must be served) and wait until it
     serves "fs"."""
-    return spawn_server(kernel, build_program("fs", base=FS_BASE), ["fs"], FS_SERVICE,
-                        in_kernel=in_kernel)
+    return spawn_server(
+        kernel, build_program("fs", base=FS_BASE), ["fs"], FS_SERVICE, in_kernel=in_kernel
+    )
 
 
 def start_storage(kernel: Kernel, *, in_kernel: bool) -> Storage:

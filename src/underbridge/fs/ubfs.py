@@ -89,17 +89,27 @@ class Superblock:
         checks = (
             (self.magic == MAGIC, f"magic {self.magic!r}, not {MAGIC!r}"),
             (self.block_size == BLOCK_SIZE, f"block size {self.block_size}"),
-            (self.block_count <= image_blocks,
-             f"{self.block_count} blocks in an image of {image_blocks}"),
+            (
+                self.block_count <= image_blocks,
+                f"{self.block_count} blocks in an image of {image_blocks}",
+            ),
             (self.bitmap_start >= 1, "the bitmap overlaps the superblock"),
-            (self.bitmap_blocks * BITS_PER_BLOCK >= self.block_count,
-             "the bitmap is too small for the blocks"),
-            (self.inode_start >= self.bitmap_start + self.bitmap_blocks,
-             "the inode table overlaps the bitmap"),
-            (ROOT_INODE < self.inode_count <= self.inode_blocks * INODES_PER_BLOCK,
-             f"{self.inode_count} inodes in {self.inode_blocks} blocks"),
-            (self.data_start >= self.inode_start + self.inode_blocks,
-             "the data area overlaps the inode table"),
+            (
+                self.bitmap_blocks * BITS_PER_BLOCK >= self.block_count,
+                "the bitmap is too small for the blocks",
+            ),
+            (
+                self.inode_start >= self.bitmap_start + self.bitmap_blocks,
+                "the inode table overlaps the bitmap",
+            ),
+            (
+                ROOT_INODE < self.inode_count <= self.inode_blocks * INODES_PER_BLOCK,
+                f"{self.inode_count} inodes in {self.inode_blocks} blocks",
+            ),
+            (
+                self.data_start >= self.inode_start + self.inode_blocks,
+                "the data area overlaps the inode table",
+            ),
             (self.data_start < self.block_count, "no data area"),
             (self.root_inode == ROOT_INODE, f"root inode {self.root_inode}"),
         )
@@ -168,8 +178,9 @@ class Ubfs:
             raise CorruptUbfs(f"inode {inum} is outside the inode table")
         offset = self.sb.inode_start * BLOCK_SIZE + inum * INODE_SIZE
         kind, nlink, _, size, *rest = INODE.unpack_from(self.image, offset)
-        return Inode(inum, kind, nlink, size, tuple(rest[:NDIRECT]), rest[NDIRECT],
-                     rest[NDIRECT + 1])
+        return Inode(
+            inum, kind, nlink, size, tuple(rest[:NDIRECT]), rest[NDIRECT], rest[NDIRECT + 1]
+        )
 
     def inodes(self) -> Iterator[Inode]:
         return (self.inode(inum) for inum in range(self.sb.inode_count))
@@ -206,8 +217,9 @@ class Ubfs:
         content = bytearray(span * BLOCK_SIZE)
         for pointer in self.pointers(inode):
             if not self.is_data_block(pointer.block):
-                raise CorruptUbfs(f"inode {inode.inum}: pointer to block {pointer.block}, "
-                                  "outside the data area")
+                raise CorruptUbfs(
+                    f"inode {inode.inum}: pointer to block {pointer.block}, outside the data area"
+                )
             if pointer.index is not None and pointer.index < span:
                 start = pointer.index * BLOCK_SIZE
                 content[start : start + BLOCK_SIZE] = self.block(pointer.block)
@@ -223,8 +235,9 @@ class Ubfs:
             if pointer.index is None or pointer.index >= root.block_span:
                 continue
             if not self.is_data_block(pointer.block):
-                raise CorruptUbfs(f"the directory points at block {pointer.block}, outside "
-                                  "the data area")
+                raise CorruptUbfs(
+                    f"the directory points at block {pointer.block}, outside the data area"
+                )
             start = pointer.index * BLOCK_SIZE
             count = min(BLOCK_SIZE, root.size - start) // DIRENT_SIZE
             block = self.block(pointer.block)
@@ -267,11 +280,16 @@ class Ubfs:
 
     def _check_metadata_marks(self) -> list[str]:
         sb = self.sb
-        problems = [f"metadata block {b} is marked free"
-                    for b in range(sb.data_start) if not self.marked_used(b)]
-        problems += [f"bit {b}, past the last block, is set"
-                     for b in range(sb.block_count, sb.bitmap_blocks * BITS_PER_BLOCK)
-                     if self.marked_used(b)]
+        problems = [
+            f"metadata block {b} is marked free"
+            for b in range(sb.data_start)
+            if not self.marked_used(b)
+        ]
+        problems += [
+            f"bit {b}, past the last block, is set"
+            for b in range(sb.block_count, sb.bitmap_blocks * BITS_PER_BLOCK)
+            if self.marked_used(b)
+        ]
         return problems
 
     def _check_pointers(self) -> tuple[dict[int, int], list[str]]:
@@ -288,16 +306,22 @@ class Ubfs:
             for pointer in self.pointers(inode):
                 what = "table" if pointer.is_table else f"block {pointer.index}"
                 if not self.is_data_block(pointer.block):
-                    problems.append(f"inode {inode.inum}: {what} points at block "
-                                    f"{pointer.block}, outside the data area")
+                    problems.append(
+                        f"inode {inode.inum}: {what} points at block "
+                        f"{pointer.block}, outside the data area"
+                    )
                     continue
                 if pointer.block in owners:
-                    problems.append(f"block {pointer.block} is pointed at twice: by inode "
-                                    f"{owners[pointer.block]} and inode {inode.inum}")
+                    problems.append(
+                        f"block {pointer.block} is pointed at twice: by inode "
+                        f"{owners[pointer.block]} and inode {inode.inum}"
+                    )
                 owners.setdefault(pointer.block, inode.inum)
                 if pointer.index is not None and pointer.index >= inode.block_span:
-                    problems.append(f"inode {inode.inum}: data block {pointer.index} is past "
-                                    f"its size {inode.size}")
+                    problems.append(
+                        f"inode {inode.inum}: data block {pointer.index} is past "
+                        f"its size {inode.size}"
+                    )
             problems += self._check_tail(inode)
         return owners, problems
 
@@ -351,12 +375,13 @@ class Ubfs:
             links[inum] = links.get(inum, 0) + 1
         for inode in self.inodes():
             if inode.type == TYPE_FILE and links.get(inode.inum, 0) != inode.nlink:
-                problems.append(f"inode {inode.inum}: nlink {inode.nlink}, but "
-                                f"{links.get(inode.inum, 0)} entries name it")
+                problems.append(
+                    f"inode {inode.inum}: nlink {inode.nlink}, but "
+                    f"{links.get(inode.inum, 0)} entries name it"
+                )
         return problems
 
-    def _check_entry(self, offset: int, inum: int, raw: bytes, names: set[bytes]
-                     ) -> list[str]:
+    def _check_entry(self, offset: int, inum: int, raw: bytes, names: set[bytes]) -> list[str]:
         problems = []
         name, nul, _ = raw.partition(b"\0")
         if not nul or not name or b"/" in name:

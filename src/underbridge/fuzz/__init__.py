@@ -22,8 +22,12 @@ from underbridge.fuzz.report import FuzzReport
 __all__ = ["FuzzReport", "run"]
 
 
-def run(syscall_count: int, elf_count: int, seed: int = 1,
-        progress: Callable[[str, int], None] | None = None) -> FuzzReport:
+def run(
+    syscall_count: int,
+    elf_count: int,
+    seed: int = 1,
+    progress: Callable[[str, int], None] | None = None,
+) -> FuzzReport:
     """Fuzz with at least `syscall_count` syscalls and `elf_count` ELF mutants.
 
     progress(kind, n) is told of each finished run ("syscalls", syscalls issued) and
@@ -33,9 +37,11 @@ def run(syscall_count: int, elf_count: int, seed: int = 1,
         raise ValueError("counts must not be negative")
     report = FuzzReport(seed=seed)
     started = time.perf_counter()
-    syscalls.run(report, syscall_count,
-                 progress=None if progress is None else lambda n: progress("syscalls", n))
-    elf.run(report, elf_count,
-            progress=None if progress is None else lambda n: progress("elf", n))
+    syscalls.run(
+        report,
+        syscall_count,
+        progress=None if progress is None else lambda n: progress("syscalls", n),
+    )
+    elf.run(report, elf_count, progress=None if progress is None else lambda n: progress("elf", n))
     report.wall_seconds = time.perf_counter() - started
     return report

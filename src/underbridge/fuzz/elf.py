@@ -41,21 +41,58 @@ USER_BASE = 0x40_0000
 KERNEL_BASES = {"fuzz_syscalls": 0x0300_0000, "hello": 0x0400_0000, "echo": 0x0100_0000}
 SEED_SALT = 0xE1F0_E1F0  # the mutator's stream differs from the syscall fuzzer's
 
-EHDR = {"e_type": (16, "<H"), "e_machine": (18, "<H"), "e_entry": (24, "<Q"),
-        "e_phoff": (32, "<Q"), "e_phentsize": (54, "<H"), "e_phnum": (56, "<H")}
-PHDR = {"p_type": (0, "<I"), "p_flags": (4, "<I"), "p_offset": (8, "<Q"),
-        "p_vaddr": (16, "<Q"), "p_filesz": (32, "<Q"), "p_memsz": (40, "<Q")}
+EHDR = {
+    "e_type": (16, "<H"),
+    "e_machine": (18, "<H"),
+    "e_entry": (24, "<Q"),
+    "e_phoff": (32, "<Q"),
+    "e_phentsize": (54, "<H"),
+    "e_phnum": (56, "<H"),
+}
+PHDR = {
+    "p_type": (0, "<I"),
+    "p_flags": (4, "<I"),
+    "p_offset": (8, "<Q"),
+    "p_vaddr": (16, "<Q"),
+    "p_filesz": (32, "<Q"),
+    "p_memsz": (40, "<Q"),
+}
 PHDR_SIZE = 56
 PT_LOAD = 1
-BOUNDARIES = (0, 1, 0xFFF, 0x1000, 0x1001, 0x10000, 1 << 24, (1 << 24) + 0x1000,
-              100 << 20, 256 << 20, (256 << 20) + 1, 1 << 31, 1 << 32, (1 << 47) - 0x1000,
-              1 << 47, 1 << 63, (1 << 64) - 1, 0xFFFF_8000_0000_0000, 0xFFFF_FFFF_8000_0000,
-              0x6000_0000, 0x5000_0000_0000,
-              # where something else already lives: the user stack, echo's region and its
-              # upper half, the control, save-area and I/O-routine windows, the kernel's
-              # call stack
-              0x7FFF_FFFE_E000, 0x0100_0000, 0x0180_0000, 0x0300_0000, 0x7000_0000,
-              0x7800_0000, 0x7F00_0000, 0x6300_0000_0000)
+BOUNDARIES = (
+    0,
+    1,
+    0xFFF,
+    0x1000,
+    0x1001,
+    0x10000,
+    1 << 24,
+    (1 << 24) + 0x1000,
+    100 << 20,
+    256 << 20,
+    (256 << 20) + 1,
+    1 << 31,
+    1 << 32,
+    (1 << 47) - 0x1000,
+    1 << 47,
+    1 << 63,
+    (1 << 64) - 1,
+    0xFFFF_8000_0000_0000,
+    0xFFFF_FFFF_8000_0000,
+    0x6000_0000,
+    0x5000_0000_0000,
+    # where something else already lives: the user stack, echo's region and its
+    # upper half, the control, save-area and I/O-routine windows, the kernel's
+    # call stack
+    0x7FFF_FFFE_E000,
+    0x0100_0000,
+    0x0180_0000,
+    0x0300_0000,
+    0x7000_0000,
+    0x7800_0000,
+    0x7F00_0000,
+    0x6300_0000_0000,
+)
 
 Progress = Callable[[int], None]
 Mutation = Callable[[bytearray, random.Random], bytearray]
@@ -173,9 +210,18 @@ def flags_and_types(data: bytearray, rng: random.Random) -> bytearray:
     return data
 
 
-MUTATIONS: tuple[Mutation, ...] = (flip_bits, overwrite_bytes, header_field, phdr_field,
-                                   phdr_field, truncate, append_garbage, huge_size, overlap,
-                                   flags_and_types)
+MUTATIONS: tuple[Mutation, ...] = (
+    flip_bits,
+    overwrite_bytes,
+    header_field,
+    phdr_field,
+    phdr_field,
+    truncate,
+    append_garbage,
+    huge_size,
+    overlap,
+    flags_and_types,
+)
 
 
 def mutate(data: bytes, rng: random.Random) -> tuple[bytes, list[str]]:
@@ -218,8 +264,14 @@ def _ending(kernel: Kernel, group: CapGroup, *, spent_budget: bool) -> str:
     return "spawned-hung" if spent_budget else "spawned-blocked"
 
 
-def one_batch(report: FuzzReport, rng: random.Random, design: str, count: int,
-              stock: list[Seedling], progress: Progress | None) -> None:
+def one_batch(
+    report: FuzzReport,
+    rng: random.Random,
+    design: str,
+    count: int,
+    stock: list[Seedling],
+    progress: Progress | None,
+) -> None:
     kernel = Kernel(Machine(), ipc=design, quantum=QUANTUM)
     for _ in range(count):
         seedling = rng.choice([s for s in stock if design == "underbridge" or not s.in_kernel])
@@ -231,8 +283,11 @@ def one_batch(report: FuzzReport, rng: random.Random, design: str, count: int,
             outcome = _spawn_and_run(kernel, mutant, in_kernel=in_kernel, abi=abi)
         except Exception as error:
             where = "kernel" if in_kernel else f"ring3-{abi}"
-            report.kernel_exception(error, f"elf {design}/{where} {seedling.name} "
-                                           f"{'+'.join(applied)} (mutant {report.elf_mutants})")
+            report.kernel_exception(
+                error,
+                f"elf {design}/{where} {seedling.name} "
+                f"{'+'.join(applied)} (mutant {report.elf_mutants})",
+            )
             outcome = "kernel-exception"
             kernel = Kernel(Machine(), ipc=design, quantum=QUANTUM)  # its state is suspect
         report.elf_outcomes[outcome] += 1
@@ -240,8 +295,12 @@ def one_batch(report: FuzzReport, rng: random.Random, design: str, count: int,
             progress(1)
 
 
-def run(report: FuzzReport, count: int, progress: Progress | None = None,
-        stock: list[Seedling] | None = None) -> None:
+def run(
+    report: FuzzReport,
+    count: int,
+    progress: Progress | None = None,
+    stock: list[Seedling] | None = None,
+) -> None:
     """Spawn `count` mutants, BATCH per kernel, the designs in turn."""
     stock = stock or seedlings()
     rng = random.Random(report.seed ^ SEED_SALT)

@@ -100,10 +100,12 @@ class Programs:
 
     @classmethod
     def build(cls) -> Programs:
-        return cls(build_program(FUZZ_PROGRAM, base=APP_BASE),
-                   build_program(FUZZ_PROGRAM, base=KERNEL_BASE),
-                   build_program("echo", base=ECHO_BASE),
-                   build_program("hello", base=APP_BASE))
+        return cls(
+            build_program(FUZZ_PROGRAM, base=APP_BASE),
+            build_program(FUZZ_PROGRAM, base=KERNEL_BASE),
+            build_program("echo", base=ECHO_BASE),
+            build_program("hello", base=APP_BASE),
+        )
 
 
 class RunCounter:
@@ -141,8 +143,10 @@ class RunCounter:
 
     @property
     def spent(self) -> bool:
-        return (self.events >= MAX_EVENTS
-                or self.kernel.machine.tally().instructions >= MAX_INSTRUCTIONS)
+        return (
+            self.events >= MAX_EVENTS
+            or self.kernel.machine.tally().instructions >= MAX_INSTRUCTIONS
+        )
 
 
 def _result(thread: Thread, linux: bool) -> str:
@@ -157,7 +161,7 @@ def _result(thread: Thread, linux: bool) -> str:
 
 
 def _errno_name(code: int, linux: bool) -> str:
-    for table in ((LinuxErrno, Errno) if linux else (Errno, LinuxErrno)):
+    for table in (LinuxErrno, Errno) if linux else (Errno, LinuxErrno):
         try:
             return table(code).name
         except ValueError:
@@ -178,13 +182,15 @@ def stage(programs: Programs, placement: Placement) -> tuple[Kernel, CapGroup]:
     kernel.register_program("hello", programs.hello)
     kernel.register_program("echo", programs.echo)
     echo = kernel.spawn(programs.echo, ["echo"], in_kernel=placement.echo_in_kernel)
-    kernel.run(until=lambda: "echo" in kernel.services
-               and echo.threads[0].state is ThreadState.BLOCKED)
+    kernel.run(
+        until=lambda: "echo" in kernel.services and echo.threads[0].state is ThreadState.BLOCKED
+    )
     return kernel, echo
 
 
-def one_run(programs: Programs, placement: Placement, seed: int, count: int,
-            report: FuzzReport) -> int:
+def one_run(
+    programs: Programs, placement: Placement, seed: int, count: int, report: FuzzReport
+) -> int:
     """Fuzz one placement with one seed; returns the syscalls issued."""
     report.placements[placement.label] += 1
     context = f"{placement.label} seed {seed:#x} count {count}"
@@ -193,8 +199,13 @@ def one_run(programs: Programs, placement: Placement, seed: int, count: int,
         kernel, echo = stage(programs, placement)
         counter = RunCounter(kernel, report)
         elf = programs.fuzz_kernel if placement.in_kernel else programs.fuzz_user
-        guest = kernel.spawn(elf, fuzz_args(seed, count, placement), name=FUZZ_PROGRAM,
-                             in_kernel=placement.in_kernel, abi=placement.abi)
+        guest = kernel.spawn(
+            elf,
+            fuzz_args(seed, count, placement),
+            name=FUZZ_PROGRAM,
+            in_kernel=placement.in_kernel,
+            abi=placement.abi,
+        )
         kernel.run(until=lambda: counter.after_event() or not guest.running)
     except Exception as error:
         report.kernel_exception(error, context)
@@ -221,8 +232,12 @@ def _count_faults(kernel: Kernel, echo: CapGroup, report: FuzzReport) -> None:
         report.servers_lost += 1
 
 
-def run(report: FuzzReport, syscalls: int, progress: Progress | None = None,
-        programs: Programs | None = None) -> None:
+def run(
+    report: FuzzReport,
+    syscalls: int,
+    progress: Progress | None = None,
+    programs: Programs | None = None,
+) -> None:
     """Issue at least `syscalls` syscalls (if any: at least one run per placement)."""
     programs = programs or Programs.build()
     seeds = splitmix64(report.seed)

@@ -20,8 +20,9 @@ from underbridge.errors import ToolchainError
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise ToolchainError(f"{name} not found on PATH",
-                             hint="install it: apt-get install binutils")
+        raise ToolchainError(
+            f"{name} not found on PATH", hint="install it: apt-get install binutils"
+        )
     return path
 
 
@@ -35,8 +36,18 @@ def assemble(source: str, *, origin: int = 0) -> bytes:
         result = run([_tool("as"), "--64", "-o", str(work / "snippet.o"), str(work / "snippet.s")])
         if result.returncode != 0:
             raise ToolchainError(f"assembly failed:\n{result.stderr.strip()}")
-        result = run([_tool("ld"), "-o", str(work / "snippet.elf"), f"-Ttext={origin:#x}",
-                      "--oformat=binary", "-e", "0", str(work / "snippet.o")])
+        result = run(
+            [
+                _tool("ld"),
+                "-o",
+                str(work / "snippet.elf"),
+                f"-Ttext={origin:#x}",
+                "--oformat=binary",
+                "-e",
+                "0",
+                str(work / "snippet.o"),
+            ]
+        )
         if result.returncode != 0:
             raise ToolchainError(f"linking the snippet failed:\n{result.stderr.strip()}")
         return (work / "snippet.elf").read_bytes()

@@ -31,8 +31,10 @@ from underbridge.guestbuild.toolchain import build_object, cache_root
 SQLITE_VERSION = "3.53.2"
 TARBALL_URL = "https://registry.npmjs.org/better-sqlite3/-/better-sqlite3-12.11.1.tgz"
 TARBALL_SHA256 = "ebf0ed75a7a59dbcb3b24bbd014ef49d9f15bc328e4adcbf516f2a8fadfa2835"
-MEMBERS = {"package/deps/sqlite3/sqlite3.c": "sqlite3.c",
-           "package/deps/sqlite3/sqlite3.h": "sqlite3.h"}
+MEMBERS = {
+    "package/deps/sqlite3/sqlite3.c": "sqlite3.c",
+    "package/deps/sqlite3/sqlite3.h": "sqlite3.h",
+}
 _TIMEOUT_S = 120
 
 
@@ -64,7 +66,8 @@ def _tarball() -> bytes:
     if digest != TARBALL_SHA256:
         raise ToolchainError(
             f"the SQLite source tarball has sha256 {digest}, not the pinned {TARBALL_SHA256}",
-            hint=f"it came from {local or TARBALL_URL}; refusing to build from it")
+            hint=f"it came from {local or TARBALL_URL}; refusing to build from it",
+        )
     _write_atomically(cached, data)
     return data
 
@@ -77,7 +80,8 @@ def _download() -> bytes:
         raise ToolchainError(
             f"cannot download the SQLite amalgamation from {TARBALL_URL}: {exc}",
             hint="check the network, or set UNDERBRIDGE_SQLITE_TARBALL to a local copy "
-            "of that file") from exc
+            "of that file",
+        ) from exc
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -100,10 +104,19 @@ def _write_atomically(path: Path, data: bytes) -> None:
 #:   MAX_MMAP_SIZE=0   every page goes through xRead/xWrite, i.e. through the fs server;
 #:   OMIT_LOAD_EXTENSION, DEFAULT_MEMSTATUS=0  nothing to dlopen; no malloc statistics.
 SQLITE_FLAGS: tuple[str, ...] = (
-    "-O2", "-g0", "-fno-pic", "-fno-stack-protector", "-fcf-protection=none",
-    "-fno-asynchronous-unwind-tables", "-DSQLITE_OS_OTHER=1", "-DSQLITE_THREADSAFE=0",
-    "-DSQLITE_TEMP_STORE=3", "-DSQLITE_OMIT_WAL", "-DSQLITE_MAX_MMAP_SIZE=0",
-    "-DSQLITE_OMIT_LOAD_EXTENSION", "-DSQLITE_DEFAULT_MEMSTATUS=0",
+    "-O2",
+    "-g0",
+    "-fno-pic",
+    "-fno-stack-protector",
+    "-fcf-protection=none",
+    "-fno-asynchronous-unwind-tables",
+    "-DSQLITE_OS_OTHER=1",
+    "-DSQLITE_THREADSAFE=0",
+    "-DSQLITE_TEMP_STORE=3",
+    "-DSQLITE_OMIT_WAL",
+    "-DSQLITE_MAX_MMAP_SIZE=0",
+    "-DSQLITE_OMIT_LOAD_EXTENSION",
+    "-DSQLITE_DEFAULT_MEMSTATUS=0",
 )
 
 

@@ -94,11 +94,20 @@ LIBS: tuple[str, ...] = ("-lgcc",)
 #: A hosted program against musl: the libc brings its own start-up code, string
 #: functions and stack rules, so the freestanding-only flags go; UB_LINUX_ABI moves the
 #: native syscall numbers above Linux's (ub_syscall.h).
-FREESTANDING_ONLY = frozenset({"-nostdlib", "-ffreestanding", "-fno-builtin",
-                               "-fno-tree-loop-distribute-patterns", "-mno-red-zone",
-                               "-fno-stack-clash-protection"})
+FREESTANDING_ONLY = frozenset(
+    {
+        "-nostdlib",
+        "-ffreestanding",
+        "-fno-builtin",
+        "-fno-tree-loop-distribute-patterns",
+        "-mno-red-zone",
+        "-fno-stack-clash-protection",
+    }
+)
 MUSL_COMPILE_FLAGS: tuple[str, ...] = (
-    *(flag for flag in COMPILE_FLAGS if flag not in FREESTANDING_ONLY), "-DUB_LINUX_ABI")
+    *(flag for flag in COMPILE_FLAGS if flag not in FREESTANDING_ONLY),
+    "-DUB_LINUX_ABI",
+)
 MUSL_GCC = "musl-gcc"
 LIBCS = ("none", "musl")
 
@@ -163,8 +172,9 @@ def _find_gcc(libc: str = "none") -> str:
     name, package = (MUSL_GCC, "musl-tools") if libc == "musl" else ("gcc", "gcc")
     gcc = shutil.which(name)
     if gcc is None:
-        raise ToolchainError(f"{name} not found on PATH",
-                             hint=f"install it: apt-get install {package}")
+        raise ToolchainError(
+            f"{name} not found on PATH", hint=f"install it: apt-get install {package}"
+        )
     return gcc
 
 
@@ -334,11 +344,24 @@ def _build_into(final: Path, build: Callable[[Path], None]) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _command(gcc: str, args: Sequence[str], sources: Sequence[Path], output: Path,
-             libs: Sequence[str] = LIBS, include_dirs: Sequence[Path] = ()) -> list[str]:
+def _command(
+    gcc: str,
+    args: Sequence[str],
+    sources: Sequence[Path],
+    output: Path,
+    libs: Sequence[str] = LIBS,
+    include_dirs: Sequence[Path] = (),
+) -> list[str]:
     includes = [guest_root() / "include", *include_dirs]
-    return [gcc, *args, *(f"-I{path}" for path in includes), "-o", str(output),
-            *map(str, sources), *libs]
+    return [
+        gcc,
+        *args,
+        *(f"-I{path}" for path in includes),
+        "-o",
+        str(output),
+        *map(str, sources),
+        *libs,
+    ]
 
 
 def _check_libc(libc: str) -> None:
@@ -346,9 +369,15 @@ def _check_libc(libc: str) -> None:
         raise ValueError(f"libc must be one of {', '.join(LIBCS)}, not {libc!r}")
 
 
-def build_program(source: Path | str, *, base: int, extra_sources: Sequence[Path] = (),
-                  libc: str = "none", extra_objects: Sequence[Path] = (),
-                  include_dirs: Sequence[Path] = ()) -> Path:
+def build_program(
+    source: Path | str,
+    *,
+    base: int,
+    extra_sources: Sequence[Path] = (),
+    libc: str = "none",
+    extra_objects: Sequence[Path] = (),
+    include_dirs: Sequence[Path] = (),
+) -> Path:
     """Build a guest program linked at `base`; return the path of its (cached) ELF.
 
     `source` is a bundled program name ("hello" is guest/apps/hello.c, "fs" is
@@ -375,17 +404,17 @@ def build_program(source: Path | str, *, base: int, extra_sources: Sequence[Path
 
     gcc = _find_gcc(libc)
     args = gcc_args(base, libc)
-    headers = [(f"include{i}:{header.name}", header)
-               for i, directory in enumerate(include_dirs)
-               for header in sorted(Path(directory).glob("*.h"))]
-    key = cache_key(_gcc_version(gcc), [*args, *libs], base,
-                    [*_key_inputs(sources), *headers])
+    headers = [
+        (f"include{i}:{header.name}", header)
+        for i, directory in enumerate(include_dirs)
+        for header in sorted(Path(directory).glob("*.h"))
+    ]
+    key = cache_key(_gcc_version(gcc), [*args, *libs], base, [*_key_inputs(sources), *headers])
     final = cache_root() / "build" / key / f"{main_source.stem}.elf"
     if not final.is_file():
 
         def build(output: Path) -> None:
-            _run_gcc(_command(gcc, args, sources, output, libs, include_dirs),
-                     main_source.name)
+            _run_gcc(_command(gcc, args, sources, output, libs, include_dirs), main_source.name)
 
         _build_into(final, build)
     return final
@@ -397,8 +426,10 @@ def symbol(elf: Path, name: str) -> tuple[int, int]:
         table = ELFFile(stream).get_section_by_name(".symtab")
         found = table.get_symbol_by_name(name) if isinstance(table, SymbolTableSection) else None
     if not found or len(found) != 1:
-        raise ToolchainError(f"{elf.name} defines {len(found or [])} symbols named {name!r}",
-                             hint="guests export what tools read as non-static globals")
+        raise ToolchainError(
+            f"{elf.name} defines {len(found or [])} symbols named {name!r}",
+            hint="guests export what tools read as non-static globals",
+        )
     return int(found[0]["st_value"]), int(found[0]["st_size"])
 
 

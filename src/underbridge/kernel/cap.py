@@ -69,8 +69,9 @@ class CapTable:
         """The object in `slot` if it is a `kind` and the cap carries `needs`."""
         cap = self.get(slot)
         if not isinstance(cap.obj, kind):
-            raise SyscallError(Errno.EWRONGTYPE,
-                               f"slot {slot} holds a {cap.obj.kind_name}, not a {kind.__name__}")
+            raise SyscallError(
+                Errno.EWRONGTYPE, f"slot {slot} holds a {cap.obj.kind_name}, not a {kind.__name__}"
+            )
         if needs & ~cap.rights:
             raise SyscallError(Errno.EPERM, f"slot {slot} lacks {Rights(needs & ~cap.rights)!r}")
         return cap.obj
@@ -85,8 +86,12 @@ class CapTable:
         if 0 <= slot < len(slots):
             cap = slots[slot]
             # int(): an IntFlag `&` builds a new flag object; a plain int `&` does not.
-            if (cap is not None and cap.obj.alive and isinstance(cap.obj, kind)
-                    and int(cap.rights) & needs == needs):
+            if (
+                cap is not None
+                and cap.obj.alive
+                and isinstance(cap.obj, kind)
+                and int(cap.rights) & needs == needs
+            ):
                 return cap.obj
         return None
 

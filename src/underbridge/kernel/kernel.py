@@ -63,15 +63,24 @@ def _no_room_is_a_user_error(name: str) -> Iterator[None]:
     try:
         yield
     except OutOfMemory as error:
-        raise ResourceExhausted(f"not enough physical memory to load {name} ({error})",
-                                hint="shrink its static data", errno=Errno.ENOMEM) from None
+        raise ResourceExhausted(
+            f"not enough physical memory to load {name} ({error})",
+            hint="shrink its static data",
+            errno=Errno.ENOMEM,
+        ) from None
     except SyscallError as error:  # from placing it in kernel space: no key left
         raise ResourceExhausted(str(error), errno=error.errno) from None
 
 
 class Kernel:
-    def __init__(self, machine: Machine, *, ipc: str = "sel4", quantum: int = DEFAULT_QUANTUM,
-                 console: ConsoleSink | None = None) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        *,
+        ipc: str = "sel4",
+        quantum: int = DEFAULT_QUANTUM,
+        console: ConsoleSink | None = None,
+    ) -> None:
         self.machine = machine
         self.sched = Scheduler(quantum)
         self.ipc: IpcDesign = design_named(ipc)
@@ -95,11 +104,23 @@ class Kernel:
         """Make an ELF file spawnable by guests under `name` (the boot image)."""
         self.programs[name] = elf
 
-    def spawn(self, elf: Path | bytes | str, argv: list[str] | None = None, *, name: str = "",
-              ring: int = 3, table: PageTable | None = None, pkey: int = 0, pkru: int = 0,
-              stack_top: int = USER_STACK_TOP, in_kernel: bool = False,
-              io_ports: range = range(0), if_unsafe: str = "refuse",
-              rewrite: bool = True, abi: str = "native") -> CapGroup:
+    def spawn(
+        self,
+        elf: Path | bytes | str,
+        argv: list[str] | None = None,
+        *,
+        name: str = "",
+        ring: int = 3,
+        table: PageTable | None = None,
+        pkey: int = 0,
+        pkru: int = 0,
+        stack_top: int = USER_STACK_TOP,
+        in_kernel: bool = False,
+        io_ports: range = range(0),
+        if_unsafe: str = "refuse",
+        rewrite: bool = True,
+        abi: str = "native",
+    ) -> CapGroup:
         """Create a cap group from an ELF file, bytes, or a registered program name.
 
         in_kernel: place it in kernel space, in an execution domain of its own (needs an
@@ -118,8 +139,10 @@ class Kernel:
         if abi not in ("native", "linux"):
             raise ValueError(f"abi must be 'native' or 'linux', not {abi!r}")
         if abi == "linux" and in_kernel:
-            raise UserError("a Linux-ABI program runs in user space only",
-                            hint="servers placed in kernel space use the native ABI")
+            raise UserError(
+                "a Linux-ABI program runs in user space only",
+                hint="servers placed in kernel space use the native ABI",
+            )
         if isinstance(elf, str):
             if elf not in self.programs:
                 raise UserError(f"no program named {elf!r} is registered")
@@ -132,19 +155,25 @@ class Kernel:
             if in_kernel:
                 try:
                     domain, stack_top, data = self.placement.admit(
-                        self, name, image.segments[0].vaddr, data, rewrite=rewrite)
+                        self, name, image.segments[0].vaddr, data, rewrite=rewrite
+                    )
                 except UserError:
                     if if_unsafe == "refuse":
                         raise
                 else:
                     image = parse_elf(data, name=name)  # as the loader rewrote it
-                    ring, table, pkey, pkru = (0, self.machine.kernel_space, domain.key,
-                                               domain.pkru)
+                    ring, table, pkey, pkru = (
+                        0,
+                        self.machine.kernel_space,
+                        domain.key,
+                        domain.pkru,
+                    )
             vmspace = None
             try:
                 vmspace = VmSpace(self.machine, table=table, pkey=pkey)
-                entry, rsp = build_image(self.machine, vmspace, image,
-                                         argv if argv is not None else [name], stack_top)
+                entry, rsp = build_image(
+                    self.machine, vmspace, image, argv if argv is not None else [name], stack_top
+                )
             except BaseException:
                 if vmspace is not None:
                     vmspace.destroy()  # give back whatever was built before the failure
@@ -162,10 +191,12 @@ class Kernel:
         self.add_thread(group, ring=ring, rip=entry, rsp=rsp, pkru=pkru)
         return group
 
-    def add_thread(self, group: CapGroup, *, ring: int, rip: int, rsp: int, pkru: int = 0,
-                   arg: int = 0) -> Thread:
-        context = self.machine.new_context(ring=ring, page_table=group.vmspace.table, rip=rip,
-                                           rsp=rsp, pkru=pkru)
+    def add_thread(
+        self, group: CapGroup, *, ring: int, rip: int, rsp: int, pkru: int = 0, arg: int = 0
+    ) -> Thread:
+        context = self.machine.new_context(
+            ring=ring, page_table=group.vmspace.table, rip=rip, rsp=rsp, pkru=pkru
+        )
         context[Reg.RDI] = arg
         thread = Thread(self._next_tid, group, context)
         self._next_tid += 1
@@ -358,8 +389,13 @@ class Kernel:
         something no thread can do any more: a deadlock, unless it is a server waiting
         for callers. Each names what it waits on in `waiting_on`.
         """
-        return [thread for group in self.groups.values() if group.running
-                for thread in group.threads if thread.state is ThreadState.BLOCKED]
+        return [
+            thread
+            for group in self.groups.values()
+            if group.running
+            for thread in group.threads
+            if thread.state is ThreadState.BLOCKED
+        ]
 
 
 __all__ = ["Kernel", "SyscallError"]

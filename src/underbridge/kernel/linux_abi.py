@@ -134,8 +134,16 @@ def sys_brk(kernel: Kernel, thread: Thread, address: int, *_: int) -> int:
     return address
 
 
-def sys_mmap(kernel: Kernel, thread: Thread, address: int, length: int, prot: int,
-             flags: int, fd: int, offset: int) -> int:
+def sys_mmap(
+    kernel: Kernel,
+    thread: Thread,
+    address: int,
+    length: int,
+    prot: int,
+    flags: int,
+    fd: int,
+    offset: int,
+) -> int:
     """Private anonymous memory only: what malloc asks for. The pages are always
     readable and writable (a PROT_READ-only request gets writable pages: malloc never
     makes one, and nothing here relies on it)."""
@@ -161,8 +169,9 @@ def sys_munmap(kernel: Kernel, thread: Thread, address: int, length: int, *_: in
         raise SyscallError(Errno.EINVAL, f"munmap {address:#x}+{length:#x}")
     vmspace = thread.group.vmspace
     pages = _pages(address, address + _page_up(length))
-    if any(page not in vmspace.anon_frames and vmspace.table.lookup(page) is not None
-           for page in pages):  # the image, the stack: Linux would unmap them, we do not
+    if any(
+        page not in vmspace.anon_frames and vmspace.table.lookup(page) is not None for page in pages
+    ):  # the image, the stack: Linux would unmap them, we do not
         raise SyscallError(Errno.EINVAL, "only memory from mmap or brk can be unmapped")
     vmspace.unmap_anonymous(pages)
     return 0
@@ -178,8 +187,9 @@ def _console_fd(fd: int) -> None:
 
 def sys_write(kernel: Kernel, thread: Thread, fd: int, buf: int, length: int, *_: int) -> int:
     _console_fd(fd)
-    data = umem.copy_in(kernel.machine, thread.group.vmspace.table, buf, length,
-                        pkru=thread.context.pkru)
+    data = umem.copy_in(
+        kernel.machine, thread.group.vmspace.table, buf, length, pkru=thread.context.pkru
+    )
     kernel.console_write(thread.group, data)
     return len(data)
 
@@ -190,8 +200,10 @@ def sys_writev(kernel: Kernel, thread: Thread, fd: int, iov: int, count: int, *_
         raise SyscallError(Errno.EINVAL, f"{count} iovecs")
     table, pkru = thread.group.vmspace.table, thread.context.pkru
     raw = umem.copy_in(kernel.machine, table, iov, count * _IOVEC.size, pkru=pkru)
-    data = b"".join(umem.copy_in(kernel.machine, table, base, length, pkru=pkru)
-                    for base, length in _IOVEC.iter_unpack(raw))
+    data = b"".join(
+        umem.copy_in(kernel.machine, table, base, length, pkru=pkru)
+        for base, length in _IOVEC.iter_unpack(raw)
+    )
     kernel.console_write(thread.group, data)
     return len(data)
 
@@ -224,14 +236,17 @@ def sys_gettid(kernel: Kernel, thread: Thread, *_: int) -> int:
     return thread.tid
 
 
-def sys_clock_gettime(kernel: Kernel, thread: Thread, _clock: int, address: int, *_: int
-                      ) -> int:
+def sys_clock_gettime(kernel: Kernel, thread: Thread, _clock: int, address: int, *_: int) -> int:
     """Every clock is the simulated one: deterministic, cycles at the nominal clock."""
     cycles = kernel.machine.tally().cycles
     seconds, rest = divmod(cycles, NOMINAL_HZ)
-    umem.copy_out(kernel.machine, thread.group.vmspace.table, address,
-                  _TIMESPEC.pack(seconds, rest * 1_000_000_000 // NOMINAL_HZ),
-                  pkru=thread.context.pkru)
+    umem.copy_out(
+        kernel.machine,
+        thread.group.vmspace.table,
+        address,
+        _TIMESPEC.pack(seconds, rest * 1_000_000_000 // NOMINAL_HZ),
+        pkru=thread.context.pkru,
+    )
     return 0
 
 

@@ -33,8 +33,9 @@ def image_pages(machine: Machine, image: ElfImage) -> Iterator[tuple[int, PhysAd
             yield page, frame, flags
 
 
-def map_image(machine: Machine, table: PageTable, image: ElfImage, *, pkey: int = 0
-              ) -> list[PhysAddr]:
+def map_image(
+    machine: Machine, table: PageTable, image: ElfImage, *, pkey: int = 0
+) -> list[PhysAddr]:
     """Map every page of `image` into `table` tagged with `pkey`; returns the frames."""
     frames: list[PhysAddr] = []
     for vaddr, frame, flags in image_pages(machine, image):

@@ -31,8 +31,7 @@ AT_NULL, AT_PHDR, AT_PHENT, AT_PHNUM, AT_PAGESZ = 0, 3, 4, 5, 6
 def auxv_of(image: ElfImage) -> list[tuple[int, int]]:
     aux = [(AT_PAGESZ, PAGE_SIZE)]
     if image.phdr_vaddr:
-        aux += [(AT_PHDR, image.phdr_vaddr), (AT_PHENT, image.phentsize),
-                (AT_PHNUM, image.phnum)]
+        aux += [(AT_PHDR, image.phdr_vaddr), (AT_PHENT, image.phentsize), (AT_PHNUM, image.phnum)]
     return aux
 
 
@@ -48,8 +47,9 @@ def encode_arg(arg: str) -> bytes:
     return data
 
 
-def initial_stack(argv: list[str], top: int, auxv: Sequence[tuple[int, int]] = ()
-                  ) -> tuple[bytes, int]:
+def initial_stack(
+    argv: list[str], top: int, auxv: Sequence[tuple[int, int]] = ()
+) -> tuple[bytes, int]:
     """The bytes of the initial stack ending at `top`, and the RSP pointing into them."""
     strings = b""
     offsets = []
@@ -58,27 +58,39 @@ def initial_stack(argv: list[str], top: int, auxv: Sequence[tuple[int, int]] = (
         strings += encode_arg(arg) + b"\0"
     strings_at = (top - len(strings)) & ~0xF
     aux = [value for pair in [*auxv, (AT_NULL, 0)] for value in pair]
-    vector = struct.pack(f"<Q{len(argv)}QQQ{len(aux)}Q", len(argv),
-                         *(strings_at + off for off in offsets), 0, 0, *aux)
+    vector = struct.pack(
+        f"<Q{len(argv)}QQQ{len(aux)}Q",
+        len(argv),
+        *(strings_at + off for off in offsets),
+        0,
+        0,
+        *aux,
+    )
     rsp = (strings_at - len(vector)) & ~0xF
     image = vector + b"\0" * (strings_at - rsp - len(vector)) + strings
     image += b"\0" * (top - rsp - len(image))
     return image, rsp
 
 
-def build_image(machine: Machine, vmspace: VmSpace, image: ElfImage, argv: list[str],
-                stack_top: int = USER_STACK_TOP, stack_pages: int = STACK_PAGES
-                ) -> tuple[int, int]:
+def build_image(
+    machine: Machine,
+    vmspace: VmSpace,
+    image: ElfImage,
+    argv: list[str],
+    stack_top: int = USER_STACK_TOP,
+    stack_pages: int = STACK_PAGES,
+) -> tuple[int, int]:
     """Map the ELF image and an argv stack into vmspace; returns (entry, initial rsp)."""
     if sum(len(encode_arg(arg)) + 1 for arg in argv) > MAX_ARGV_BYTES:
         raise UserError(f"arguments exceed {MAX_ARGV_BYTES} bytes")
     stack_low = stack_top - stack_pages * PAGE_SIZE
     for segment in image.segments:
         if segment.vaddr < stack_top and stack_low < segment.end:
-            raise ElfError(f"the segment at {segment.vaddr:#x} overlaps the initial stack "
-                           f"[{stack_low:#x}, {stack_top:#x})",
-                           hint="link the program lower (the stack ends at "
-                                f"{stack_top:#x})")
+            raise ElfError(
+                f"the segment at {segment.vaddr:#x} overlaps the initial stack "
+                f"[{stack_low:#x}, {stack_top:#x})",
+                hint=f"link the program lower (the stack ends at {stack_top:#x})",
+            )
     for vaddr, frame, flags in image_pages(machine, image):
         vmspace.map_private(vaddr, frame, flags)
     machine.code_changed(vmspace.table)
@@ -90,6 +102,7 @@ def build_image(machine: Machine, vmspace: VmSpace, image: ElfImage, argv: list[
         end = len(stack_bytes) - index * PAGE_SIZE
         chunk = stack_bytes[max(end - PAGE_SIZE, 0) : max(end, 0)]
         machine.mem.write(frame + PAGE_SIZE - len(chunk), chunk)
-        vmspace.map_private(stack_top - (index + 1) * PAGE_SIZE, frame,
-                            PageFlags(writable=True, user=True))
+        vmspace.map_private(
+            stack_top - (index + 1) * PAGE_SIZE, frame, PageFlags(writable=True, user=True)
+        )
     return image.entry, rsp

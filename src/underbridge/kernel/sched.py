@@ -25,8 +25,9 @@ DEFAULT_ENTRIES_PER_SLICE = 256
 
 
 class Scheduler:
-    def __init__(self, quantum: int = DEFAULT_QUANTUM,
-                 entries_per_slice: int = DEFAULT_ENTRIES_PER_SLICE) -> None:
+    def __init__(
+        self, quantum: int = DEFAULT_QUANTUM, entries_per_slice: int = DEFAULT_ENTRIES_PER_SLICE
+    ) -> None:
         self.quantum = quantum
         self.entries_per_slice = entries_per_slice
         self.ready: deque[Thread] = deque()

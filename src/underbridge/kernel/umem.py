@@ -22,8 +22,9 @@ from underbridge.machine.pkru import access_disabled, write_disabled
 MAX_COPY = 1 << 20  # the largest single copy a syscall may ask for
 
 
-def _chunks(table: PageTable, vaddr: int, length: int, *, write: bool, pkru: int
-            ) -> list[tuple[int, int]]:
+def _chunks(
+    table: PageTable, vaddr: int, length: int, *, write: bool, pkru: int
+) -> list[tuple[int, int]]:
     """(physical address, length) pieces of a guest range, or EFAULT."""
     if length < 0 or length > MAX_COPY or vaddr < 0 or vaddr + length > 1 << 47:
         raise SyscallError(Errno.EFAULT, f"bad user range {vaddr:#x}+{length:#x}")
@@ -36,8 +37,10 @@ def _chunks(table: PageTable, vaddr: int, length: int, *, write: bool, pkru: int
             raise SyscallError(Errno.EFAULT, f"user address {address:#x} is not accessible")
         key = mapping.flags.pkey
         if access_disabled(pkru, key) or (write and write_disabled(pkru, key)):
-            raise SyscallError(Errno.EFAULT, f"user address {address:#x} is in key {key}, "
-                                             "which the caller's PKRU does not open")
+            raise SyscallError(
+                Errno.EFAULT,
+                f"user address {address:#x} is in key {key}, which the caller's PKRU does not open",
+            )
         size = min(length - done, PAGE_SIZE - address % PAGE_SIZE)
         pieces.append((mapping.frame + address % PAGE_SIZE, size))
         done += size
@@ -49,15 +52,14 @@ def check_writable(table: PageTable, vaddr: int, length: int, *, pkru: int) -> N
     _chunks(table, vaddr, length, write=True, pkru=pkru)
 
 
-def copy_in(machine: Machine, table: PageTable, vaddr: int, length: int, *, pkru: int
-            ) -> bytes:
+def copy_in(machine: Machine, table: PageTable, vaddr: int, length: int, *, pkru: int) -> bytes:
     """The guest's bytes at [vaddr, vaddr+length); EFAULT if any is not its to read."""
-    return b"".join(machine.mem.read(pa, n) for pa, n in _chunks(table, vaddr, length,
-                                                                  write=False, pkru=pkru))
+    return b"".join(
+        machine.mem.read(pa, n) for pa, n in _chunks(table, vaddr, length, write=False, pkru=pkru)
+    )
 
 
-def copy_out(machine: Machine, table: PageTable, vaddr: int, data: bytes, *, pkru: int
-             ) -> None:
+def copy_out(machine: Machine, table: PageTable, vaddr: int, data: bytes, *, pkru: int) -> None:
     """Write data into the guest at vaddr; EFAULT (and nothing written) if not writable."""
     offset = 0
     for pa, n in _chunks(table, vaddr, len(data), write=True, pkru=pkru):

@@ -61,8 +61,12 @@ def is_mov_to_cr3(encoding: bytes) -> bool:
     rex = 0
     if encoding and 0x40 <= encoding[0] <= 0x4F:
         rex, encoding = encoding[0], encoding[1:]
-    return (len(encoding) == 3 and encoding[:2] == b"\x0f\x22"
-            and (encoding[2] >> 3) & 7 == 3 and not rex & 0x4)
+    return (
+        len(encoding) == 3
+        and encoding[:2] == b"\x0f\x22"
+        and (encoding[2] >> 3) & 7 == 3
+        and not rex & 0x4
+    )
 
 
 def instruction_event(encoding: bytes) -> str | None:
@@ -132,15 +136,24 @@ class Tally:
         events.subtract(other.events)
         by_category = Counter(self.by_category)
         by_category.subtract(other.by_category)
-        return Tally(self.instructions - other.instructions, self.cycles - other.cycles,
-                     +events, +by_category)
+        return Tally(
+            self.instructions - other.instructions,
+            self.cycles - other.cycles,
+            +events,
+            +by_category,
+        )
 
 
 class Accounting:
     """The running count of simulated cycles for one machine."""
 
-    def __init__(self, read_code: Callable[[int, int], bytes], *, counting: bool = True,
-                 monitor: Monitor | None = None) -> None:
+    def __init__(
+        self,
+        read_code: Callable[[int, int], bytes],
+        *,
+        counting: bool = True,
+        monitor: Monitor | None = None,
+    ) -> None:
         self._read_code = read_code
         self.counting = counting
         self.monitor = monitor
@@ -310,8 +323,12 @@ class Accounting:
     def _monitor_stops(self, uc: Uc, address: int, cost: BlockCost) -> bool:
         """Stop the CPU before a ring-0 block holding a privileged instruction."""
         monitor = self.monitor
-        if (cost.trap is not None and monitor is not None and monitor.armed
-                and address != monitor.allowed_block):
+        if (
+            cost.trap is not None
+            and monitor is not None
+            and monitor.armed
+            and address != monitor.allowed_block
+        ):
             monitor.trap = cost.trap  # stop before this block runs (see machine/monitor.py)
             uc.emu_stop()
             return True

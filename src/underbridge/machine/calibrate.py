@@ -48,12 +48,24 @@ from underbridge.errors import KernelBug
 from underbridge.machine.context import Reg
 
 UC_REGS: dict[Reg, int] = {
-    Reg.RAX: UC_X86_REG_RAX, Reg.RCX: UC_X86_REG_RCX, Reg.RDX: UC_X86_REG_RDX,
-    Reg.RBX: UC_X86_REG_RBX, Reg.RSP: UC_X86_REG_RSP, Reg.RBP: UC_X86_REG_RBP,
-    Reg.RSI: UC_X86_REG_RSI, Reg.RDI: UC_X86_REG_RDI, Reg.R8: UC_X86_REG_R8,
-    Reg.R9: UC_X86_REG_R9, Reg.R10: UC_X86_REG_R10, Reg.R11: UC_X86_REG_R11,
-    Reg.R12: UC_X86_REG_R12, Reg.R13: UC_X86_REG_R13, Reg.R14: UC_X86_REG_R14,
-    Reg.R15: UC_X86_REG_R15, Reg.RIP: UC_X86_REG_RIP, Reg.CR3: UC_X86_REG_CR3,
+    Reg.RAX: UC_X86_REG_RAX,
+    Reg.RCX: UC_X86_REG_RCX,
+    Reg.RDX: UC_X86_REG_RDX,
+    Reg.RBX: UC_X86_REG_RBX,
+    Reg.RSP: UC_X86_REG_RSP,
+    Reg.RBP: UC_X86_REG_RBP,
+    Reg.RSI: UC_X86_REG_RSI,
+    Reg.RDI: UC_X86_REG_RDI,
+    Reg.R8: UC_X86_REG_R8,
+    Reg.R9: UC_X86_REG_R9,
+    Reg.R10: UC_X86_REG_R10,
+    Reg.R11: UC_X86_REG_R11,
+    Reg.R12: UC_X86_REG_R12,
+    Reg.R13: UC_X86_REG_R13,
+    Reg.R14: UC_X86_REG_R14,
+    Reg.R15: UC_X86_REG_R15,
+    Reg.RIP: UC_X86_REG_RIP,
+    Reg.CR3: UC_X86_REG_CR3,
     Reg.FS_BASE: UC_X86_REG_FS_BASE,
 }
 
@@ -77,7 +89,7 @@ class BootCpu(Protocol):
 
 def wrpkru_stub(value: int) -> bytes:
     """mov eax, value; xor ecx, ecx; xor edx, edx; wrpkru; xor eax, eax."""
-    return (b"\xb8" + struct.pack("<I", value) + bytes.fromhex("31 c9 31 d2 0f 01 ef 31 c0"))
+    return b"\xb8" + struct.pack("<I", value) + bytes.fromhex("31 c9 31 d2 0f 01 ef 31 c0")
 
 
 def offsets_of(blob: bytes, value: int, width: int) -> set[int]:
@@ -117,8 +129,9 @@ def pkru_offset(cpu: BootCpu) -> int:
     return _only(found, "PKRU")
 
 
-def error_code_offsets(cpu: BootCpu, faults: Iterable[tuple[int, bytes, int, int]]
-                       ) -> tuple[int, int]:
+def error_code_offsets(
+    cpu: BootCpu, faults: Iterable[tuple[int, bytes, int, int]]
+) -> tuple[int, int]:
     """(error code, exception in flight) offsets, from real page faults.
 
     faults: (expected error code, stub, target address, pkru), each taking a real #PF.
@@ -129,18 +142,21 @@ def error_code_offsets(cpu: BootCpu, faults: Iterable[tuple[int, bytes, int, int
     for expected, stub, target, pkru in faults:
         vector = cpu.run_ring0_stub(stub, rax=target, pkru=pkru)
         if vector != 14:
-            raise KernelBug(f"calibration: expected #PF with error code {expected:#x}, "
-                            f"got vector {vector}")
+            raise KernelBug(
+                f"calibration: expected #PF with error code {expected:#x}, got vector {vector}"
+            )
         after = cpu.save_blob()
         found = offsets_of(after, expected, 4)
         candidates = found if candidates is None else candidates & found
         if in_flight is None:
             in_flight = offsets_of(before, 0xFFFF_FFFF, 4) & offsets_of(after, 14, 4)
-    return (_only(candidates or (), "the exception error code"),
-            _only(in_flight or (), "the exception in flight"))
+    return (
+        _only(candidates or (), "the exception error code"),
+        _only(in_flight or (), "the exception in flight"),
+    )
 
 
-def cs_selector_offset(ring0_blob: bytes, ring3_blob: bytes, kernel_cs: int,
-                       user_cs: int) -> int:
-    return _only(offsets_of(ring0_blob, kernel_cs, 4) & offsets_of(ring3_blob, user_cs, 4),
-                 "the CS selector")
+def cs_selector_offset(ring0_blob: bytes, ring3_blob: bytes, kernel_cs: int, user_cs: int) -> int:
+    return _only(
+        offsets_of(ring0_blob, kernel_cs, 4) & offsets_of(ring3_blob, user_cs, 4), "the CS selector"
+    )

@@ -42,37 +42,49 @@ class Cost:
     source: str
 
 
-COSTS: Final = MappingProxyType({
-    "instruction": Cost(1, "model assumption: one cycle per retired instruction"),
-    "wrpkru": Cost(28, UNDERBRIDGE_TALK + " (domain switch takes 28 cycles)"),
-    "function_call": Cost(24, UNDERBRIDGE_PAPER + " (function-pointer call in a kernel)"),
-    "syscall": Cost(82, SKYBRIDGE),
-    "swapgs": Cost(26, SKYBRIDGE),
-    "sysret": Cost(75, SKYBRIDGE),
-    "cr3_write": Cost(186, SKYBRIDGE + " (CR3 write with PCID)"),
-    "vmfunc": Cost(134, SKYBRIDGE + " (VMFUNC EPTP switch)"),
-    # No Skylake-specific figure could be verified; this Nehalem one (older, slower
-    # transitions) is the closest published number we could check, so VM exits are
-    # if anything overcharged.
-    # The seL4 kernel's own work on its IPC fastpath, in instructions at one cycle each
-    # (see SEL4_FASTPATH below for how they were measured). `mov cr3` is not included
-    # here: it is charged as cr3_write. Each count includes 4 message registers.
-    "sel4_fastpath_call": Cost(195 + 21, SEL4_FASTPATH + ", Call, skim window off"),
-    "sel4_fastpath_replyrecv": Cost(223 + 21, SEL4_FASTPATH + ", ReplyRecv, skim window off"),
-    "sel4_fastpath_call_kpti": Cost(206 + 21, SEL4_FASTPATH + ", Call, skim window on"),
-    "sel4_fastpath_replyrecv_kpti": Cost(234 + 21, SEL4_FASTPATH + ", ReplyRecv, skim window on"),
-    "vm_exit": Cost(2000, "SplitX, Landau et al., WIOV 2011, section 1: direct cost of an "
-                          "exit (world switch out and back) on a Xeon X5570 (Nehalem)"),
-})
+COSTS: Final = MappingProxyType(
+    {
+        "instruction": Cost(1, "model assumption: one cycle per retired instruction"),
+        "wrpkru": Cost(28, UNDERBRIDGE_TALK + " (domain switch takes 28 cycles)"),
+        "function_call": Cost(24, UNDERBRIDGE_PAPER + " (function-pointer call in a kernel)"),
+        "syscall": Cost(82, SKYBRIDGE),
+        "swapgs": Cost(26, SKYBRIDGE),
+        "sysret": Cost(75, SKYBRIDGE),
+        "cr3_write": Cost(186, SKYBRIDGE + " (CR3 write with PCID)"),
+        "vmfunc": Cost(134, SKYBRIDGE + " (VMFUNC EPTP switch)"),
+        # No Skylake-specific figure could be verified; this Nehalem one (older, slower
+        # transitions) is the closest published number we could check, so VM exits are
+        # if anything overcharged.
+        # The seL4 kernel's own work on its IPC fastpath, in instructions at one cycle each
+        # (see SEL4_FASTPATH below for how they were measured). `mov cr3` is not included
+        # here: it is charged as cr3_write. Each count includes 4 message registers.
+        "sel4_fastpath_call": Cost(195 + 21, SEL4_FASTPATH + ", Call, skim window off"),
+        "sel4_fastpath_replyrecv": Cost(223 + 21, SEL4_FASTPATH + ", ReplyRecv, skim window off"),
+        "sel4_fastpath_call_kpti": Cost(206 + 21, SEL4_FASTPATH + ", Call, skim window on"),
+        "sel4_fastpath_replyrecv_kpti": Cost(
+            234 + 21, SEL4_FASTPATH + ", ReplyRecv, skim window on"
+        ),
+        "vm_exit": Cost(
+            2000,
+            "SplitX, Landau et al., WIOV 2011, section 1: direct cost of an "
+            "exit (world switch out and back) on a Xeon X5570 (Nehalem)",
+        ),
+    }
+)
 
 # Published end-to-end figures the model is checked against, never charged.
-REFERENCE: Final = MappingProxyType({
-    "noop_syscall_roundtrip": Cost(181, SKYBRIDGE),
-    "noop_syscall_roundtrip_kpti": Cost(431, SKYBRIDGE),
-    "underbridge_ipc_roundtrip": Cost(109, "UnderBridge, Gu et al., USENIX ATC 2020, abstract"),
-    "sel4_call_reply_skylake": Cost(772, "seL4 benchmarks, i7-6700 Skylake: Call 383 + "
-                                         "ReplyRecv 389 (sel4bench issue 41, G. Heiser)"),
-})
+REFERENCE: Final = MappingProxyType(
+    {
+        "noop_syscall_roundtrip": Cost(181, SKYBRIDGE),
+        "noop_syscall_roundtrip_kpti": Cost(431, SKYBRIDGE),
+        "underbridge_ipc_roundtrip": Cost(109, "UnderBridge, Gu et al., USENIX ATC 2020, abstract"),
+        "sel4_call_reply_skylake": Cost(
+            772,
+            "seL4 benchmarks, i7-6700 Skylake: Call 383 + "
+            "ReplyRecv 389 (sel4bench issue 41, G. Heiser)",
+        ),
+    }
+)
 
 
 def cycles(event: str) -> int:

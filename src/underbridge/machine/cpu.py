@@ -138,8 +138,9 @@ _SYSCALL_PENDING = (ExitKind.SYSCALL, 0)
 class Machine:
     """One emulated computer. Many can live in one process; they share nothing."""
 
-    def __init__(self, *, memory_mib: int = DEFAULT_MEMORY_MIB, accounting: bool = True,
-                 monitor: bool = True) -> None:
+    def __init__(
+        self, *, memory_mib: int = DEFAULT_MEMORY_MIB, accounting: bool = True, monitor: bool = True
+    ) -> None:
         """accounting: count simulated cycles. monitor: run the secure monitor over
         ring-0 guest code (machine/monitor.py); only measurements of ring-3 code that
         need the last bit of speed turn it off."""
@@ -162,8 +163,12 @@ class Machine:
         self.monitor: Monitor | None = None
         self._install_hooks(accounting, monitor)
         self._map_kernel_pages()
-        privilege.configure(self.uc, cr3=self.kernel_space.root,
-                            gdt_vaddr=KERNEL_DATA, syscall_entry=SYSCALL_ENTRY_AT)
+        privilege.configure(
+            self.uc,
+            cr3=self.kernel_space.root,
+            gdt_vaddr=KERNEL_DATA,
+            syscall_entry=SYSCALL_ENTRY_AT,
+        )
         self._space = self.kernel_space
         self.layout, self._templates = self._calibrate_and_capture_rings()
         self._zeroed: dict[int, CpuContext] = {}
@@ -185,8 +190,9 @@ class Machine:
         self._hook_time_stamp()
         if accounting or monitor:
             self.monitor = Monitor() if monitor else None
-            self._decoder = accounting_class()(self._read_running_code, counting=accounting,
-                                               monitor=self.monitor)
+            self._decoder = accounting_class()(
+                self._read_running_code, counting=accounting, monitor=self.monitor
+            )
             self.accounting = self._decoder if accounting else None
             self._decoder.install(self.uc)
 
@@ -199,7 +205,8 @@ class Machine:
         """
         for insn, tsc_aux in ((UC_X86_INS_RDTSC, False), (UC_X86_INS_RDTSCP, True)):
             callback = uccallback(self.uc, HOOK_INSN_CPUID_CFUNC)(
-                partial(self._on_time_stamp, tsc_aux=tsc_aux))
+                partial(self._on_time_stamp, tsc_aux=tsc_aux)
+            )
             self.uc._Uc__do_hook_add(UC_HOOK_INSN, callback, 1, 0, ctypes.c_int(insn))  # type: ignore[attr-defined]
 
     def _map_kernel_pages(self) -> None:
@@ -250,11 +257,17 @@ class Machine:
         ring0_blob = self.save_blob()
         ring3 = self._enter_ring3_for_real()
         ring3_blob = self.save_blob()
-        cs = calibrate.cs_selector_offset(ring0_blob, ring3_blob, privilege.KERNEL_CS,
-                                          privilege.USER_CS)
-        layout = ContextLayout(size=len(ring0_blob), regs=regs, pkru=pkru,
-                               error_code=error_code, exception_in_flight=in_flight,
-                               cs_selector=cs)
+        cs = calibrate.cs_selector_offset(
+            ring0_blob, ring3_blob, privilege.KERNEL_CS, privilege.USER_CS
+        )
+        layout = ContextLayout(
+            size=len(ring0_blob),
+            regs=regs,
+            pkru=pkru,
+            error_code=error_code,
+            exception_in_flight=in_flight,
+            cs_selector=cs,
+        )
         templates = {0: CpuContext(self._ring0_boot, layout), 3: CpuContext(ring3, layout)}
         for template in templates.values():
             template.pkru = 0
@@ -265,8 +278,9 @@ class Machine:
         read_only = VirtAddr(KERNEL_DATA + 2 * PAGE_SIZE)
         keyed = VirtAddr(USER_PROBE + PAGE_SIZE)
         self.kernel_space.map(read_only, self.frames.alloc(), PageFlags())
-        self.kernel_space.map(keyed, self.frames.alloc(), PageFlags(writable=True, user=True,
-                                                                    pkey=1))
+        self.kernel_space.map(
+            keyed, self.frames.alloc(), PageFlags(writable=True, user=True, pkey=1)
+        )
         not_present = VirtAddr(KERNEL_DATA + PAGE_SIZE)
         return [
             (0x2, calibrate.STORE_RCX_AT_RAX, not_present, 0),
@@ -337,8 +351,10 @@ class Machine:
     def _refuse_port_io(self, uc: Uc) -> None:
         """#GP(0) at the I/O instruction, reported with RIP and RAX as they were."""
         if self._pending is None:
-            self._undo = {Reg.RIP: uc.reg_read(UC_X86_REG_RIP),
-                          Reg.RAX: uc.reg_read(UC_X86_REG_RAX)}
+            self._undo = {
+                Reg.RIP: uc.reg_read(UC_X86_REG_RIP),
+                Reg.RAX: uc.reg_read(UC_X86_REG_RAX),
+            }
         self._record(uc, ExitKind.FAULT, faults.GENERAL_PROTECTION)
 
     # -- address spaces -------------------------------------------------------------
@@ -385,17 +401,27 @@ class Machine:
 
     # -- threads --------------------------------------------------------------------
 
-    def new_context(self, *, ring: int, page_table: PageTable, rip: int, rsp: int,
-                    pkru: int = 0) -> CpuContext:
+    def new_context(
+        self, *, ring: int, page_table: PageTable, rip: int, rsp: int, pkru: int = 0
+    ) -> CpuContext:
         """A fresh thread state in `ring` (0 or 3): all registers zero but these."""
         if ring not in self._templates:
             raise ValueError(f"ring must be 0 or 3, not {ring}")
         context = CpuContext(self.uc.context_save(), self.layout)
-        return self.reset_context(context, ring=ring, page_table=page_table, rip=rip, rsp=rsp,
-                                  pkru=pkru)
+        return self.reset_context(
+            context, ring=ring, page_table=page_table, rip=rip, rsp=rsp, pkru=pkru
+        )
 
-    def reset_context(self, context: CpuContext, *, ring: int, page_table: PageTable,
-                      rip: int, rsp: int, pkru: int = 0) -> CpuContext:
+    def reset_context(
+        self,
+        context: CpuContext,
+        *,
+        ring: int,
+        page_table: PageTable,
+        rip: int,
+        rsp: int,
+        pkru: int = 0,
+    ) -> CpuContext:
         """Make `context` what `new_context` would return, reusing its memory."""
         context.copy_from(self._zeroed_template(ring))
         context[Reg.CR3] = page_table.root
@@ -415,8 +441,9 @@ class Machine:
             self._zeroed[ring] = zeroed
         return zeroed
 
-    def set_paging_controls(self, context: CpuContext, *, write_protect: bool,
-                            protection_keys: bool) -> None:
+    def set_paging_controls(
+        self, context: CpuContext, *, write_protect: bool, protection_keys: bool
+    ) -> None:
         """Set CR0.WP and CR4.PKE in a saved context.
 
         For the tests of the access rules only: every context the kernel creates keeps
@@ -469,8 +496,9 @@ class Machine:
         self.charge("vm_exit")
         space = self._page_tables[context.cr3]
         instruction = faults.disassemble_one(self.read_virtual(space, address, 15), address)
-        return Exit(ExitKind.FAULT, Fault(faults.VM_EXIT, address, context.cpl, context.pkru,
-                                          instruction))
+        return Exit(
+            ExitKind.FAULT, Fault(faults.VM_EXIT, address, context.cpl, context.pkru, instruction)
+        )
 
     def _run_once(self, context: CpuContext, budget: int, stop_at: int) -> Exit:
         rip = self._load(context)
@@ -583,8 +611,13 @@ class Machine:
         """The report for a context whose CPU stopped at a ring-0 `hlt` (RIP is past it)."""
         space = self._page_tables[context.cr3]
         rip = context.rip - 1
-        return Fault(faults.HALT, rip, context.cpl, context.pkru,
-                     faults.disassemble_one(self.read_virtual(space, rip, 15), rip))
+        return Fault(
+            faults.HALT,
+            rip,
+            context.cpl,
+            context.pkru,
+            faults.disassemble_one(self.read_virtual(space, rip, 15), rip),
+        )
 
     def _engine_error_fault(self, context: CpuContext, error: UcError) -> Fault:
         if error.errno == UC_ERR_INSN_INVALID:
@@ -593,8 +626,13 @@ class Machine:
         # (e.g. a page-table entry pointing past the end of RAM).
         space = self._page_tables[context.cr3]
         code = self.read_virtual(space, context.rip, 15)
-        return Fault(18, context.rip, context.cpl, context.pkru,
-                     f"{faults.disassemble_one(code, context.rip)} (engine: {error})")
+        return Fault(
+            18,
+            context.rip,
+            context.cpl,
+            context.pkru,
+            f"{faults.disassemble_one(code, context.rip)} (engine: {error})",
+        )
 
     # -- accounting -----------------------------------------------------------------
 

@@ -92,8 +92,10 @@ class Fault:
     def describe(self) -> str:
         where = f"at rip {self.rip:#x} (ring {self.cpl}, pkru {self.pkru:#010x})"
         if self.vector == PAGE_FAULT and self.reason is not None and self.access is not None:
-            return (f"{self.mnemonic} {self.access.value} of {self.address:#x}: "
-                    f"{self.reason.value}, {where}: {self.instruction}")
+            return (
+                f"{self.mnemonic} {self.access.value} of {self.address:#x}: "
+                f"{self.reason.value}, {where}: {self.instruction}"
+            )
         return f"{self.mnemonic} {self.name} {where}: {self.instruction}"
 
     def to_json(self) -> dict[str, Any]:
@@ -160,7 +162,11 @@ def decode(
         return Fault(vector, rip, cpl, pkru, instruction, error_code=code)
     leaf = lookup(cr2 & ~0xFFF)
     return Fault(
-        vector, rip, cpl, pkru, instruction,
+        vector,
+        rip,
+        cpl,
+        pkru,
+        instruction,
         error_code=error_code,
         address=cr2,
         access=page_fault_access(error_code),

@@ -75,8 +75,9 @@ def violations(page: Page, access: Access, cpu: Cpu) -> frozenset[Violation]:
     if cpu.pke and page.user:
         if cpu.pkru >> (2 * page.pkey) & 1:
             found.add(Violation.PKEY_ACCESS_DISABLED)
-        elif (access is Access.WRITE and cpu.pkru >> (2 * page.pkey + 1) & 1
-              and (user_mode or cpu.wp)):
+        elif (
+            access is Access.WRITE and cpu.pkru >> (2 * page.pkey + 1) & 1 and (user_mode or cpu.wp)
+        ):
             found.add(Violation.PKEY_WRITE_DISABLED)
     return frozenset(found)
 

@@ -174,8 +174,9 @@ class PageTable:
         """Every present leaf, in address order (lower half only by construction)."""
         yield from self._mappings_below(self.root, 0, 0)
 
-    def _mappings_below(self, table: int, level: int, base: int) -> Iterator[
-            tuple[VirtAddr, Mapping]]:
+    def _mappings_below(
+        self, table: int, level: int, base: int
+    ) -> Iterator[tuple[VirtAddr, Mapping]]:
         for index in range(ENTRIES):
             entry = self._mem.read_u64(table + 8 * index)
             if not entry & PTE_P:

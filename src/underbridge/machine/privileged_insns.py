@@ -11,12 +11,42 @@ from __future__ import annotations
 import re
 
 #: Capstone mnemonics of privileged (or, like vmcall/vmfunc, hypervisor-facing) instructions.
-PRIVILEGED: frozenset[str] = frozenset({
-    "wrmsr", "rdmsr", "lgdt", "lidt", "lldt", "ltr", "lmsw", "hlt", "cli", "sti",
-    "invlpg", "invpcid", "in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd",
-    "swapgs", "sysret", "sysretq", "iret", "iretd", "iretq", "wbinvd", "invd", "clts",
-    "xsetbv", "vmfunc", "vmcall",
-})
+PRIVILEGED: frozenset[str] = frozenset(
+    {
+        "wrmsr",
+        "rdmsr",
+        "lgdt",
+        "lidt",
+        "lldt",
+        "ltr",
+        "lmsw",
+        "hlt",
+        "cli",
+        "sti",
+        "invlpg",
+        "invpcid",
+        "in",
+        "out",
+        "insb",
+        "insw",
+        "insd",
+        "outsb",
+        "outsw",
+        "outsd",
+        "swapgs",
+        "sysret",
+        "sysretq",
+        "iret",
+        "iretd",
+        "iretq",
+        "wbinvd",
+        "invd",
+        "clts",
+        "xsetbv",
+        "vmfunc",
+        "vmcall",
+    }
+)
 _CONTROL_OR_DEBUG = re.compile(r"\b([cd]r\d+)\b")
 
 

@@ -91,16 +91,22 @@ def configure(uc: Uc, *, cr3: int, gdt_vaddr: int, syscall_entry: int) -> None:
     uc.reg_write(UC_X86_REG_GDTR, (0, gdt_vaddr, len(GDT_ENTRIES) * 8 - 1, 0))
     uc.reg_write(UC_X86_REG_CR3, cr3)
     cr4 = uc.reg_read(UC_X86_REG_CR4)
-    uc.reg_write(UC_X86_REG_CR4, (cr4 | CR4_PAE | CR4_PKE | CR4_OSFXSR | CR4_OSXSAVE)
-                 & ~(CR4_SMEP | CR4_SMAP))
+    uc.reg_write(
+        UC_X86_REG_CR4,
+        (cr4 | CR4_PAE | CR4_PKE | CR4_OSFXSR | CR4_OSXSAVE) & ~(CR4_SMEP | CR4_SMAP),
+    )
     efer = uc.reg_read(UC_X86_REG_MSR, MSR_EFER)
     uc.reg_write(UC_X86_REG_MSR, (MSR_EFER, efer | EFER_SCE | EFER_NXE))
     uc.reg_write(UC_X86_REG_CR0, uc.reg_read(UC_X86_REG_CR0) | CR0_PE | CR0_WP | CR0_PG)
     uc.reg_write(UC_X86_REG_MSR, (MSR_STAR, STAR))
     uc.reg_write(UC_X86_REG_MSR, (MSR_LSTAR, syscall_entry))
     uc.reg_write(UC_X86_REG_MSR, (MSR_SFMASK, RFLAGS_IF | RFLAGS_DF | RFLAGS_TF | RFLAGS_AC))
-    for reg, selector in ((UC_X86_REG_SS, KERNEL_SS), (UC_X86_REG_DS, KERNEL_SS),
-                          (UC_X86_REG_ES, KERNEL_SS), (UC_X86_REG_CS, KERNEL_CS)):
+    for reg, selector in (
+        (UC_X86_REG_SS, KERNEL_SS),
+        (UC_X86_REG_DS, KERNEL_SS),
+        (UC_X86_REG_ES, KERNEL_SS),
+        (UC_X86_REG_CS, KERNEL_CS),
+    ):
         uc.reg_write(reg, selector)
 
 

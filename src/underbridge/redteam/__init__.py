@@ -54,5 +54,16 @@ from underbridge.redteam.spec import (
     Partner,
 )
 
-__all__ = ["ATTACKS", "ATTACK_BASE", "FAIL", "PASS", "AttackSpec", "Expect", "Partner",
-           "RedTeamResult", "RowResult", "run", "run_row"]
+__all__ = [
+    "ATTACKS",
+    "ATTACK_BASE",
+    "FAIL",
+    "PASS",
+    "AttackSpec",
+    "Expect",
+    "Partner",
+    "RedTeamResult",
+    "RowResult",
+    "run",
+    "run_row",
+]

@@ -62,8 +62,13 @@ class RowResult:
         return self.verdict == PASS
 
     def to_json(self) -> dict[str, str]:
-        return {"id": self.spec.id, "attack": self.spec.attack, "expected": self.spec.expect.text,
-                "observed": self.observed, "verdict": self.verdict}
+        return {
+            "id": self.spec.id,
+            "attack": self.spec.attack,
+            "expected": self.spec.expect.text,
+            "observed": self.observed,
+            "verdict": self.verdict,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +83,18 @@ class RedTeamResult:
         return {"rows": [row.to_json() for row in self.rows], "passed": self.passed}
 
 
-
 MISSING = -1  # a target that never appeared (no fault field ever equals it)
 
 
-def _matches(expect: Expect, attacker: CapGroup, reports: list[str], targets: dict[str, int],
-             cpl: int) -> bool:
+def _matches(
+    expect: Expect, attacker: CapGroup, reports: list[str], targets: dict[str, int], cpl: int
+) -> bool:
     if expect.exception is None:
-        return (attacker.state is GroupState.EXITED and attacker.exit_status == 0
-                and tuple(reports) == expect.reports)
+        return (
+            attacker.state is GroupState.EXITED
+            and attacker.exit_status == 0
+            and tuple(reports) == expect.reports
+        )
     fault = attacker.fault
     if attacker.state is not GroupState.FAULTED or fault is None:
         return False
@@ -94,12 +102,19 @@ def _matches(expect: Expect, attacker: CapGroup, reports: list[str], targets: di
     def target(name: str | None) -> int | None:
         return None if name is None else targets.get(name, MISSING)
 
-    wanted = ((expect.reason, fault.reason), (expect.access, fault.access),
-              (target(expect.address), fault.address), (target(expect.rip), fault.rip),
-              (target(expect.pkru), fault.pkru))
-    return (fault.mnemonic == expect.exception and fault.cpl == cpl
-            and all(want is None or want == got for want, got in wanted)
-            and (expect.instruction is None or fault.instruction.startswith(expect.instruction)))
+    wanted = (
+        (expect.reason, fault.reason),
+        (expect.access, fault.access),
+        (target(expect.address), fault.address),
+        (target(expect.rip), fault.rip),
+        (target(expect.pkru), fault.pkru),
+    )
+    return (
+        fault.mnemonic == expect.exception
+        and fault.cpl == cpl
+        and all(want is None or want == got for want, got in wanted)
+        and (expect.instruction is None or fault.instruction.startswith(expect.instruction))
+    )
 
 
 def _found(elf: Path, finding: tuple[str, bool] | None) -> str:
@@ -131,13 +146,15 @@ def _note_partner_gate(stage: Stage, partner: CapGroup | None, targets: dict[str
 
 def _settled(group: CapGroup) -> bool:
     """Has the partner ended, or is each of its threads blocked for good (or gone)?"""
-    return not group.running or all(t.state in (ThreadState.BLOCKED, ThreadState.DEAD)
-                                    for t in group.threads)
+    return not group.running or all(
+        t.state in (ThreadState.BLOCKED, ThreadState.DEAD) for t in group.threads
+    )
 
 
 def _partner_said(partner: CapGroup) -> tuple[str, ...]:
-    return tuple(line.removeprefix("victim: ") for line in _lines(partner)
-                 if line.startswith("victim: "))
+    return tuple(
+        line.removeprefix("victim: ") for line in _lines(partner) if line.startswith("victim: ")
+    )
 
 
 def _partner_problem(partner: CapGroup | None, wanted: Partner | None) -> str:
@@ -146,22 +163,38 @@ def _partner_problem(partner: CapGroup | None, wanted: Partner | None) -> str:
         return ""
     problems = []
     if not partner.running:
-        how = (partner.fault.describe() if partner.fault is not None
-               else f"exited with status {partner.exit_status}")
+        how = (
+            partner.fault.describe()
+            if partner.fault is not None
+            else f"exited with status {partner.exit_status}"
+        )
         problems.append(f"{partner.name} is gone ({how})")
     said = _partner_said(partner)
     if said != wanted.lines:
-        problems.append(f"{partner.name} printed " + (" | ".join(said) or "nothing")
-                        + " instead of " + " | ".join(wanted.lines))
-    problems.extend(f"{partner.name}: {line}" for line in _lines(partner)
-                    if any(word in line for word in BAD_WORDS) and not line.startswith("victim: "))
+        problems.append(
+            f"{partner.name} printed "
+            + (" | ".join(said) or "nothing")
+            + " instead of "
+            + " | ".join(wanted.lines)
+        )
+    problems.extend(
+        f"{partner.name}: {line}"
+        for line in _lines(partner)
+        if any(word in line for word in BAD_WORDS) and not line.startswith("victim: ")
+    )
     return "; ".join(problems)
 
 
-def _spawn(kernel: Kernel, elf: Path, program: str, args: tuple[str, ...],
-           targets: dict[str, int], *, in_kernel: bool) -> CapGroup:
-    argv = [program, *(word.format(**{k: f"{v:#x}" for k, v in targets.items()})
-                       for word in args)]
+def _spawn(
+    kernel: Kernel,
+    elf: Path,
+    program: str,
+    args: tuple[str, ...],
+    targets: dict[str, int],
+    *,
+    in_kernel: bool,
+) -> CapGroup:
+    argv = [program, *(word.format(**{k: f"{v:#x}" for k, v in targets.items()}) for word in args)]
     return kernel.spawn(elf, argv, name=program, in_kernel=in_kernel)
 
 
@@ -170,8 +203,11 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
     kernel = stage.kernel
     base = ATTACK_BASE + index * REGION_SIZE if spec.in_kernel else APP_BASE
     elf = build_program(attack_source(spec.program), base=base)
-    targets = {**stage.targets, "attacker_window": base + REGION_SIZE // 4,
-               **symbols_of(elf, spec.symbols, "attacker")}
+    targets = {
+        **stage.targets,
+        "attacker_window": base + REGION_SIZE // 4,
+        **symbols_of(elf, spec.symbols, "attacker"),
+    }
     partner = None
     partner_elf = None
     if spec.partner is not None:
@@ -180,23 +216,33 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
 
     def spawn_partner() -> CapGroup:
         assert spec.partner is not None and partner_elf is not None
-        return _spawn(kernel, partner_elf, spec.partner.program, spec.partner.args, targets,
-                      in_kernel=True)
+        return _spawn(
+            kernel, partner_elf, spec.partner.program, spec.partner.args, targets, in_kernel=True
+        )
 
     if spec.partner is not None and spec.partner.before:
         partner = spawn_partner()
     try:
-        attacker = _spawn(kernel, elf, spec.program, spec.args, targets,
-                          in_kernel=spec.in_kernel)
+        attacker = _spawn(kernel, elf, spec.program, spec.args, targets, in_kernel=spec.in_kernel)
     except UserError as error:  # refused at load
         observed = f"refused at load: {str(error).splitlines()[0]}"
         found = _found(elf, spec.expect.finding)
         observed += f"; {found}" if found else ""
         victim = victim_problem(stage)
-        verdict = (PASS if spec.expect.refused_at_load and not victim
-                   and (spec.expect.finding is None or found) else FAIL)
-        return RowResult(spec, observed + (f"; victim: {victim}" if victim else ""), verdict,
-                         "", victim, None, targets)
+        verdict = (
+            PASS
+            if spec.expect.refused_at_load and not victim and (spec.expect.finding is None or found)
+            else FAIL
+        )
+        return RowResult(
+            spec,
+            observed + (f"; victim: {victim}" if victim else ""),
+            verdict,
+            "",
+            victim,
+            None,
+            targets,
+        )
     if spec.partner is not None and partner is None:
         partner = spawn_partner()
 
@@ -223,19 +269,31 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
     if partner is not None:
         parts.append(f"{partner.name}: " + (" | ".join(_partner_said(partner)) or "(silent)"))
     matched = not spec.expect.refused_at_load and _matches(
-        spec.expect, attacker, reports, targets, cpl=0 if spec.in_kernel else 3)
-    victim = "; ".join(problem for problem in (victim_problem(stage),
-                                               _partner_problem(partner, spec.partner))
-                       if problem)
+        spec.expect, attacker, reports, targets, cpl=0 if spec.in_kernel else 3
+    )
+    victim = "; ".join(
+        problem
+        for problem in (victim_problem(stage), _partner_problem(partner, spec.partner))
+        if problem
+    )
     if victim:
         parts.append(f"victim: {victim}")
     verdict = PASS if matched and not victim and not bad else FAIL
-    return RowResult(spec, "; ".join(parts), verdict, output, victim, attacker, targets,
-                     "" if partner is None else bytes(partner.console).decode(errors="replace"))
+    return RowResult(
+        spec,
+        "; ".join(parts),
+        verdict,
+        output,
+        victim,
+        attacker,
+        targets,
+        "" if partner is None else bytes(partner.console).decode(errors="replace"),
+    )
 
 
-def run(specs: tuple[AttackSpec, ...] = ATTACKS,
-        progress: Callable[[AttackSpec], None] | None = None) -> RedTeamResult:
+def run(
+    specs: tuple[AttackSpec, ...] = ATTACKS, progress: Callable[[AttackSpec], None] | None = None
+) -> RedTeamResult:
     rows = []
     for position, spec in enumerate(specs):
         # a row of the table keeps its own attacker region, whichever rows run with it
@@ -244,4 +302,3 @@ def run(specs: tuple[AttackSpec, ...] = ATTACKS,
         if progress is not None:
             progress(spec)
     return RedTeamResult(tuple(rows))
-

@@ -72,4 +72,3 @@ def pkey_fault(access: Access, target: str, text: str) -> Expect:
 
 def absent(access: Access, target: str, text: str) -> Expect:
     return Expect(text, "#PF", Violation.NOT_PRESENT, access, address=target)
-

@@ -43,7 +43,6 @@ class RedTeamError(RuntimeError):
     """The stage could not be set up (echo or the legitimate client did not come up)."""
 
 
-
 def attack_source(program: str) -> Path:
     return guest_root() / "attacks" / f"{program}.c"
 
@@ -82,13 +81,19 @@ def gate_targets(machine: Machine, gate: GateState, prefix: str = "gate") -> dic
     first = wrpkru_offsets(code)[0]
     insns = list(Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, gate.address))
     before = [i for i in insns if i.address < gate.address + first]
-    switch = next(i.address for i in reversed(before)
-                  if i.mnemonic == "mov" and i.op_str.startswith("eax,"))
+    switch = next(
+        i.address for i in reversed(before) if i.mnemonic == "mov" and i.op_str.startswith("eax,")
+    )
     abort = next(i.address for i in insns if i.mnemonic == "ud2")
     call = next(i for i in insns if i.mnemonic == "call")
-    return {prefix: gate.address, f"{prefix}_wrpkru": gate.address + first,
-            f"{prefix}_switch": switch, f"{prefix}_abort": abort,
-            f"{prefix}_return": call.address + call.size, f"{prefix}_control": gate.control}
+    return {
+        prefix: gate.address,
+        f"{prefix}_wrpkru": gate.address + first,
+        f"{prefix}_switch": switch,
+        f"{prefix}_abort": abort,
+        f"{prefix}_return": call.address + call.size,
+        f"{prefix}_control": gate.control,
+    }
 
 
 def symbols_of(elf: Path, names: tuple[str, ...], prefix: str) -> dict[str, int]:
@@ -109,14 +114,22 @@ def build_stage() -> Stage:
     kernel.register_program("hello", build_program("hello", base=APP_BASE))
     echo_elf = build_program("echo", base=ECHO_BASE)
     echo = kernel.spawn(echo_elf, ["echo"], in_kernel=True)
-    if not run_until(kernel, lambda: "echo" in kernel.services
-                      and echo.threads[0].state is ThreadState.BLOCKED):
+    if not run_until(
+        kernel, lambda: "echo" in kernel.services and echo.threads[0].state is ThreadState.BLOCKED
+    ):
         raise RedTeamError(f"echo did not come up: {bytes(echo.console)!r}")
-    client = kernel.spawn(build_program(attack_source("legit_client"), base=LEGIT_BASE),
-                          ["legit_client"], in_kernel=True)
-    if not run_until(kernel, lambda: not client.running
-                      or client.threads[0].state is ThreadState.BLOCKED) \
-            or b"legit_client: call ok" not in bytes(client.console) or not client.running:
+    client = kernel.spawn(
+        build_program(attack_source("legit_client"), base=LEGIT_BASE),
+        ["legit_client"],
+        in_kernel=True,
+    )
+    if (
+        not run_until(
+            kernel, lambda: not client.running or client.threads[0].state is ThreadState.BLOCKED
+        )
+        or b"legit_client: call ok" not in bytes(client.console)
+        or not client.running
+    ):
         raise RedTeamError(f"the legitimate client failed: {bytes(client.console)!r}")
     ipc = cast("UnderbridgeIpc", kernel.ipc)
     gate = next(g for g in ipc.gates() if g.conn.client is client)
@@ -145,22 +158,28 @@ def build_stage() -> Stage:
 def victim_problem(stage: Stage) -> str:
     """'' if echo still answers a legitimate application correctly, else what is wrong."""
     kernel = stage.kernel
-    pingpong = kernel.spawn(build_program("pingpong", base=APP_BASE),
-                            ["pingpong", str(VICTIM_ROUNDS), "echo"])
+    pingpong = kernel.spawn(
+        build_program("pingpong", base=APP_BASE), ["pingpong", str(VICTIM_ROUNDS), "echo"]
+    )
     run_until(kernel, lambda: not pingpong.running)
     output = bytes(pingpong.console).decode(errors="replace").strip()
     problems = []
     if pingpong.running:
         problems.append("pingpong hung")
         kernel.kill(pingpong)
-    elif (pingpong.state is not GroupState.EXITED or pingpong.exit_status != 0
-          or f"pingpong: {VICTIM_ROUNDS} rounds ok" not in output):
-        how = (pingpong.fault.describe() if pingpong.fault is not None
-               else f"status {pingpong.exit_status}")
+    elif (
+        pingpong.state is not GroupState.EXITED
+        or pingpong.exit_status != 0
+        or f"pingpong: {VICTIM_ROUNDS} rounds ok" not in output
+    ):
+        how = (
+            pingpong.fault.describe()
+            if pingpong.fault is not None
+            else f"status {pingpong.exit_status}"
+        )
         problems.append(f"pingpong {pingpong.state.value} ({how}): {output}")
     if not stage.echo.running:
         problems.append("echo is gone")
     if not stage.client.running:
         problems.append("the legitimate client is gone")
     return "; ".join(problems)
-

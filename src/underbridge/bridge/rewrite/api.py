@@ -25,8 +25,7 @@ from underbridge.bridge.scan import scan_image
 from underbridge.elf.image import parse_elf
 
 
-def rewrite_elf(data: bytes, *, name: str, io_routines: IoRoutines | None = None
-                ) -> Rewritten:
+def rewrite_elf(data: bytes, *, name: str, io_routines: IoRoutines | None = None) -> Rewritten:
     """Rewrite a static x86-64 ELF (see the module docstring).
 
     Raises ElfError for a file the loader refuses, RewriteRefused for one that cannot be
@@ -47,7 +46,8 @@ def rewrite_elf(data: bytes, *, name: str, io_routines: IoRoutines | None = None
         raise RewriteRefused(
             f"{name}: {len(cores)} spots to patch (hidden PKRU writers and port I/O), more "
             f"than the rewriter's limit of {MAX_SITES}; compiled code has a handful",
-            hint="run it in user space, or change the source so the bytes vanish")
+            hint="run it in user space, or change the source so the bytes vanish",
+        )
     sites = program.plan(cores)
     result, changes = program.emit(sites)
     _verify(result, name, io_routines is not None)

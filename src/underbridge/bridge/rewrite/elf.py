@@ -59,12 +59,14 @@ def _verify(data: bytes, name: str, io_rewritten: bool) -> None:
     left = report.pkru_writers
     if left:
         found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in left[:5])
-        raise RewriteRefused(f"{name}: the rewritten code still holds PKRU writers ({found})",
-                             hint="a rewriter bug: report it with the binary")
+        raise RewriteRefused(
+            f"{name}: the rewritten code still holds PKRU writers ({found})",
+            hint="a rewriter bug: report it with the binary",
+        )
     if io_rewritten:
-        io_left = [f for f in report.privileged
-                   if f.kind.removeprefix("privileged:") in _PORT_IO]
+        io_left = [f for f in report.privileged if f.kind.removeprefix("privileged:") in _PORT_IO]
         if io_left:
             raise RewriteRefused(
                 f"{name}: port I/O remains at {io_left[0].vaddr:#x} after rewriting",
-                hint="a rewriter bug: report it with the binary")
+                hint="a rewriter bug: report it with the binary",
+            )

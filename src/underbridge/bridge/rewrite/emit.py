@@ -41,6 +41,7 @@ _SHIFTS = 16  # nop shifts tried for an instruction, trampoline starts tried for
 class _Program(_Planner):
     """One rewrite of one program: its code and targets (_Swept), its plan (_Planner),
     and the emission of patches and trampolines."""
+
     # -- emitting -------------------------------------------------------------------------
 
     def emit(self, sites: list[_Site]) -> tuple[bytes, list[Change]]:
@@ -53,8 +54,9 @@ class _Program(_Planner):
             changes.append(change)
         return _with_segment(out, segment_vaddr, bytes(blob)), changes
 
-    def _place_site(self, site: _Site, out: bytearray, segment_vaddr: int,
-                    blob: bytearray) -> Change:
+    def _place_site(
+        self, site: _Site, out: bytearray, segment_vaddr: int, blob: bytearray
+    ) -> Change:
         insns = self.sweeps[site.region][site.lo : site.hi + 1]
         start, end = insns[0].vaddr, insns[-1].end
         offset = insns[0].offset
@@ -66,20 +68,23 @@ class _Program(_Planner):
                 patch = _branch(0xE9, start, at) + bytes([_INT3]) * (end - start - JMP_LEN)
             except _NoForm as exc:
                 raise self.refuse(f"{', '.join(site.why)}: {exc}") from None
-            window = bytes(out[max(offset - 2, 0) : offset]) + patch + bytes(
-                out[offset + len(patch) : offset + len(patch) + 2])
+            window = (
+                bytes(out[max(offset - 2, 0) : offset])
+                + patch
+                + bytes(out[offset + len(patch) : offset + len(patch) + 2])
+            )
             if _clean(window):
                 break
         else:
-            raise self.refuse(f"{', '.join(site.why)}: no trampoline address gives a clean "
-                              f"jmp at {start:#x}")
+            raise self.refuse(
+                f"{', '.join(site.why)}: no trampoline address gives a clean jmp at {start:#x}"
+            )
         original = bytes(out[offset : offset + len(patch)])
         out[offset : offset + len(patch)] = patch
         blob += bytes([_INT3]) * shift + code
         return Change(start, offset, original, patch, at, code, tuple(site.why), tuple(how))
 
-    def _trampoline(self, site: _Site, insns: Sequence[_Insn], at: int
-                    ) -> tuple[bytes, list[str]]:
+    def _trampoline(self, site: _Site, insns: Sequence[_Insn], at: int) -> tuple[bytes, list[str]]:
         buf = bytearray()
         how = []
         live = _live(insns)
@@ -87,7 +92,7 @@ class _Program(_Planner):
             build = self._forms(insn, replace_io=index in site.io)
             label = self._append(buf, at, build, f"{', '.join(site.why)}: `{insn}`")
             how.append(f"{insn} -> {label}")
-        how += [f"{insn} -> int3 (dead after the site's exit)" for insn in insns[len(live):]]
+        how += [f"{insn} -> int3 (dead after the site's exit)" for insn in insns[len(live) :]]
         if live[-1].flow != "exit":
             back = insns[-1].end
 
@@ -98,8 +103,9 @@ class _Program(_Planner):
         buf.append(_INT3)
         return bytes(buf), how
 
-    def _append(self, buf: bytearray, at: int, build: Callable[[int], tuple[bytes, str]],
-                what: str) -> str:
+    def _append(
+        self, buf: bytearray, at: int, build: Callable[[int], tuple[bytes, str]], what: str
+    ) -> str:
         """Append `build(address)`'s bytes to buf, after nops if that makes them clean."""
         reason = "no clean encoding"
         for shift in range(_SHIFTS):
@@ -121,8 +127,9 @@ class _Program(_Planner):
         assert insn.cs is not None
         if replace_io:
             assert self.io is not None
-            routine, label = ((self.io.inb, "call inb") if insn.raw == b"\xec"
-                              else (self.io.outb, "call outb"))
+            routine, label = (
+                (self.io.inb, "call inb") if insn.raw == b"\xec" else (self.io.outb, "call outb")
+            )
             return lambda at: (_branch(0xE8, at, routine), label)
         if insn.flow == "exit" and insn.target is not None:
             target = insn.target
@@ -139,7 +146,9 @@ class _Program(_Planner):
                 result = strategy(insn, at, rng)
                 if result is not None:
                     return result
-            raise _NoForm("no equivalent form without the forbidden bytes (an immediate or "
-                          "displacement only this instruction can hold?)")
+            raise _NoForm(
+                "no equivalent form without the forbidden bytes (an immediate or "
+                "displacement only this instruction can hold?)"
+            )
 
         return build

@@ -114,8 +114,17 @@ def _memory(reg: int, mem: _Mem, disp: int) -> tuple[int, int, bytes] | None:
     return x, base >> 3, bytes([mod << 6 | r | 4, scale | index << 3 | base & 7]) + tail
 
 
-def _encode(at: int, prefixes: bytes, w: int, opcode: bytes, reg: int, rm: int | _Mem,
-            tail: bytes = b"", *, force_rex: bool = False) -> bytes | None:
+def _encode(
+    at: int,
+    prefixes: bytes,
+    w: int,
+    opcode: bytes,
+    reg: int,
+    rm: int | _Mem,
+    tail: bytes = b"",
+    *,
+    force_rex: bool = False,
+) -> bytes | None:
     """prefixes REX opcode ModRM(reg, rm) [SIB] [disp] tail, placed at `at`.
 
     rm: a register number (mod 3) or a memory operand (RIP-relative ones are aimed at

@@ -53,8 +53,17 @@ from underbridge.bridge.rewrite.sweep import _MASK64, _Insn
 _TRIES = 48  # random draws per strategy and scratch register
 #: `op r/m, imm32` (opcode, ModRM.reg) or accumulator short form -> `op r/m, r` opcode.
 _GROUP1_REG_FORM = {0: 0x01, 1: 0x09, 2: 0x11, 3: 0x19, 4: 0x21, 5: 0x29, 6: 0x31, 7: 0x39}
-_ACCUMULATOR_REG_FORM = {0x05: 0x01, 0x0D: 0x09, 0x15: 0x11, 0x1D: 0x19, 0x25: 0x21,
-                         0x2D: 0x29, 0x35: 0x31, 0x3D: 0x39, 0xA9: 0x85}
+_ACCUMULATOR_REG_FORM = {
+    0x05: 0x01,
+    0x0D: 0x09,
+    0x15: 0x11,
+    0x1D: 0x19,
+    0x25: 0x21,
+    0x2D: 0x29,
+    0x35: 0x31,
+    0x3D: 0x39,
+    0xA9: 0x85,
+}
 
 
 def _dirty_at(code: bytes, index: int) -> bool:
@@ -100,8 +109,13 @@ def _imm_split(insn: _Insn, at: int, rng: random.Random) -> tuple[bytes, str] | 
     assert cs is not None
     ops = cs.operands
     layout = _layout(insn)
-    if (cs.mnemonic not in ("mov", "movabs") or len(ops) != 2 or layout is None
-            or ops[0].type != X86_OP_REG or ops[1].type != X86_OP_IMM):
+    if (
+        cs.mnemonic not in ("mov", "movabs")
+        or len(ops) != 2
+        or layout is None
+        or ops[0].type != X86_OP_REG
+        or ops[1].type != X86_OP_IMM
+    ):
         return None
     dest = _gpr(cs, ops[0].reg)
     if dest is None or dest[0] == _RSP or dest[1] not in (32, 64):
@@ -113,18 +127,29 @@ def _imm_split(insn: _Insn, at: int, rng: random.Random) -> tuple[bytes, str] | 
             scratch = next(r for r in _SCRATCH if r != reg)
             a = rng.getrandbits(64)
             b = a ^ imm
-            code = (bytes([_PUSHFQ]) + _push(scratch)
-                    + _rex(1, 0, 0, scratch >> 3) + bytes([0xB8 + (scratch & 7)])
-                    + struct.pack("<Q", b)
-                    + _rex(1, 0, 0, reg >> 3) + bytes([0xB8 + (reg & 7)]) + struct.pack("<Q", a)
-                    + _rex(1, scratch >> 3, 0, reg >> 3) + bytes([0x31, 0xC0 | (scratch & 7) << 3
-                                                                  | reg & 7])
-                    + _pop(scratch) + bytes([_POPFQ]))
+            code = (
+                bytes([_PUSHFQ])
+                + _push(scratch)
+                + _rex(1, 0, 0, scratch >> 3)
+                + bytes([0xB8 + (scratch & 7)])
+                + struct.pack("<Q", b)
+                + _rex(1, 0, 0, reg >> 3)
+                + bytes([0xB8 + (reg & 7)])
+                + struct.pack("<Q", a)
+                + _rex(1, scratch >> 3, 0, reg >> 3)
+                + bytes([0x31, 0xC0 | (scratch & 7) << 3 | reg & 7])
+                + _pop(scratch)
+                + bytes([_POPFQ])
+            )
         else:
             a = rng.getrandbits(32)
             b = a ^ (imm & 0xFFFF_FFFF)
-            code = (bytes([_PUSHFQ]) + _mov_imm32(reg, a, wide=wide)
-                    + _xor_imm32(reg, b, wide=wide) + bytes([_POPFQ]))
+            code = (
+                bytes([_PUSHFQ])
+                + _mov_imm32(reg, a, wide=wide)
+                + _xor_imm32(reg, b, wide=wide)
+                + bytes([_POPFQ])
+            )
         if _clean(code):
             return code, "imm split (pushfq; mov; xor; popfq)"
     return None
@@ -137,8 +162,14 @@ def _push_split(insn: _Insn, at: int, rng: random.Random) -> tuple[bytes, str] |
     imm = struct.unpack("<I", insn.raw[1:])[0]
     for _ in range(_TRIES):
         a = rng.getrandbits(32)
-        code = (b"\x68" + _p32(a) + bytes([_PUSHFQ]) + b"\x48\x81\x74\x24\x08" + _p32(a ^ imm)
-                + bytes([_POPFQ]))
+        code = (
+            b"\x68"
+            + _p32(a)
+            + bytes([_PUSHFQ])
+            + b"\x48\x81\x74\x24\x08"
+            + _p32(a ^ imm)
+            + bytes([_POPFQ])
+        )
         if _clean(code):
             return code, "push split (push; pushfq; xor [rsp+8]; popfq)"
     return None
@@ -159,8 +190,11 @@ def _imm_via_scratch(insn: _Insn, at: int, rng: random.Random) -> tuple[bytes, s
         new_opcode, rm = _ACCUMULATOR_REG_FORM[opcode], 0
     else:
         ext = (layout.modrm >> 3) & 7
-        new_opcode = {0x81: _GROUP1_REG_FORM.get(ext), 0xC7: 0x89 if ext == 0 else None,
-                      0xF7: 0x85 if ext == 0 else None}.get(opcode)
+        new_opcode = {
+            0x81: _GROUP1_REG_FORM.get(ext),
+            0xC7: 0x89 if ext == 0 else None,
+            0xF7: 0x85 if ext == 0 else None,
+        }.get(opcode)
         if new_opcode is None:
             return None
         if layout.modrm >> 6 == 3:
@@ -180,10 +214,22 @@ def _imm_via_scratch(insn: _Insn, at: int, rng: random.Random) -> tuple[bytes, s
     for scratch in _scratch(cs):
         for _ in range(_TRIES // 4):
             a = rng.getrandbits(32)
-            head = (_push(scratch) + bytes([_PUSHFQ]) + _mov_imm32(scratch, a, wide=wide)
-                    + _xor_imm32(scratch, a ^ imm, wide=wide) + bytes([_POPFQ]))
-            op = _encode(at + len(head), layout.prefixes, layout.w, bytes([new_opcode]),
-                         scratch, rm, force_rex=bool(layout.rex))
+            head = (
+                _push(scratch)
+                + bytes([_PUSHFQ])
+                + _mov_imm32(scratch, a, wide=wide)
+                + _xor_imm32(scratch, a ^ imm, wide=wide)
+                + bytes([_POPFQ])
+            )
+            op = _encode(
+                at + len(head),
+                layout.prefixes,
+                layout.w,
+                bytes([new_opcode]),
+                scratch,
+                rm,
+                force_rex=bool(layout.rex),
+            )
             if op is None:
                 return None
             code = head + op + _pop(scratch)
@@ -199,8 +245,14 @@ def _disp_split(insn: _Insn, at: int, rng: random.Random) -> tuple[bytes, str] |
     assert cs is not None
     layout = _layout(insn)
     mem = _memory_operand(insn)
-    if (layout is None or layout.modrm is None or layout.modrm >> 6 == 3 or mem is None
-            or 0x67 in layout.prefixes or not _stack_safe(cs, mem)):
+    if (
+        layout is None
+        or layout.modrm is None
+        or layout.modrm >> 6 == 3
+        or mem is None
+        or 0x67 in layout.prefixes
+        or not _stack_safe(cs, mem)
+    ):
         return None
     tail = insn.raw[layout.tail_at :]
     reg = layout.r << 3 | (layout.modrm >> 3) & 7
@@ -221,8 +273,16 @@ def _disp_split(insn: _Insn, at: int, rng: random.Random) -> tuple[bytes, str] |
             if lea is None:
                 continue
             head += lea
-            op = _encode(at + len(head), layout.prefixes, layout.w, layout.opcode, reg,
-                         _Mem(scratch, None, 1, d2), tail, force_rex=bool(layout.rex))
+            op = _encode(
+                at + len(head),
+                layout.prefixes,
+                layout.w,
+                layout.opcode,
+                reg,
+                _Mem(scratch, None, 1, d2),
+                tail,
+                force_rex=bool(layout.rex),
+            )
             if op is None:
                 continue
             code = head + op + _pop(scratch)

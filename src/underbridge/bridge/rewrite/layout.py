@@ -140,10 +140,10 @@ def _memory_operand(insn: _Insn) -> _Mem | None:
         return _Mem(_RIP, None, 1, (insn.end + mem.disp) & _MASK64)
     base, index = _gpr(cs, mem.base), _gpr(cs, mem.index)
     if (mem.base and (base is None or base[1] != 64)) or (
-            mem.index and (index is None or index[1] != 64)):
+        mem.index and (index is None or index[1] != 64)
+    ):
         return None  # 32-bit addressing or a segment-only oddity
-    return _Mem(base[0] if base else None, index[0] if index else None, mem.scale or 1,
-                mem.disp)
+    return _Mem(base[0] if base else None, index[0] if index else None, mem.scale or 1, mem.disp)
 
 
 def _scratch(cs: CsInsn, *, avoid: Iterable[int] = ()) -> list[int]:

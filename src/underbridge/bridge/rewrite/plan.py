@@ -39,6 +39,7 @@ class _Site:
 
 class _Planner(_Swept):
     """The second layer of _Program: finding the cores, and planning sites around them."""
+
     # -- what must move -------------------------------------------------------------
 
     def locate(self, vaddr: int) -> int:
@@ -53,7 +54,8 @@ class _Planner(_Swept):
             raise self.refuse(
                 f"{what} is an aligned instruction: the program itself writes PKRU; no "
                 "rewrite can keep its meaning",
-                hint="remove the instruction; PKRU changes only through a gate")
+                hint="remove the instruction; PKRU changes only through a gate",
+            )
         region = self.locate(finding.vaddr)
         starts = self.starts[region]
         lo = bisect_right(starts, finding.vaddr) - 1
@@ -72,7 +74,8 @@ class _Planner(_Swept):
                         f"port I/O `{insn.mnemonic} {insn.op_str}` at {insn.vaddr:#x}: "
                         "only `in al, dx` and `out dx, al` become calls of the kernel's "
                         "checked routines (inb, outb); this form has none",
-                        hint="do port I/O one byte at a time through DX and AL")
+                        hint="do port I/O one byte at a time through DX and AL",
+                    )
                 cores.append(_Site(region, index, index, [str(insn)], {index}))
         return cores
 
@@ -117,20 +120,27 @@ class _Planner(_Swept):
                     f"{', '.join(site.why)}: occurrence inside a {span}-byte instruction "
                     f"sequence too short to patch ({insns}); a jmp needs {JMP_LEN} bytes and "
                     "no neighbouring straight-line instruction can join it (a branch, a "
-                    "jump target or a segment boundary is next to it)")
+                    "jump target or a segment boundary is next to it)"
+                )
 
     def _contiguous(self, first: _Insn, second: _Insn) -> bool:
-        return (first.offset is not None and second.offset is not None
-                and first.offset + len(first.raw) == second.offset)
+        return (
+            first.offset is not None
+            and second.offset is not None
+            and first.offset + len(first.raw) == second.offset
+        )
 
     def _can_prepend(self, site: _Site) -> bool:
         sweep = self.sweeps[site.region]
         if site.lo == 0:
             return False
         before, first = sweep[site.lo - 1], sweep[site.lo]
-        return (before.flow == "next" and self._contiguous(before, first)
-                and first.vaddr not in self.targets
-                and self.data_ref_in(before.vaddr, first.end) is None)
+        return (
+            before.flow == "next"
+            and self._contiguous(before, first)
+            and first.vaddr not in self.targets
+            and self.data_ref_in(before.vaddr, first.end) is None
+        )
 
     def _can_append(self, site: _Site) -> bool:
         sweep = self.sweeps[site.region]
@@ -138,9 +148,12 @@ class _Planner(_Swept):
             return False
         last, after = sweep[site.hi], sweep[site.hi + 1]
         exited = any(i.flow == "exit" for i in sweep[site.lo : site.hi + 1])
-        return ((exited or after.flow in ("next", "exit")) and self._contiguous(last, after)
-                and after.vaddr not in self.targets
-                and self.data_ref_in(after.vaddr, after.end) is None)
+        return (
+            (exited or after.flow in ("next", "exit"))
+            and self._contiguous(last, after)
+            and after.vaddr not in self.targets
+            and self.data_ref_in(after.vaddr, after.end) is None
+        )
 
     def _check(self, site: _Site) -> None:
         sweep = self.sweeps[site.region]
@@ -151,24 +164,31 @@ class _Planner(_Swept):
             if insn.flow == "data":
                 raise self.refuse(
                     f"{what} lies in bytes the disassembler cannot decode ({insn}): data in "
-                    "an executable section? There is no instruction to re-encode")
+                    "an executable section? There is no instruction to re-encode"
+                )
             if insn.flow == "branch":
                 raise self.refuse(
                     f"{what}: the occurrence involves `{insn}`, a branch whose meaning "
-                    "depends on where it is; it cannot move to a trampoline")
+                    "depends on where it is; it cannot move to a trampoline"
+                )
             if insn.offset is None:
-                raise self.refuse(f"{what}: `{insn}` is not backed by file bytes of one "
-                                  "segment, so it cannot be patched")
+                raise self.refuse(
+                    f"{what}: `{insn}` is not backed by file bytes of one "
+                    "segment, so it cannot be patched"
+                )
         target = self.target_inside(start, end)
         if target is not None:
             raise self.refuse(
                 f"{what}: {target:#x}, a possible jump target, lies strictly inside the "
                 f"range to patch [{start:#x}, {end:#x}) ({'; '.join(map(str, insns))}); "
-                "a jmp there would land in the middle of the patch")
+                "a jmp there would land in the middle of the patch"
+            )
         ref = self.data_ref_in(start, end)
         if ref is not None:
-            raise self.refuse(f"{what}: the program reads {ref:#x}, inside the range to patch "
-                              f"[{start:#x}, {end:#x}), as data")
+            raise self.refuse(
+                f"{what}: the program reads {ref:#x}, inside the range to patch "
+                f"[{start:#x}, {end:#x}), as data"
+            )
 
 
 def _merge(cores: list[_Site]) -> list[_Site]:

@@ -44,7 +44,8 @@ def check_code_size(image: ElfImage, name: str) -> None:
             f"{name}: {size / (1 << 20):.1f} MiB of executable pages, more than the "
             f"{MAX_CODE_BYTES >> 20} MiB a server in kernel space may have (loading scans "
             "and rewrites every byte)",
-            hint="run it in user space, or split it into smaller servers")
+            hint="run it in user space, or split it into smaller servers",
+        )
 
 
 @dataclass(frozen=True, slots=True)

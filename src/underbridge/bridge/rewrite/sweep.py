@@ -53,15 +53,53 @@ from underbridge.elf.image import ElfImage
 
 _MASK64 = (1 << 64) - 1
 _PORT_IO = frozenset({"in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"})
-_BRANCH_GROUPS = frozenset({CS_GRP_JUMP, CS_GRP_CALL, CS_GRP_RET, CS_GRP_IRET,
-                            CS_GRP_BRANCH_RELATIVE})
+_BRANCH_GROUPS = frozenset(
+    {CS_GRP_JUMP, CS_GRP_CALL, CS_GRP_RET, CS_GRP_IRET, CS_GRP_BRANCH_RELATIVE}
+)
 #: The mnemonics capstone puts in _BRANCH_GROUPS (see _flow), the returns among them.
 _RETURNS = frozenset({"ret", "retf", "retfq"})
-_BRANCHES = _RETURNS | frozenset({
-    "jmp", "ljmp", "call", "lcall", "jrcxz", "jecxz", "loop", "loope", "loopne", "iret",
-    "iretd", "iretq", "sysret", "sysretq", "sysexit", "sysexitq", "xbegin",
-    *(f"j{cc}" for cc in ("a", "ae", "b", "be", "e", "g", "ge", "l", "le", "ne", "no", "np",
-                          "ns", "o", "p", "s"))})
+_BRANCHES = _RETURNS | frozenset(
+    {
+        "jmp",
+        "ljmp",
+        "call",
+        "lcall",
+        "jrcxz",
+        "jecxz",
+        "loop",
+        "loope",
+        "loopne",
+        "iret",
+        "iretd",
+        "iretq",
+        "sysret",
+        "sysretq",
+        "sysexit",
+        "sysexitq",
+        "xbegin",
+        *(
+            f"j{cc}"
+            for cc in (
+                "a",
+                "ae",
+                "b",
+                "be",
+                "e",
+                "g",
+                "ge",
+                "l",
+                "le",
+                "ne",
+                "no",
+                "np",
+                "ns",
+                "o",
+                "p",
+                "s",
+            )
+        ),
+    }
+)
 _NUMBER = re.compile(r"0x[0-9a-f]+|[0-9]+")
 _HEX = re.compile(r"0x[0-9a-f]+")
 _RIP_RELATIVE = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|[0-9]+)\]")
@@ -79,8 +117,16 @@ class _Insn:
 
     __slots__ = ("_cs", "flow", "mnemonic", "offset", "op_str", "raw", "target", "vaddr")
 
-    def __init__(self, vaddr: int, raw: bytes, mnemonic: str, op_str: str, offset: int | None,
-                 flow: str, target: int | None) -> None:
+    def __init__(
+        self,
+        vaddr: int,
+        raw: bytes,
+        mnemonic: str,
+        op_str: str,
+        offset: int | None,
+        flow: str,
+        target: int | None,
+    ) -> None:
         self.vaddr, self.raw, self.mnemonic, self.op_str = vaddr, raw, mnemonic, op_str
         self.offset = offset  # file offset, if every byte is in one segment's file bytes
         self.flow, self.target = flow, target  # target: a direct branch's
@@ -145,8 +191,9 @@ class _Sweep:
         at = lite.vaddr - region.vaddr
         raw = region.code[at : at + lite.size]
         offset = _file_offset(region, self.piece_starts, lite.vaddr, lite.size)
-        flow, target = ("data", None) if lite.mnemonic == ".byte" else _flow(
-            lite.mnemonic, lite.op_str)  # .byte: capstone's skipdata, an undecodable byte
+        flow, target = (
+            ("data", None) if lite.mnemonic == ".byte" else _flow(lite.mnemonic, lite.op_str)
+        )  # .byte: capstone's skipdata, an undecodable byte
         return _Insn(lite.vaddr, raw, lite.mnemonic, lite.op_str, offset, flow, target)
 
 
@@ -164,8 +211,7 @@ def _flow(mnemonic: str, op_str: str) -> tuple[str, int | None]:
     return ("exit" if mnemonic in ("jmp", "ret") else "branch"), target
 
 
-def _file_offset(region: CodeRegion, starts: list[int], vaddr: int, length: int
-                 ) -> int | None:
+def _file_offset(region: CodeRegion, starts: list[int], vaddr: int, length: int) -> int | None:
     index = bisect_right(starts, vaddr) - 1
     if index < 0:
         return None
@@ -176,8 +222,15 @@ def _file_offset(region: CodeRegion, starts: list[int], vaddr: int, length: int
 class _Swept:
     """A program's sweeps, its identity (for refusals) and where control may arrive.
     The first layer of _Program (emit.py); _Planner (plan.py) builds on it."""
-    def __init__(self, name: str, data: bytes, image: ElfImage, io_routines: IoRoutines | None,
-                 swept: list[tuple[CodeRegion, list[Instruction]]]) -> None:
+
+    def __init__(
+        self,
+        name: str,
+        data: bytes,
+        image: ElfImage,
+        io_routines: IoRoutines | None,
+        swept: list[tuple[CodeRegion, list[Instruction]]],
+    ) -> None:
         self.name, self.data, self.image, self.io = name, data, image, io_routines
         self.regions = [region for region, _ in swept]
         self.sweeps = [_Sweep(region, lite) for region, lite in swept]
@@ -191,7 +244,8 @@ class _Swept:
     def refuse(self, problem: str, hint: str = "") -> RewriteRefused:
         return RewriteRefused(
             f"{self.name}: {problem}",
-            hint=hint or "run it in user space, or change the source so the bytes vanish")
+            hint=hint or "run it in user space, or change the source so the bytes vanish",
+        )
 
     # -- where control may arrive -----------------------------------------------------
 
@@ -213,8 +267,9 @@ class _Swept:
         targets.update(a for a in self._symbols() if self.in_code(a))
         for segment in self.image.segments:
             if not segment.executable:
-                targets.update(a for a in _aligned_words(segment.vaddr, segment.data)
-                               if self.in_code(a))
+                targets.update(
+                    a for a in _aligned_words(segment.vaddr, segment.data) if self.in_code(a)
+                )
         return targets, refs
 
     def _may_name_code(self, lite: Instruction) -> bool:
@@ -228,8 +283,7 @@ class _Swept:
             if relative is None:
                 return True  # not the usual form: let the detailed decoding tell
             disp = int(relative.group(2), 16 if relative.group(2).startswith("0x") else 10)
-            if self.in_code((lite.end + (disp if relative.group(1) == "+" else -disp))
-                            & _MASK64):
+            if self.in_code((lite.end + (disp if relative.group(1) == "+" else -disp)) & _MASK64):
                 return True
         return any(self.in_code(int(number, 16)) for number in _HEX.findall(lite.op_str))
 

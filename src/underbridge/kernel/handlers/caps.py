@@ -26,8 +26,9 @@ def sys_cap_copy(kernel: Kernel, thread: Thread, slot: int, rights_mask: int, *_
     return caps.insert(cap.derive(_mask(rights_mask)))
 
 
-def sys_cap_grant(kernel: Kernel, thread: Thread, group_slot: int, slot: int,
-                  rights_mask: int, *_: int) -> int:
+def sys_cap_grant(
+    kernel: Kernel, thread: Thread, group_slot: int, slot: int, rights_mask: int, *_: int
+) -> int:
     caps = thread.group.caps
     target = caps.lookup(group_slot, CapGroup, Rights.GRANT)
     cap = caps.get(slot)

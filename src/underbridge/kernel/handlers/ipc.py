@@ -26,8 +26,9 @@ IPC_WINDOW = 0x5000_0000_0000
 IPC_SLOT_SPACING = 64 * 1024
 
 
-def sys_ipc_register(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int,
-                     handler: int, *_: int) -> int:
+def sys_ipc_register(
+    kernel: Kernel, thread: Thread, name_ptr: int, name_len: int, handler: int, *_: int
+) -> int:
     name = read_name(kernel, thread, name_ptr, name_len)
     if name in kernel.services:
         raise SyscallError(Errno.EEXIST, f"service {name!r} exists")
@@ -37,8 +38,7 @@ def sys_ipc_register(kernel: Kernel, thread: Thread, name_ptr: int, name_len: in
     return thread.group.caps.insert(Cap(service, Rights.RECV))
 
 
-def sys_ipc_connect(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int,
-                    *_: int) -> int:
+def sys_ipc_connect(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int, *_: int) -> int:
     name = read_name(kernel, thread, name_ptr, name_len)
     service = kernel.services.get(name)
     if service is None or not service.alive:
@@ -65,15 +65,24 @@ def sys_ipc_connect(kernel: Kernel, thread: Thread, name_ptr: int, name_len: int
     return slot
 
 
-def sys_ipc_call(kernel: Kernel, thread: Thread, conn_slot: int, mr0: int, mr1: int, mr2: int,
-                 mr3: int, *_: int) -> None:
+def sys_ipc_call(
+    kernel: Kernel, thread: Thread, conn_slot: int, mr0: int, mr1: int, mr2: int, mr3: int, *_: int
+) -> None:
     conn = thread.group.caps.lookup(conn_slot, Connection, Rights.CALL)
     if not conn.service.alive:
         raise SyscallError(Errno.EPIPE, f"service {conn.service.name!r} is gone")
     kernel.ipc.call(kernel, thread, conn, (mr0, mr1, mr2, mr3))
 
 
-def sys_ipc_reply_wait(kernel: Kernel, thread: Thread, service_slot: int, mr0: int, mr1: int,
-                       mr2: int, mr3: int, *_: int) -> None:
+def sys_ipc_reply_wait(
+    kernel: Kernel,
+    thread: Thread,
+    service_slot: int,
+    mr0: int,
+    mr1: int,
+    mr2: int,
+    mr3: int,
+    *_: int,
+) -> None:
     service = thread.group.caps.lookup(service_slot, Service, Rights.RECV)
     kernel.ipc.reply_wait(kernel, thread, service, (mr0, mr1, mr2, mr3))

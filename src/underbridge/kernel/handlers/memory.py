@@ -25,8 +25,7 @@ def sys_pmo_create(kernel: Kernel, thread: Thread, size: int, *_: int) -> int:
     return thread.group.caps.insert(Cap(pmo, Rights.READ | Rights.WRITE | Rights.GRANT))
 
 
-def sys_pmo_map(kernel: Kernel, thread: Thread, slot: int, vaddr: int, prot: int,
-                *_: int) -> int:
+def sys_pmo_map(kernel: Kernel, thread: Thread, slot: int, vaddr: int, prot: int, *_: int) -> int:
     if not prot or prot & ~int(Prot.READ | Prot.WRITE):
         raise SyscallError(Errno.EINVAL, f"bad protection {prot:#x}")
     needs = Rights.READ | (Rights.WRITE if prot & Prot.WRITE else Rights(0))

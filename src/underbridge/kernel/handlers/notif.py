@@ -16,8 +16,7 @@ if TYPE_CHECKING:
 def sys_notif_create(kernel: Kernel, thread: Thread, *_: int) -> int:
     notification = Notification()
     thread.group.owned.append(notification)
-    return thread.group.caps.insert(Cap(notification, Rights.SIGNAL | Rights.WAIT
-                                        | Rights.GRANT))
+    return thread.group.caps.insert(Cap(notification, Rights.SIGNAL | Rights.WAIT | Rights.GRANT))
 
 
 def sys_notif_signal(kernel: Kernel, thread: Thread, slot: int, *_: int) -> int:

@@ -37,8 +37,7 @@ def port_access(group: CapGroup, port: int, value: int, write: bool) -> int:
     return FLOATING_BUS
 
 
-def sys_port_io(kernel: Kernel, thread: Thread, port: int, value: int, write: int,
-                *_: int) -> int:
+def sys_port_io(kernel: Kernel, thread: Thread, port: int, value: int, write: int, *_: int) -> int:
     return port_access(thread.group, port, value, bool(write))
 
 

@@ -55,12 +55,10 @@ class IpcDesign(Protocol):
         generic for IPC_CALL and IPC_REPLY_WAIT).
         """
 
-    def reply_wait(self, kernel: Kernel, server: Thread, service: Service,
-                   reply: Message) -> None:
+    def reply_wait(self, kernel: Kernel, server: Thread, service: Service, reply: Message) -> None:
         """Reply to the server thread's last caller, then take or wait for the next call."""
 
-    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]
-                 ) -> bool:
+    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]) -> bool:
         """Take IPC_CALL or IPC_REPLY_WAIT (`number`, raw syscall `args`) in its common case
         without dispatch: True if it did, with the same effects and charges as the slow
         path (dispatch, then `call` or `reply_wait`); False, having changed nothing, if
@@ -84,8 +82,9 @@ class IpcDesign(Protocol):
 class DomainPlacement(Protocol):
     """Servers in kernel space, each in an execution domain (the optional part)."""
 
-    def admit(self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
-              ) -> tuple[Domain, int, bytes]:
+    def admit(
+        self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
+    ) -> tuple[Domain, int, bytes]:
         """Place a server (its ELF file, linked at `base`) in kernel space: its domain,
         stack top, and the binary to map (rewritten, if the design deprivileges it).
         UserError if it cannot be made safe."""
@@ -123,11 +122,13 @@ class NoDomains:
     def __init__(self, design: str) -> None:
         self._design = design
 
-    def admit(self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
-              ) -> tuple[Domain, int, bytes]:
-        raise UserError(f"the {self._design} design cannot place {name} in kernel space",
-                        hint="in-kernel servers need a design with execution domains, "
-                             "e.g. --mode underbridge")
+    def admit(
+        self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
+    ) -> tuple[Domain, int, bytes]:
+        raise UserError(
+            f"the {self._design} design cannot place {name} in kernel space",
+            hint="in-kernel servers need a design with execution domains, e.g. --mode underbridge",
+        )
 
     def refuse(self, domain: Domain) -> None:
         """Nothing was admitted."""

@@ -58,8 +58,9 @@ class DomainState:
 
 def _outside_region(image: ElfImage, base: int) -> Segment | None:
     """A segment not inside [base, base + REGION_SIZE / 2), if any."""
-    return next((s for s in image.segments
-                 if s.vaddr < base or s.end > base + ks.REGION_SIZE // 2), None)
+    return next(
+        (s for s in image.segments if s.vaddr < base or s.end > base + ks.REGION_SIZE // 2), None
+    )
 
 
 class Domains:
@@ -84,9 +85,14 @@ class Domains:
 
     # -- admission --------------------------------------------------------------------
 
-    def admit(self, name: str, base: int, elf: bytes, *,
-              io_routines: Callable[[], iocall.IoRoutines] | None
-              ) -> tuple[Domain, int, bytes]:
+    def admit(
+        self,
+        name: str,
+        base: int,
+        elf: bytes,
+        *,
+        io_routines: Callable[[], iocall.IoRoutines] | None,
+    ) -> tuple[Domain, int, bytes]:
         """A new in-kernel server: its domain, its initial stack top, the binary to map.
 
         Loading is scan, rewrite, verify (privilege deprivation):
@@ -108,21 +114,28 @@ class Domains:
         through (no wrpkru split across two images).
         """
         if base % ks.REGION_SIZE or base + ks.REGION_SIZE > ks.LOW_LIMIT:
-            raise ElfError(f"{name} is linked at {base:#x}, but in-kernel servers are linked at "
-                           f"{ks.REGION_SIZE:#x}-aligned bases below {ks.LOW_LIMIT:#x}")
+            raise ElfError(
+                f"{name} is linked at {base:#x}, but in-kernel servers are linked at "
+                f"{ks.REGION_SIZE:#x}-aligned bases below {ks.LOW_LIMIT:#x}"
+            )
         owner = next((s.group.name for s in self._states.values() if s.base == base), None)
         if owner is not None:
-            raise UserError(f"{name} is linked at {base:#x}, the region of {owner}, which is "
-                            "in kernel space already", hint="link each in-kernel server at "
-                            f"its own {ks.REGION_SIZE:#x}-aligned base")
+            raise UserError(
+                f"{name} is linked at {base:#x}, the region of {owner}, which is "
+                "in kernel space already",
+                hint=f"link each in-kernel server at its own {ks.REGION_SIZE:#x}-aligned base",
+            )
         image = parse_elf(elf, name=name)
         check_code_size(image, name)
         outside = _outside_region(image, base)
         if outside is not None:
-            raise UserError(f"{name}: its segment at {outside.vaddr:#x} lies outside "
-                            f"[{base:#x}, {base + ks.REGION_SIZE // 2:#x}), the lower half of "
-                            "its kernel-space region", hint="link it at one base, as "
-                            "underbridge's toolchain does, or run it in user space")
+            raise UserError(
+                f"{name}: its segment at {outside.vaddr:#x} lies outside "
+                f"[{base:#x}, {base + ks.REGION_SIZE // 2:#x}), the lower half of "
+                "its kernel-space region",
+                hint="link it at one base, as "
+                "underbridge's toolchain does, or run it in user space",
+            )
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
         try:
             elf = self._deprivileged(name, base, elf, io_routines)
@@ -131,20 +144,25 @@ class Domains:
             raise
         return domain, base + ks.REGION_SIZE - PAGE_SIZE, elf
 
-    def _deprivileged(self, name: str, base: int, elf: bytes,
-                      io_routines: Callable[[], iocall.IoRoutines] | None) -> bytes:
+    def _deprivileged(
+        self, name: str, base: int, elf: bytes, io_routines: Callable[[], iocall.IoRoutines] | None
+    ) -> bytes:
         # Cached by content (bridge/admission.py): the same binary is rewritten once. The
         # rewritten binary is kept unless its trampolines do not fit the region.
         elf, pkru_writers = admission.vet(
-            elf, name=name, io_routines=io_routines and io_routines(),
+            elf,
+            name=name,
+            io_routines=io_routines and io_routines(),
             rewrite=io_routines is not None,
             base=base,
-            fits=lambda data: _outside_region(parse_elf(data, name=name), base) is None)
+            fits=lambda data: _outside_region(parse_elf(data, name=name), base) is None,
+        )
         if pkru_writers:
             found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in pkru_writers[:5])
-            raise UserError(f"{name} cannot run in kernel space: its code can change PKRU "
-                            f"({found})", hint="underbridge scan shows every occurrence; "
-                            "run it in user space instead")
+            raise UserError(
+                f"{name} cannot run in kernel space: its code can change PKRU ({found})",
+                hint="underbridge scan shows every occurrence; run it in user space instead",
+            )
         return elf
 
     def refuse(self, domain: Domain) -> None:
@@ -203,5 +221,9 @@ class Domains:
         state.reusable.setdefault(count, []).append(low)
 
     def ring0_threads(self) -> list[Thread]:
-        return [thread for state in self._states.values() for thread in state.group.threads
-                if thread.alive]
+        return [
+            thread
+            for state in self._states.values()
+            for thread in state.group.threads
+            if thread.alive
+        ]

@@ -74,8 +74,9 @@ def path(machine: Machine, calls: Iterable[Call], tid: int, own: Party | None) -
     say in which order its two calls into that domain were made; the one through the
     lower gate slot is taken first. Both lead to the same current position.
     """
-    pending = sorted((call for call in calls if caller_of(machine, call) == tid),
-                     key=lambda call: call.slot)
+    pending = sorted(
+        (call for call in calls if caller_of(machine, call) == tid), key=lambda call: call.slot
+    )
     taken: list[Call] = []
     here = own
     while (step := next((c for c in pending if c.client is here), None)) is not None:
@@ -90,8 +91,9 @@ def position(calls: list[Call], own: Party | None) -> Party | None:
     return calls[-1].server if calls else own
 
 
-def culprit(calls: list[Call], own: Party | None, pkru: int, in_gate: bool,
-            parties: Iterable[Party]) -> Party | None:
+def culprit(
+    calls: list[Call], own: Party | None, pkru: int, in_gate: bool, parties: Iterable[Party]
+) -> Party | None:
     """Whose fault is a fault of a thread with this path, this PKRU, in gate code or not?
 
     The domain the thread legitimately runs in, if its PKRU agrees or it faulted inside a

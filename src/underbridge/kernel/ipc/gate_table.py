@@ -71,19 +71,22 @@ class Gates:
 
     # -- opening ----------------------------------------------------------------------
 
-    def open(self, kernel: Kernel, conn: Connection, client: DomainState | None,
-             server: DomainState) -> GateState:
+    def open(
+        self, kernel: Kernel, conn: Connection, client: DomainState | None, server: DomainState
+    ) -> GateState:
         """The gate of a new connection to an in-kernel server, with its key and pages."""
         key = self._domains.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
         slot = self._take_slot()
         try:
             # The buffer: once on the kernel page table under the shared key, and in
             # an application client's own page table; neither party can unmap it.
-            server.group.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr,
-                                         Prot.READ | Prot.WRITE, pkey=key, pinned=True)
+            server.group.vmspace.map_pmo(
+                conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE, pkey=key, pinned=True
+            )
             if client is None:
-                conn.client.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr,
-                                            Prot.READ | Prot.WRITE, pinned=True)
+                conn.client.vmspace.map_pmo(
+                    conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE, pinned=True
+                )
             state = self._build(kernel, conn, slot, key, client, server)
         except BaseException:
             self._domains.keys.release(key)
@@ -102,8 +105,15 @@ class Gates:
         self._next_slot += 1
         return self._next_slot - 1
 
-    def _build(self, kernel: Kernel, conn: Connection, slot: int, key: int,
-               client: DomainState | None, server: DomainState) -> GateState:
+    def _build(
+        self,
+        kernel: Kernel,
+        conn: Connection,
+        slot: int,
+        key: int,
+        client: DomainState | None,
+        server: DomainState,
+    ) -> GateState:
         """The connection's pages, all or nothing: ENOMEM leaves none of them behind."""
         gate_at = ks.GATE_WINDOW + slot * PAGE_SIZE
         control = ks.CONTROL_WINDOW + slot * PAGE_SIZE
@@ -116,8 +126,7 @@ class Gates:
             pages.append(control)
             if client is None:
                 save_area = ks.KERNEL_SAVE_WINDOW + slot * PAGE_SIZE
-                ks.map_page(kernel, save_area, PageFlags(user=True, writable=True,
-                                                         pkey=KERNEL_KEY))
+                ks.map_page(kernel, save_area, PageFlags(user=True, writable=True, pkey=KERNEL_KEY))
                 pages.append(save_area)
             else:
                 save_area = self._domains.take_pages(kernel, client, 1)
@@ -131,14 +140,25 @@ class Gates:
             if isinstance(error, SyscallError):
                 raise
             raise SyscallError(Errno.ENOMEM, f"no memory for a connection: {error}") from error
-        return GateState(conn, slot, key, gate_at, control, save_area,
-                         stack_low + ks.CALL_STACK_PAGES * PAGE_SIZE, client, server, pages,
-                         borrowed)
+        return GateState(
+            conn,
+            slot,
+            key,
+            gate_at,
+            control,
+            save_area,
+            stack_low + ks.CALL_STACK_PAGES * PAGE_SIZE,
+            client,
+            server,
+            pages,
+            borrowed,
+        )
 
     # -- keys and code ----------------------------------------------------------------
 
-    def share_key(self, kernel: Kernel, parties: list[DomainState | None], key: int, *,
-                  add: bool) -> None:
+    def share_key(
+        self, kernel: Kernel, parties: list[DomainState | None], key: int, *, add: bool
+    ) -> None:
         """Open (or close) a shared key in the parties' domains.
 
         A domain's PKRU changes, so every thread executing that domain's code follows:
@@ -162,11 +182,17 @@ class Gates:
 
     def _emit(self, kernel: Kernel, state: GateState) -> None:
         spec = gates.GateSpec(
-            address=state.address, client_pkru=state.caller_pkru,
-            server_pkru=state.server.pkru, save_area=state.save_area,
-            control=state.control, stack_top=state.stack_top,
-            handler=state.conn.service.handler, badge=state.conn.badge,
-            buffer=state.conn.buffer_vaddr, current_thread=ks.CURRENT_THREAD_PAGE)
+            address=state.address,
+            client_pkru=state.caller_pkru,
+            server_pkru=state.server.pkru,
+            save_area=state.save_area,
+            control=state.control,
+            stack_top=state.stack_top,
+            handler=state.conn.service.handler,
+            badge=state.conn.badge,
+            buffer=state.conn.buffer_vaddr,
+            current_thread=ks.CURRENT_THREAD_PAGE,
+        )
         self._write_page(kernel, state.address, gates.generate(spec))
 
     def _write_page(self, kernel: Kernel, address: int, code: bytes) -> None:

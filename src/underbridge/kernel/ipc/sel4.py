@@ -63,7 +63,8 @@ class Sel4Ipc:
         self.traits = Traits(
             servers_in_kernel=False,
             syscall_entry_exit=KPTI_ENTRY_EXIT if kpti else ENTRY_EXIT,
-            address_space_switch=None if kpti else ADDRESS_SPACE_SWITCH)
+            address_space_switch=None if kpti else ADDRESS_SPACE_SWITCH,
+        )
         self._call_path = self._path_charges("sel4_fastpath_call")
         self._reply_wait_path = self._path_charges("sel4_fastpath_replyrecv")
 
@@ -79,8 +80,7 @@ class Sel4Ipc:
 
     # -- the fast path --------------------------------------------------------------
 
-    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]
-                 ) -> bool:
+    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]) -> bool:
         """IPC_CALL or IPC_REPLY_WAIT in its common case, checked first, then committed
         (seL4's fastpath); False when a check fails, having changed nothing, so the
         slow path (dispatch, handlers/ipc.py, `call`/`reply_wait`) takes the syscall.
@@ -115,8 +115,13 @@ class Sel4Ipc:
         is pending: the server waits, and the caller runs."""
         service = server.group.caps.peek(args[0], Service, _RECV)
         caller = server.reply_to
-        if (service is None or service.pending or caller is None or not caller.alive
-                or caller.state is not ThreadState.BLOCKED):
+        if (
+            service is None
+            or service.pending
+            or caller is None
+            or not caller.alive
+            or caller.state is not ThreadState.BLOCKED
+        ):
             return False
         kernel.machine.charge_all(self._reply_wait_path)
         server.reply_to = None
@@ -140,8 +145,7 @@ class Sel4Ipc:
         else:
             service.pending.append((client, conn, msg))
 
-    def reply_wait(self, kernel: Kernel, server: Thread, service: Service,
-                   reply: Message) -> None:
+    def reply_wait(self, kernel: Kernel, server: Thread, service: Service, reply: Message) -> None:
         kernel.machine.charge_all(self._reply_wait_path)
         caller, server.reply_to = server.reply_to, None
         replied = caller is not None and caller.alive and caller.state is ThreadState.BLOCKED

@@ -45,7 +45,6 @@ kernel_space.py (the windows and the kernel's own pages). This module routes eac
 operation by where the server runs, and decides who is to blame for a fault.
 """
 
-
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -79,8 +78,11 @@ _APP_CALL_EXIT = Charges.of("cr3_write", "sysret")
 
 class UnderbridgeIpc:
     name = "underbridge"
-    traits = Traits(servers_in_kernel=True, syscall_entry_exit=ENTRY_EXIT,
-                    address_space_switch=ADDRESS_SPACE_SWITCH)
+    traits = Traits(
+        servers_in_kernel=True,
+        syscall_entry_exit=ENTRY_EXIT,
+        address_space_switch=ADDRESS_SPACE_SWITCH,
+    )
 
     def __init__(self) -> None:
         self.placement = self  # this design places servers in kernel space (DomainPlacement)
@@ -112,8 +114,9 @@ class UnderbridgeIpc:
 
     # -- placement (DomainPlacement) ----------------------------------------------------
 
-    def admit(self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
-              ) -> tuple[Domain, int, bytes]:
+    def admit(
+        self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
+    ) -> tuple[Domain, int, bytes]:
         """domains.Domains.admit; rewrite=False keeps the binary as built (still verified)."""
         routines = (lambda: self.io_routines(kernel)) if rewrite else None
         return self._domains.admit(name, base, elf, io_routines=routines)
@@ -169,8 +172,7 @@ class UnderbridgeIpc:
 
     # -- calls ----------------------------------------------------------------------
 
-    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]
-                 ) -> bool:
+    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]) -> bool:
         """An application's IPC_CALL to an in-kernel server, checked first, then committed;
         False when a check fails, having changed nothing (the slow path then takes it).
         Calls to user-space servers and REPLY_WAIT of user-space servers take the seL4
@@ -196,8 +198,7 @@ class UnderbridgeIpc:
         else:
             self._app_call(kernel, client, state, msg)
 
-    def _app_call(self, kernel: Kernel, client: Thread, state: GateState, msg: Message
-                  ) -> None:
+    def _app_call(self, kernel: Kernel, client: Thread, state: GateState, msg: Message) -> None:
         """An application's call to an in-kernel server: the kernel calls the gate."""
         machine = kernel.machine
         machine.charge_all(_APP_CALL_ENTRY)
@@ -205,8 +206,7 @@ class UnderbridgeIpc:
         machine.charge_all(_APP_CALL_EXIT)
         client.context.set_registers(REPLY, (status, *reply))
 
-    def reply_wait(self, kernel: Kernel, server: Thread, service: Service,
-                   reply: Message) -> None:
+    def reply_wait(self, kernel: Kernel, server: Thread, service: Service, reply: Message) -> None:
         """An in-kernel server's service is passive: its thread waits for good, and
         callers run its handler through gates."""
         if service.server not in self._domains:
@@ -239,8 +239,12 @@ class UnderbridgeIpc:
         upcall = self._calls.current
         if upcall is not None and upcall.tid == tid:
             return [(None, upcall.context)]
-        return [(state, thread.context) for state in self._domains
-                for thread in state.group.threads if thread.tid == tid and thread.alive]
+        return [
+            (state, thread.context)
+            for state in self._domains
+            for thread in state.group.threads
+            if thread.tid == tid and thread.alive
+        ]
 
     def code_owner(self, kernel: Kernel, thread: Thread) -> CapGroup:
         """The cap group whose code `thread` runs, to blame for its fault and whose rights
@@ -250,12 +254,12 @@ class UnderbridgeIpc:
             return thread.group
         return self._culprit(kernel, thread.tid, own, thread.context) or thread.group
 
-    def _upcall_culprit(self, kernel: Kernel, tid: int, context: CpuContext
-                        ) -> CapGroup | None:
+    def _upcall_culprit(self, kernel: Kernel, tid: int, context: CpuContext) -> CapGroup | None:
         return self._culprit(kernel, tid, None, context)
 
-    def _culprit(self, kernel: Kernel, tid: int, own: DomainState | None,
-                 context: CpuContext) -> CapGroup | None:
+    def _culprit(
+        self, kernel: Kernel, tid: int, own: DomainState | None, context: CpuContext
+    ) -> CapGroup | None:
         route = path(kernel.machine, self._gates, tid, own)
         party = culprit(route, own, context.pkru, ks.in_gate(context.rip), self._domains)
         return None if party is None else party.group
@@ -264,5 +268,7 @@ class UnderbridgeIpc:
 def raise_invalid_handler(conn: Connection) -> None:
     from underbridge.errors import SyscallError
 
-    raise SyscallError(Errno.EINVAL, f"{conn.service.name}'s handler "
-                       f"{conn.service.handler:#x} is not in its server's region")
+    raise SyscallError(
+        Errno.EINVAL,
+        f"{conn.service.name}'s handler {conn.service.handler:#x} is not in its server's region",
+    )

@@ -57,16 +57,16 @@ class Upcall:
 class KernelCalls:
     """The kernel's gate calls, one at a time."""
 
-    def __init__(self, pages: ks.KernelPages, culprit: Culprit, domain_count: Callable[[], int]
-                 ) -> None:
+    def __init__(
+        self, pages: ks.KernelPages, culprit: Culprit, domain_count: Callable[[], int]
+    ) -> None:
         self._pages = pages
         self._culprit = culprit
         self._domain_count = domain_count
         self.current: Upcall | None = None
         self._context: CpuContext | None = None  # reused by every call
 
-    def call(self, kernel: Kernel, tid: int, state: GateState, msg: Message
-             ) -> tuple[int, Message]:
+    def call(self, kernel: Kernel, tid: int, state: GateState, msg: Message) -> tuple[int, Message]:
         """Call a gate for application thread `tid`; run the server's handler (and
         whatever it calls) to completion. The status (RAX, signed) and the reply."""
         if self.current is not None:
@@ -96,16 +96,25 @@ class KernelCalls:
         machine = kernel.machine
         rsp = ks.KERNEL_CALL_STACK + PAGE_SIZE - 8
         if self._context is None:
-            self._context = machine.new_context(ring=0, page_table=machine.kernel_space,
-                                                rip=state.address, rsp=rsp,
-                                                pkru=state.caller_pkru)
+            self._context = machine.new_context(
+                ring=0,
+                page_table=machine.kernel_space,
+                rip=state.address,
+                rsp=rsp,
+                pkru=state.caller_pkru,
+            )
             return self._context
-        return machine.reset_context(self._context, ring=0, page_table=machine.kernel_space,
-                                     rip=state.address, rsp=rsp, pkru=state.caller_pkru)
+        return machine.reset_context(
+            self._context,
+            ring=0,
+            page_table=machine.kernel_space,
+            rip=state.address,
+            rsp=rsp,
+            pkru=state.caller_pkru,
+        )
 
     def _slice(self, kernel: Kernel, context: CpuContext) -> None:
-        result = kernel.machine.run(context, budget=kernel.sched.quantum,
-                                    stop_at=ks.KERNEL_RETURN)
+        result = kernel.machine.run(context, budget=kernel.sched.quantum, stop_at=ks.KERNEL_RETURN)
         if result.kind is ExitKind.SYSCALL:
             context[Reg.RAX] = _EDEADLK
         elif result.kind in (ExitKind.FAULT, ExitKind.HALTED):

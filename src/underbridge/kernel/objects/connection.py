@@ -47,8 +47,9 @@ class Service(KernelObject):
 class Connection(KernelObject):
     obj_type = ObjType.CONNECTION
 
-    def __init__(self, service: Service, client: CapGroup, badge: int, buffer: Pmo,
-                 buffer_vaddr: int) -> None:
+    def __init__(
+        self, service: Service, client: CapGroup, badge: int, buffer: Pmo, buffer_vaddr: int
+    ) -> None:
         super().__init__()
         self.service = service
         self.client = client

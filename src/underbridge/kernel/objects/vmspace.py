@@ -39,8 +39,7 @@ class PmoMapping:
 
 
 class VmSpace:
-    def __init__(self, machine: Machine, *, table: PageTable | None = None, pkey: int = 0
-                 ) -> None:
+    def __init__(self, machine: Machine, *, table: PageTable | None = None, pkey: int = 0) -> None:
         self.machine = machine
         self.owns_table = table is None
         self.table = machine.new_page_table() if table is None else table
@@ -68,8 +67,7 @@ class VmSpace:
         fails for want of a page-table frame.
         """
         self.private_frames.append(frame)
-        self.table.map(vaddr, frame, PageFlags(flags.writable, True, flags.executable,
-                                               self.pkey))
+        self.table.map(vaddr, frame, PageFlags(flags.writable, True, flags.executable, self.pkey))
         self.private_pages.append(vaddr)
 
     def map_anonymous(self, vaddr: int, pages: int) -> None:
@@ -103,19 +101,23 @@ class VmSpace:
         """PMO_MAP: like map_pmo, but only inside the guest's own window."""
         low, high = self.guest_window
         if not (low <= vaddr and vaddr + pmo.size <= high):
-            raise SyscallError(Errno.EINVAL, f"{vaddr:#x} is outside this cap group's "
-                                             f"mapping window [{low:#x}, {high:#x})")
+            raise SyscallError(
+                Errno.EINVAL,
+                f"{vaddr:#x} is outside this cap group's mapping window [{low:#x}, {high:#x})",
+            )
         self.map_pmo(pmo, vaddr, prot)
 
-    def map_pmo(self, pmo: Pmo, vaddr: int, prot: Prot, *, pkey: int | None = None,
-                pinned: bool = False) -> None:
+    def map_pmo(
+        self, pmo: Pmo, vaddr: int, prot: Prot, *, pkey: int | None = None, pinned: bool = False
+    ) -> None:
         """Map the whole PMO at vaddr, tagged with this space's key unless told another.
 
         pinned: the mapping is the kernel's (a connection's buffer), not the guest's to
         unmap."""
         self._check_range(vaddr, pmo.size)
-        flags = PageFlags(writable=bool(prot & Prot.WRITE), user=True,
-                          pkey=self.pkey if pkey is None else pkey)
+        flags = PageFlags(
+            writable=bool(prot & Prot.WRITE), user=True, pkey=self.pkey if pkey is None else pkey
+        )
         mapped = 0
         try:
             for frame in pmo.frames:
@@ -132,8 +134,10 @@ class VmSpace:
         """PMO_UNMAP: like unmap_pmo, but never a mapping the kernel pinned."""
         mapping = self.pmo_mappings.get(vaddr)
         if mapping is not None and mapping.pinned:
-            raise SyscallError(Errno.EPERM, f"the memory object at {vaddr:#x} is a "
-                                            "connection's buffer, mapped by the kernel")
+            raise SyscallError(
+                Errno.EPERM,
+                f"the memory object at {vaddr:#x} is a connection's buffer, mapped by the kernel",
+            )
         self.unmap_pmo(vaddr)
 
     def unmap_pmo(self, vaddr: int) -> None:
