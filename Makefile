@@ -11,6 +11,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/pytest -n 2 -q
 
 lint: $(STAMP)
