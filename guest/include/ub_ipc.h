@@ -56,7 +56,8 @@ static inline long ub_ipc_call(const struct ub_conn *conn, long mr[4])
     long ret;
     if (conn->gate) {
         /* The gate's convention (bridge/gate.py): mr in RSI/RDI/R8/R9 both ways;
-         * it preserves RBX, RBP, R12-R15 and RSP and zeroes R10/R11. */
+         * it preserves RBX, RBP, R12-R15 and RSP and zeroes R10/R11. The layout is
+         * abi/message.py's; tests/abi/test_message_layout.py checks this code. */
         register long rsi __asm__("rsi") = mr[0];
         register long rdi __asm__("rdi") = mr[1];
         register long r8 __asm__("r8") = mr[2];
@@ -73,7 +74,7 @@ static inline long ub_ipc_call(const struct ub_conn *conn, long mr[4])
         mr[3] = r9;
         return 0;
     }
-    /* IPC_CALL: mr in RSI/RDX/R10/R8 both ways. */
+    /* IPC_CALL: mr in RSI/RDX/R10/R8 both ways (abi/message.py SENT, REPLIED). */
     long rsi = mr[0];
     long rdx = mr[1];
     register long r10 __asm__("r10") = mr[2];

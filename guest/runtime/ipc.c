@@ -31,7 +31,8 @@ static long sys_ipc_connect(const char *name, unsigned long len, void **buf,
 }
 
 
-/* The request a REPLY_WAIT brings back: RDI badge, RSI buffer, RDX/R10/R8/R9 mr. */
+/* The request a REPLY_WAIT brings back: RDI badge, RSI buffer, RDX/R10/R8/R9 mr
+ * (abi/message.py DELIVERED; tests/abi/test_message_layout.py checks it). */
 static long sys_ipc_reply_wait(long service, struct ub_msg *msg)
 {
     long ret;

@@ -13,7 +13,8 @@ The interface has three parts:
   - `DomainPlacement`, the optional part of a design that places servers in kernel
     space, in execution domains (UnderBridge). A design without it has `placement = None`,
     and the kernel uses `NoDomains` in its place.
-A new design is one module implementing `IpcDesign`, plus one line in registry.py.
+A new design is one module implementing `IpcDesign`, plus one line in registry.py. The
+message's registers on every leg are abi/message.py's, shared with the guest library.
 """
 
 from __future__ import annotations

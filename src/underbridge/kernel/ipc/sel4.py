@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.message import DELIVERY, REPLY
 from underbridge.abi.syscalls import Errno, Prot, Rights, Sys
 from underbridge.kernel.ipc import Traits
-from underbridge.kernel.ipc.message import DELIVERY, REPLY
 from underbridge.kernel.objects.connection import Connection, Message, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.machine.accounting import Charges

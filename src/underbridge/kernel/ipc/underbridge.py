@@ -49,13 +49,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.message import REPLY
 from underbridge.abi.syscalls import Errno, Rights, Sys
 from underbridge.kernel.ipc import Traits
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.domains import Domains, DomainState
 from underbridge.kernel.ipc.gate_calls import caller_of, clear, culprit, path, unwind
 from underbridge.kernel.ipc.gate_table import Gates, GateState
-from underbridge.kernel.ipc.message import REPLY
 from underbridge.kernel.ipc.sel4 import ADDRESS_SPACE_SWITCH, ENTRY_EXIT, Sel4Ipc
 from underbridge.kernel.ipc.upcall import KernelCalls
 from underbridge.kernel.objects.connection import Connection, Message, Service

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from underbridge.abi.message import GATE_MESSAGE
 from underbridge.abi.syscalls import Errno
 from underbridge.errors import KernelBug
 from underbridge.kernel.ipc import kernel_space as ks
-from underbridge.kernel.ipc.message import GATE_MESSAGE
 from underbridge.machine.context import CpuContext, Reg
 from underbridge.machine.cpu import ExitKind
 from underbridge.machine.physmem import PAGE_SIZE

@@ -1,7 +1,8 @@
 """The one register layout of an IPC message (four words, mr0..mr3), for every design.
 
 Where the words travel on each leg of a call; the guest IPC library
-(guest/include/ub_ipc.h) uses the same registers, and a test checks that it does:
+(guest/include/ub_ipc.h, guest/runtime/ipc.c) and the gate template (bridge/gate.py) use
+the same registers, and tests/abi/test_message_layout.py checks that they do:
   - IPC_CALL and IPC_REPLY_WAIT take a capability slot in RDI and the message in the
     next syscall argument registers (`SENT`): args[1:5] of the syscall;
   - IPC_REPLY_WAIT returns a call to the server as RAX = 0, RDI = the connection's
