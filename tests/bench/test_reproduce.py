@@ -131,27 +131,40 @@ def test_new_designs_need_no_change(tmp_path, monkeypatch):
     assert result.plot_path.read_bytes().startswith(PNG_MAGIC)
 
 
-def test_cli_quick_json_and_table(tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(
-        main, ["reproduce", "--quick", "--json", "--out", str(tmp_path)], catch_exceptions=False
-    )
-    assert result.exit_code == 0
-    report = json.loads(result.stdout)
-    assert report["ipc"]["rounds"] == reproduce.QUICK_ROUNDS
-    assert report["ipc"] == json.loads((tmp_path / reproduce.JSON_NAME).read_text())
-    assert (tmp_path / reproduce.PLOT_NAME).read_bytes().startswith(PNG_MAGIC)
-    assert report["ycsb"]["records"] == reproduce_ycsb.QUICK_RECORDS
-    assert report["ycsb"] == json.loads((tmp_path / reproduce_ycsb.JSON_NAME).read_text())
-    assert (tmp_path / reproduce_ycsb.PLOT_NAME).read_bytes().startswith(PNG_MAGIC)
-    shown = runner.invoke(
-        main, ["reproduce", "--quick", "--out", str(tmp_path / "again")], catch_exceptions=False
+def test_cli_quick_writes_and_shows_every_table(tmp_path):
+    """`make run`'s command, run once: its tables, and the files they come from."""
+    shown = CliRunner().invoke(
+        main, ["reproduce", "--quick", "--out", str(tmp_path)], catch_exceptions=False
     )
     assert shown.exit_code == 0
     assert "published figures" in shown.stdout and "paper cycles" in shown.stdout
     assert "SQLite under YCSB-A" in shown.stdout and "speedup over" in shown.stdout
     assert "where an operation's simulated cycles go" in shown.stdout
     assert "…" not in shown.stdout  # every figure fits in 80 columns, none cut short
+    assert json.loads((tmp_path / reproduce.JSON_NAME).read_text())["rounds"] == (
+        reproduce.QUICK_ROUNDS
+    )
+    assert json.loads((tmp_path / reproduce_ycsb.JSON_NAME).read_text())["records"] == (
+        reproduce_ycsb.QUICK_RECORDS
+    )
+    for plot in (reproduce.PLOT_NAME, reproduce_ycsb.PLOT_NAME):
+        assert (tmp_path / plot).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_cli_json_prints_what_it_writes(tmp_path, monkeypatch):
+    """--json: the same reports on stdout as in the files (at a smaller size: the
+    quick run itself is the test above)."""
+    monkeypatch.setattr(reproduce, "QUICK_ROUNDS", 3)
+    monkeypatch.setattr(reproduce_ycsb, "QUICK_RECORDS", 5)
+    monkeypatch.setattr(reproduce_ycsb, "QUICK_OPS", 5)
+    result = CliRunner().invoke(
+        main, ["reproduce", "--quick", "--json", "--out", str(tmp_path)], catch_exceptions=False
+    )
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["ipc"]["rounds"] == 3 and report["ycsb"]["records"] == 5
+    assert report["ipc"] == json.loads((tmp_path / reproduce.JSON_NAME).read_text())
+    assert report["ycsb"] == json.loads((tmp_path / reproduce_ycsb.JSON_NAME).read_text())
 
 
 def test_ycsb_reproduction_compares_every_mode_with_sel4(tmp_path):
