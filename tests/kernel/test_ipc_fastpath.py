@@ -76,18 +76,11 @@ def test_fast_and_slow_paths_count_the_same(mode, path, monkeypatch):
 
 
 @pytest.fixture
-def kernel():
-    return Kernel(Machine())
-
-
-@pytest.fixture
-def server(kernel, hello_elf):
-    return Guest(kernel, hello_elf, "server")
-
-
-@pytest.fixture
-def client(kernel, hello_elf):
-    return Guest(kernel, hello_elf, "client")
+def stage(hello_elf) -> tuple[Kernel, Guest, Guest]:
+    """A kernel (accounting on: a refusal must not change the counts) with a server and
+    a client, both `hello` cap groups whose main threads make syscalls from Python."""
+    kernel = Kernel(Machine())
+    return kernel, Guest(kernel, hello_elf, "server"), Guest(kernel, hello_elf, "client")
 
 
 def _snapshot(kernel: Kernel, *guests: Guest) -> tuple[object, ...]:
@@ -104,7 +97,8 @@ def _refused(kernel: Kernel, guest: Guest, number: Sys, *args: int) -> bool:
     return not taken and _snapshot(kernel, guest) == before
 
 
-def test_a_call_the_fast_path_refuses_changes_nothing(kernel, server, client):
+def test_a_call_the_fast_path_refuses_changes_nothing(stage):
+    kernel, server, client = stage
     service = register(server, b"echo")
     conn = client.sys(Sys.IPC_CONNECT, client.put(b"echo"), 4)
     weak = client.sys(Sys.CAP_COPY, conn, Rights.GRANT)
@@ -119,7 +113,8 @@ def test_a_call_the_fast_path_refuses_changes_nothing(kernel, server, client):
     assert dispatch(kernel, client.thread, Sys.IPC_CALL, (weak, 1, 2, 3, 4, 0)) == err(Errno.EPERM)
 
 
-def test_a_reply_the_fast_path_refuses_changes_nothing(kernel, server, client):
+def test_a_reply_the_fast_path_refuses_changes_nothing(stage):
+    kernel, server, client = stage
     service = register(server, b"echo")
     conn = client.sys(Sys.IPC_CONNECT, client.put(b"echo"), 4)
     kernel.sched.pick()
@@ -133,7 +128,8 @@ def test_a_reply_the_fast_path_refuses_changes_nothing(kernel, server, client):
     assert _refused(kernel, server, Sys.IPC_REPLY_WAIT, service, 1, 2, 3, 4)
 
 
-def test_fast_reply_reaches_the_caller_and_the_server_waits(kernel, server, client):
+def test_fast_reply_reaches_the_caller_and_the_server_waits(stage):
+    kernel, server, client = stage
     service = register(server, b"echo")
     conn = client.sys(Sys.IPC_CONNECT, client.put(b"echo"), 4)
     kernel.sched.pick()
