@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from underbridge.machine import rings
+from underbridge.machine.boot import KERNEL_DATA, KERNEL_STUBS, KERNEL_TEXT
 from underbridge.machine.context import SYSCALL_ARG_REGS, Reg
-from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, KERNEL_TEXT, ExitKind, Machine
+from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import GENERAL_PROTECTION, INVALID_OPCODE
 from underbridge.machine.oracle import Access, Violation
 from underbridge.machine.paging import PageFlags
