@@ -282,6 +282,14 @@ def test_boot_only_code_is_gone_after_boot(machine):
     assert executable == []
 
 
+def test_boot_leaves_only_the_gdt_page_and_frees_every_calibration_frame():
+    """Boot maps probe pages (a ring-3 page, #PF targets) and stubs; none outlives it."""
+    machine = Machine(accounting=False, monitor=False)
+    kernel = machine.kernel_space
+    assert [va for va, _ in kernel.mappings()] == [KERNEL_DATA]
+    assert machine.frames.in_use == kernel.table_frames + 1  # + the GDT's frame
+
+
 def test_ring0_hlt_without_the_monitor_is_reported_not_fatal():
     from .conftest import Scratch
 

@@ -172,6 +172,8 @@ class Machine(EngineHooks, AddressSpaces, Metering):
         self.uc.context_update(context.uc_context)
         self._tlb_stale = True
 
+    # -- the run loop ---------------------------------------------------------------
+
     def run(self, context: CpuContext, *, budget: int = 0, stop_at: int = 0) -> Exit:
         """Resume `context` until it enters the kernel, faults, or spends `budget`.
 
