@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from underbridge import redteam
 from underbridge.cli import main
-from underbridge.machine.cpu import KERNEL_DATA
+from underbridge.machine.boot import KERNEL_DATA
 from underbridge.machine.oracle import Access, Violation
 from underbridge.machine.pkru import pkru_allowing
 

@@ -33,7 +33,7 @@
 #define PAGE 4096UL
 
 /* Addresses the kernel's layout gives meaning to (kernel/ipc/underbridge.py,
- * kernel/handlers/ipc.py, machine/cpu.py). */
+ * kernel/handlers/ipc.py, machine/boot.py). */
 #define GATE_WINDOW 0x60000000UL
 #define CONTROL_WINDOW 0x70000000UL
 #define KERNEL_SAVE_WINDOW 0x78000000UL

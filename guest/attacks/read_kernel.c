@@ -1,6 +1,6 @@
 /* read_kernel: an in-kernel server reads the kernel's own data.
  *
- * The attack: argv[1] is KERNEL_DATA (machine/cpu.py), the page holding the GDT: a U=1
+ * The attack: argv[1] is KERNEL_DATA (machine/boot.py), the page holding the GDT: a U=1
  * page on the kernel page table under key 0, which no server's PKRU opens.
  * Expected hardware response: #PF on the read, protection key access-disabled
  * (PKRU.AD); the kernel terminates the attacker.

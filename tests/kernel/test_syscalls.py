@@ -15,8 +15,9 @@ from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import ThreadState
 from underbridge.kernel.process_image import USER_STACK_TOP
 from underbridge.kernel.umem import copy_in, copy_out
+from underbridge.machine.boot import KERNEL_DATA
 from underbridge.machine.context import Reg
-from underbridge.machine.cpu import KERNEL_DATA, Machine
+from underbridge.machine.cpu import Machine
 
 SCRATCH = USER_STACK_TOP - 0x4000  # inside the initial stack pages: writable user memory
 FREE_VA = 0x3000_0000  # nothing is mapped here

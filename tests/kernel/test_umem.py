@@ -7,7 +7,8 @@ import pytest
 from underbridge.abi.syscalls import Errno
 from underbridge.errors import SyscallError
 from underbridge.kernel.umem import MAX_COPY, copy_in, copy_out
-from underbridge.machine.cpu import KERNEL_DATA, Machine
+from underbridge.machine.boot import KERNEL_DATA
+from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import PageFlags
 
 BASE = 0x50_0000

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from underbridge.machine import rings
+from underbridge.machine.boot import KERNEL_DATA, KERNEL_STUBS, KERNEL_TEXT
 from underbridge.machine.context import SYSCALL_ARG_REGS, Reg
-from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, KERNEL_TEXT, ExitKind, Machine
+from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import GENERAL_PROTECTION, INVALID_OPCODE
 from underbridge.machine.oracle import Access, Violation
 from underbridge.machine.paging import PageFlags
@@ -279,6 +280,14 @@ def test_boot_only_code_is_gone_after_boot(machine):
     assert machine.kernel_space.lookup(KERNEL_STUBS) is None
     executable = [va for va, m in machine.kernel_space.mappings() if m.flags.executable]
     assert executable == []
+
+
+def test_boot_leaves_only_the_gdt_page_and_frees_every_calibration_frame():
+    """Boot maps probe pages (a ring-3 page, #PF targets) and stubs; none outlives it."""
+    machine = Machine(accounting=False, monitor=False)
+    kernel = machine.kernel_space
+    assert [va for va, _ in kernel.mappings()] == [KERNEL_DATA]
+    assert machine.frames.in_use == kernel.table_frames + 1  # + the GDT's frame
 
 
 def test_ring0_hlt_without_the_monitor_is_reported_not_fatal():

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from underbridge.errors import KernelBug
-from underbridge.machine.cpu import KERNEL_DATA, Machine
+from underbridge.machine.boot import KERNEL_DATA
+from underbridge.machine.cpu import Machine
 from underbridge.machine.paging import (
     ADDR_MASK,
     PTE_NX,

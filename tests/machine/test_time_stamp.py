@@ -1,5 +1,5 @@
 """rdtsc and rdtscp read the machine's clock: simulated cycles, or instructions without
-accounting; never the host's TSC (machine/cpu.py, Machine.clock)."""
+accounting; never the host's TSC (machine/hooks.py, Machine.clock)."""
 
 from __future__ import annotations
 

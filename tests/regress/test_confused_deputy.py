@@ -12,7 +12,8 @@ from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.cap import Cap
 from underbridge.kernel.dispatch import dispatch
 from underbridge.kernel.kernel import Kernel
-from underbridge.machine.cpu import KERNEL_DATA, Machine
+from underbridge.machine.boot import KERNEL_DATA
+from underbridge.machine.cpu import Machine
 
 ECHO_STACK = ECHO_BASE + 0x00FF_EFF0  # echo's initial stack, under echo's key
 

@@ -22,7 +22,8 @@ from underbridge.errors import UserError
 from underbridge.guestbuild.asm import assemble
 from underbridge.kernel.ipc.kernel_space import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
-from underbridge.machine.cpu import KERNEL_DATA, Machine
+from underbridge.machine.boot import KERNEL_DATA
+from underbridge.machine.cpu import Machine
 from underbridge.machine.faults import PAGE_FAULT
 from underbridge.machine.oracle import Access, Violation
 

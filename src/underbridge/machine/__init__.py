@@ -2,6 +2,8 @@
 
 This layer never imports `underbridge.kernel`. Its public face:
   Machine (cpu.py)            owns the Unicorn handle; the only caller of emu_start
+                              (its parts: boot.py, hooks.py, address_spaces.py, metering.py)
+  Exit, ExitKind (exits.py)   what a run ends in
   CpuContext (context.py)     one hardware thread's saved register state
   PageTable (paging.py)       a 4-level x86-64 page table living in physical memory
   Fault (faults.py)           a decoded CPU exception

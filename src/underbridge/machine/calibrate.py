@@ -76,7 +76,7 @@ LOAD_RCX_FROM_RAX = bytes.fromhex("48 8b 08")  # mov rcx, [rax]
 
 
 class BootCpu(Protocol):
-    """What calibration needs from the machine while it boots."""
+    """What calibration needs from the machine while it boots (boot.Boot)."""
 
     uc: Uc
 

@@ -10,7 +10,7 @@ Invariants:
   - A CpuContext holds everything the CPU needs to resume the thread: registers, RIP,
     CR3 (its page table), PKRU, and the privilege level (CPL is part of the saved
     segment state; it changes only by a real sysretq at boot or by restoring a context
-    derived from one, see privilege.py).
+    derived from one, see rings.py).
   - Only the Machine restores a context into the CPU; the kernel edits contexts only
     while their thread is not running.
 """

@@ -24,8 +24,9 @@ from underbridge.kernel.ipc.kernel_space import CURRENT_THREAD_PAGE, KERNEL_RETU
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import ThreadState
+from underbridge.machine.boot import KERNEL_DATA, KERNEL_STUBS
 from underbridge.machine.context import Reg
-from underbridge.machine.cpu import KERNEL_DATA, KERNEL_STUBS, Machine
+from underbridge.machine.cpu import Machine
 from underbridge.redteam.spec import (
     APP_BASE,
     LEGIT_BASE,
