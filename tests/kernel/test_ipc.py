@@ -25,7 +25,7 @@ ROUND_TRIP_EVENTS = {  # kernel/ipc/sel4.py's docstring, as counts per round tri
 }
 
 
-@pytest.fixture(scope="module", params=["sel4", "sel4-kpti", "underbridge"])
+@pytest.fixture(scope="module", params=["monolithic", "sel4", "sel4-kpti", "underbridge"])
 def result(request):
     return ipc_bench.run(request.param, rounds=200)
 
@@ -41,22 +41,27 @@ UNDERBRIDGE_EVENTS = {
     },
     "server-server": {"wrpkru": 2},  # machine code only: the kernel is never entered
 }
+MONOLITHIC_EVENTS = {  # kernel/ipc/monolithic.py's docstring: no CR3 write, no PKRU switch
+    "app-server": {"syscall": 1, "swapgs": 2, "sel4_fastpath_call": 1, "sysret": 1},
+    "server-server": {},  # a stub and the handler, machine code only
+}
+IN_KERNEL_EVENTS = {"underbridge": UNDERBRIDGE_EVENTS, "monolithic": MONOLITHIC_EVENTS}
 
 
 def test_every_path_completes_with_the_designs_event_sequence(result):
     assert [r.path for r in result.results] == list(ipc_bench.PATHS)
     for row in result.results:
         expected = (
-            UNDERBRIDGE_EVENTS[row.path]
-            if result.mode == "underbridge"
+            IN_KERNEL_EVENTS[result.mode][row.path]
+            if result.mode in IN_KERNEL_EVENTS
             else ROUND_TRIP_EVENTS[result.mode]
         )
         assert row.events_per_rtt == expected
 
 
 def test_round_trip_is_primitives_plus_a_few_user_instructions(result):
-    if result.mode == "underbridge":
-        pytest.skip("the underbridge round trip is mostly gate and handler instructions")
+    if result.mode in IN_KERNEL_EVENTS:
+        pytest.skip(f"the {result.mode} round trip is mostly gate (stub) and handler instructions")
     for row in result.results:
         charged = sum(
             cycles(event) * n for event, n in row.events_per_rtt.items() if event != "syscall"

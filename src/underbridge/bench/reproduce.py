@@ -102,6 +102,8 @@ PAPER: tuple[PaperFigure, ...] = (
         COSTS["function_call"].cycles,
         "~",
         COSTS["function_call"].source,
+        ("monolithic",),  # its lower bound: stub + handler, never charged as this figure
+        "server-server",
     ),
 )
 

@@ -24,8 +24,8 @@ from underbridge.abi.syscalls import Errno
 from underbridge.bridge import admission
 from underbridge.bridge.domain import Domain, KeyAllocator
 from underbridge.bridge.rewrite import check_code_size
-from underbridge.elf.image import ElfImage, Segment, parse_elf
-from underbridge.errors import ElfError, OutOfMemory, SyscallError, UserError
+from underbridge.elf.image import parse_elf
+from underbridge.errors import OutOfMemory, SyscallError, UserError
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.physmem import PAGE_SIZE
@@ -54,13 +54,6 @@ class DomainState:
     def holds_image_address(self, address: int) -> bool:
         """Is `address` in the lower half of the region, where the server's image is?"""
         return self.base <= address < self.base + ks.REGION_SIZE // 2
-
-
-def _outside_region(image: ElfImage, base: int) -> Segment | None:
-    """A segment not inside [base, base + REGION_SIZE / 2), if any."""
-    return next(
-        (s for s in image.segments if s.vaddr < base or s.end > base + ks.REGION_SIZE // 2), None
-    )
 
 
 class Domains:
@@ -113,29 +106,11 @@ class Domains:
         the scan of its own image covers every run of executable pages its code can run
         through (no wrpkru split across two images).
         """
-        if base % ks.REGION_SIZE or base + ks.REGION_SIZE > ks.LOW_LIMIT:
-            raise ElfError(
-                f"{name} is linked at {base:#x}, but in-kernel servers are linked at "
-                f"{ks.REGION_SIZE:#x}-aligned bases below {ks.LOW_LIMIT:#x}"
-            )
         owner = next((s.group.name for s in self._states.values() if s.base == base), None)
-        if owner is not None:
-            raise UserError(
-                f"{name} is linked at {base:#x}, the region of {owner}, which is "
-                "in kernel space already",
-                hint=f"link each in-kernel server at its own {ks.REGION_SIZE:#x}-aligned base",
-            )
+        ks.check_base(name, base, owner)
         image = parse_elf(elf, name=name)
         check_code_size(image, name)
-        outside = _outside_region(image, base)
-        if outside is not None:
-            raise UserError(
-                f"{name}: its segment at {outside.vaddr:#x} lies outside "
-                f"[{base:#x}, {base + ks.REGION_SIZE // 2:#x}), the lower half of "
-                "its kernel-space region",
-                hint="link it at one base, as "
-                "underbridge's toolchain does, or run it in user space",
-            )
+        ks.check_image(name, base, image)
         domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
         try:
             elf = self._deprivileged(name, base, elf, io_routines)
@@ -155,7 +130,7 @@ class Domains:
             io_routines=io_routines and io_routines(),
             rewrite=io_routines is not None,
             base=base,
-            fits=lambda data: _outside_region(parse_elf(data, name=name), base) is None,
+            fits=lambda data: ks.outside_region(parse_elf(data, name=name), base) is None,
         )
         if pkru_writers:
             found = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in pkru_writers[:5])

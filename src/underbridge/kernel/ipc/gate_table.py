@@ -6,7 +6,7 @@ kernel's, for an application), a server stack in the server's domain, and a gate
 generated from bridge/gate.py's template into its key-0 page.
 
 Invariants:
-  - A slot is in exactly one of: free (`_free`), a live gate (`by_conn`), a tombstone
+  - A slot is in exactly one of: free (`_slots`), a live gate (`by_conn`), a tombstone
     (its client domain's `tombstones`, answering -EPIPE until that client ends).
   - A connection's pages are made all or nothing (`open`), and unmapped before their
     frames are freed (`close`).
@@ -60,8 +60,7 @@ class Gates:
     def __init__(self, domains: Domains) -> None:
         self._domains = domains
         self.by_conn: dict[Connection, GateState] = {}
-        self._free: list[int] = []  # slots given back, lowest last
-        self._next_slot = 1
+        self._slots = ks.Slots()
 
     def of(self, conn: Connection) -> GateState | None:
         return self.by_conn.get(conn)
@@ -76,7 +75,7 @@ class Gates:
     ) -> GateState:
         """The gate of a new connection to an in-kernel server, with its key and pages."""
         key = self._domains.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
-        slot = self._take_slot()
+        slot = self._slots.take()
         try:
             # The buffer: once on the kernel page table under the shared key, and in
             # an application client's own page table; neither party can unmap it.
@@ -90,20 +89,12 @@ class Gates:
             state = self._build(kernel, conn, slot, key, client, server)
         except BaseException:
             self._domains.keys.release(key)
-            self._free.append(slot)
+            self._slots.give_back(slot)
             raise
         self.by_conn[conn] = state
         self.share_key(kernel, [client, server], key, add=True)
         self._emit(kernel, state)
         return state
-
-    def _take_slot(self) -> int:
-        if self._free:
-            return self._free.pop()
-        if self._next_slot >= ks.MAX_GATES:
-            raise SyscallError(Errno.ENOMEM, f"all {ks.MAX_GATES} gate slots are in use")
-        self._next_slot += 1
-        return self._next_slot - 1
 
     def _build(
         self,
@@ -218,7 +209,7 @@ class Gates:
             self._write_page(kernel, state.address, gates.tombstone())
             state.client.tombstones.append(state.slot)
         else:
-            self._free.append(state.slot)
+            self._slots.give_back(state.slot)
         ks.unmap_and_free(kernel, pages)
         for owner, low, count in state.borrowed:
             self._domains.return_pages(kernel, owner, low, count)
@@ -229,5 +220,5 @@ class Gates:
         """The client of tombstone gates has ended: their slots are free again."""
         for slot in client.tombstones:
             ks.unmap_and_free(kernel, [ks.GATE_WINDOW + slot * PAGE_SIZE])
-            self._free.append(slot)
+            self._slots.give_back(slot)
         client.tombstones.clear()

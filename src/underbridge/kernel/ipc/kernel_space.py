@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Errno
 from underbridge.bridge import iocall
-from underbridge.errors import OutOfMemory
+from underbridge.elf.image import ElfImage, Segment
+from underbridge.errors import ElfError, OutOfMemory, SyscallError, UserError
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.physmem import PAGE_SIZE, PhysAddr
 
@@ -54,6 +56,62 @@ def in_gate(rip: int) -> bool:
     return GATE_WINDOW <= rip < CONTROL_WINDOW
 
 
+def outside_region(image: ElfImage, base: int) -> Segment | None:
+    """A segment not inside [base, base + REGION_SIZE / 2), if any."""
+    return next(
+        (s for s in image.segments if s.vaddr < base or s.end > base + REGION_SIZE // 2), None
+    )
+
+
+def check_base(name: str, base: int, owner: str | None) -> None:
+    """A server linked at `base` gets that region (which `owner` holds already, if not
+    None): ElfError or UserError, before any work, if it cannot."""
+    if base % REGION_SIZE or base + REGION_SIZE > LOW_LIMIT:
+        raise ElfError(
+            f"{name} is linked at {base:#x}, but in-kernel servers are linked at "
+            f"{REGION_SIZE:#x}-aligned bases below {LOW_LIMIT:#x}"
+        )
+    if owner is not None:
+        raise UserError(
+            f"{name} is linked at {base:#x}, the region of {owner}, which is "
+            "in kernel space already",
+            hint=f"link each in-kernel server at its own {REGION_SIZE:#x}-aligned base",
+        )
+
+
+def check_image(name: str, base: int, image: ElfImage) -> None:
+    """The image must lie in the lower half of its region (the upper half is the
+    kernel's, for stacks and connection pages): UserError if it does not."""
+    outside = outside_region(image, base)
+    if outside is not None:
+        raise UserError(
+            f"{name}: its segment at {outside.vaddr:#x} lies outside "
+            f"[{base:#x}, {base + REGION_SIZE // 2:#x}), the lower half of "
+            "its kernel-space region",
+            hint="link it at one base, as underbridge's toolchain does, or run it in user space",
+        )
+
+
+class Slots:
+    """Slot numbers of the gate windows (a connection's page in each window is its slot's):
+    the last one given back first, else the next never used."""
+
+    def __init__(self) -> None:
+        self._free: list[int] = []  # given back
+        self._next = 1
+
+    def take(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._next >= MAX_GATES:
+            raise SyscallError(Errno.ENOMEM, f"all {MAX_GATES} gate slots are in use")
+        self._next += 1
+        return self._next - 1
+
+    def give_back(self, slot: int) -> None:
+        self._free.append(slot)
+
+
 def map_page(kernel: Kernel, vaddr: int, flags: PageFlags) -> PhysAddr:
     """A fresh frame mapped at vaddr on the kernel page table; nothing left on failure."""
     frame = kernel.machine.frames.alloc()
@@ -76,9 +134,15 @@ def unmap_and_free(kernel: Kernel, pages: list[int]) -> None:
 
 
 class KernelPages:
-    """The kernel's own pages for gate calls, mapped on first use (`ensure`)."""
+    """The kernel's own pages for gate calls, mapped on first use (`ensure`).
 
-    def __init__(self) -> None:
+    stack_pages: the size of the stack the kernel calls on, which grows down from the
+    page at KERNEL_CALL_STACK (its top page, whatever the size); the page below its
+    lowest is never mapped, so an overflow faults.
+    """
+
+    def __init__(self, stack_pages: int = 1) -> None:
+        self.stack_pages = stack_pages
         self.ready = False
         self._io_routines: iocall.IoRoutines | None = None
         self.return_slot = PhysAddr(0)  # where a kernel gate call's return RIP is pushed
@@ -88,7 +152,10 @@ class KernelPages:
     def ensure(self, kernel: Kernel) -> None:
         if self.ready:
             return
-        stack = map_page(kernel, KERNEL_CALL_STACK, PageFlags(user=True, writable=True))
+        data = PageFlags(user=True, writable=True)
+        stack = map_page(kernel, KERNEL_CALL_STACK, data)
+        for below in range(1, self.stack_pages):
+            map_page(kernel, KERNEL_CALL_STACK - below * PAGE_SIZE, data)
         self.return_slot = PhysAddr(stack + PAGE_SIZE - 8)
         code, self._io_routines = iocall.generate(IO_ROUTINES_PAGE)
         io_page = map_page(kernel, IO_ROUTINES_PAGE, PageFlags(user=True, executable=True))

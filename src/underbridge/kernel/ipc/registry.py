@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from underbridge.kernel.ipc import IpcDesign
 
 _DESIGNS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "monolithic": ("monolithic", "MonolithicIpc", {}),
     "sel4": ("sel4", "Sel4Ipc", {"kpti": False}),
     "sel4-kpti": ("sel4", "Sel4Ipc", {"kpti": True}),
     "underbridge": ("underbridge", "UnderbridgeIpc", {}),

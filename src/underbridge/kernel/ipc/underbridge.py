@@ -42,23 +42,23 @@ The parts, one module each: domains.py (admission, regions, keys), gate_table.py
 connection's gate, slot, pages and shared key), upcall.py (the kernel's gate calls for
 applications), gate_calls.py (calls in progress, from the gates' records),
 kernel_space.py (the windows and the kernel's own pages). This module routes each
-operation by where the server runs, and decides who is to blame for a fault.
+operation by where the server runs (its calls: passive.py, shared with the monolithic
+design), and decides who is to blame for a fault.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from underbridge.abi.message import REPLY
-from underbridge.abi.syscalls import Errno, Rights, Sys
-from underbridge.kernel.ipc import Traits
+from underbridge.abi.syscalls import Errno
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.domains import Domains, DomainState
 from underbridge.kernel.ipc.gate_calls import caller_of, clear, culprit, path, unwind
 from underbridge.kernel.ipc.gate_table import Gates, GateState
-from underbridge.kernel.ipc.sel4 import ADDRESS_SPACE_SWITCH, ENTRY_EXIT, Sel4Ipc
+from underbridge.kernel.ipc.passive import PassiveServers
+from underbridge.kernel.ipc.sel4 import Sel4Ipc
 from underbridge.kernel.ipc.upcall import KernelCalls
-from underbridge.kernel.objects.connection import Connection, Message, Service
+from underbridge.kernel.objects.connection import Connection
 from underbridge.machine.accounting import Charges
 from underbridge.machine.context import CpuContext
 
@@ -69,20 +69,17 @@ if TYPE_CHECKING:
     from underbridge.kernel.objects.capgroup import CapGroup
     from underbridge.kernel.objects.thread import Thread
 
-_CALL = int(Rights.CALL)
 # An application's call: into the kernel, the kernel's decode-and-dispatch (charged as
 # seL4's Call fastpath), to the kernel page table; then back, and out.
 _APP_CALL_ENTRY = Charges.of(("swapgs", 2), "sel4_fastpath_call", "cr3_write")
 _APP_CALL_EXIT = Charges.of("cr3_write", "sysret")
 
 
-class UnderbridgeIpc:
+class UnderbridgeIpc(PassiveServers):
     name = "underbridge"
-    traits = Traits(
-        servers_in_kernel=True,
-        syscall_entry_exit=ENTRY_EXIT,
-        address_space_switch=ADDRESS_SPACE_SWITCH,
-    )
+    app_call_entry = _APP_CALL_ENTRY
+    app_call_exit = _APP_CALL_EXIT
+    entry_kind = "gates"
 
     def __init__(self) -> None:
         self.placement = self  # this design places servers in kernel space (DomainPlacement)
@@ -167,53 +164,13 @@ class UnderbridgeIpc:
             self._end_call_in_progress(kernel, state)
             self._gates.close(kernel, state, server_gone=server_gone)
 
-    def close_service(self, kernel: Kernel, service: Service) -> None:
-        self._user.close_service(kernel, service)
-
     # -- calls ----------------------------------------------------------------------
 
-    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]) -> bool:
-        """An application's IPC_CALL to an in-kernel server, checked first, then committed;
-        False when a check fails, having changed nothing (the slow path then takes it).
-        Calls to user-space servers and REPLY_WAIT of user-space servers take the seL4
-        design's fast path.
+    def _entry_of(self, conn: Connection) -> GateState | None:
+        return self._gates.of(conn)
 
-        It skips the dispatch table and the handler's exceptions: once the connection,
-        its rights and its live service are checked, `_app_call` is what `call` runs.
-        """
-        if number == Sys.IPC_CALL:
-            conn = thread.group.caps.peek(args[0], Connection, _CALL)
-            if conn is None or not conn.service.alive:
-                return False
-            state = self._gates.of(conn)
-            if state is not None:
-                self._app_call(kernel, thread, state, args[1:5])
-                return True
-        return self._user.fastpath(kernel, thread, number, args)
-
-    def call(self, kernel: Kernel, client: Thread, conn: Connection, msg: Message) -> None:
-        state = self._gates.of(conn)
-        if state is None:
-            self._user.call(kernel, client, conn, msg)
-        else:
-            self._app_call(kernel, client, state, msg)
-
-    def _app_call(self, kernel: Kernel, client: Thread, state: GateState, msg: Message) -> None:
-        """An application's call to an in-kernel server: the kernel calls the gate."""
-        machine = kernel.machine
-        machine.charge_all(_APP_CALL_ENTRY)
-        status, reply = self._calls.call(kernel, client.tid, state, msg)
-        machine.charge_all(_APP_CALL_EXIT)
-        client.context.set_registers(REPLY, (status, *reply))
-
-    def reply_wait(self, kernel: Kernel, server: Thread, service: Service, reply: Message) -> None:
-        """An in-kernel server's service is passive: its thread waits for good, and
-        callers run its handler through gates."""
-        if service.server not in self._domains:
-            self._user.reply_wait(kernel, server, service, reply)
-            return
-        kernel.machine.charge_all(ENTRY_EXIT)
-        kernel.sched.block(server, f"serving {service.name} through gates")
+    def _in_kernel(self, group: CapGroup) -> bool:
+        return group in self._domains
 
     # -- calls in progress ----------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The kernel's gate calls for applications: an application's IPC_CALL to an in-kernel
 server runs the server's handler through the connection's gate, from key-0 kernel state.
+(The monolithic design calls its stubs the same way: an `Entry` is a gate or a stub.)
 
 The kernel switches to the kernel page table and calls the gate on a stack of its own
 (kernel_space.KERNEL_CALL_STACK), with the PKRU that opens key 0 and the connection's
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from underbridge.abi.message import GATE_MESSAGE
 from underbridge.abi.syscalls import Errno
@@ -31,7 +32,6 @@ from underbridge.machine.cpu import ExitKind
 from underbridge.machine.physmem import PAGE_SIZE
 
 if TYPE_CHECKING:
-    from underbridge.kernel.ipc.gate_table import GateState
     from underbridge.kernel.kernel import Kernel
     from underbridge.kernel.objects.capgroup import CapGroup
     from underbridge.kernel.objects.connection import Message
@@ -44,6 +44,15 @@ _EDEADLK = -Errno.EDEADLK & 0xFFFF_FFFF_FFFF_FFFF
 #: Who is to blame when a call of thread `tid`, in `context`, faults or is stuck: the
 #: design's answer (gate_calls.culprit on its records), None when no call is in progress.
 Culprit = Callable[["Kernel", int, CpuContext], "CapGroup | None"]
+
+
+class Entry(Protocol):
+    """What the kernel calls: machine code at `address`, entered with `caller_pkru`."""
+
+    address: int
+
+    @property
+    def caller_pkru(self) -> int: ...
 
 
 @dataclass(eq=False)
@@ -66,7 +75,7 @@ class KernelCalls:
         self.current: Upcall | None = None
         self._context: CpuContext | None = None  # reused by every call
 
-    def call(self, kernel: Kernel, tid: int, state: GateState, msg: Message) -> tuple[int, Message]:
+    def call(self, kernel: Kernel, tid: int, state: Entry, msg: Message) -> tuple[int, Message]:
         """Call a gate for application thread `tid`; run the server's handler (and
         whatever it calls) to completion. The status (RAX, signed) and the reply."""
         if self.current is not None:
@@ -92,7 +101,7 @@ class KernelCalls:
         reply = context.registers(GATE_MESSAGE)
         return signed(context[Reg.RAX]), (reply[0], reply[1], reply[2], reply[3])
 
-    def _fresh_context(self, kernel: Kernel, state: GateState) -> CpuContext:
+    def _fresh_context(self, kernel: Kernel, state: Entry) -> CpuContext:
         machine = kernel.machine
         rsp = ks.KERNEL_CALL_STACK + PAGE_SIZE - 8
         if self._context is None:
