@@ -53,10 +53,27 @@
 #define UB_SYS_IPC_REPLY_WAIT (UB_SYS_BASE + 20)
 /* port_io(unsigned long port, unsigned long value, unsigned long write): read (write=0) or write one byte of an I/O port the cap group was granted; what the kernel's checked inb/outb routines call. RAX: the byte read (or 0 for a write), or -EPERM */
 #define UB_SYS_PORT_IO (UB_SYS_BASE + 21)
+/* channel_create(): create a channel: two endpoints, each with READ|WRITE|WAIT|GRANT. RAX: slot of one endpoint or -errno; RDI: slot of the other */
+#define UB_SYS_CHANNEL_CREATE (UB_SYS_BASE + 22)
+/* channel_write(long slot, const void *bytes, unsigned long num_bytes, const long *handles, unsigned long num_handles): queue a message on the peer endpoint; the handles (slots with GRANT) leave the caller's table with it. -EPIPE if the peer is closed, nothing sent. RAX: 0 or -errno */
+#define UB_SYS_CHANNEL_WRITE (UB_SYS_BASE + 23)
+/* channel_read(long slot, void *bytes, unsigned long bytes_cap, long *handles, unsigned long handles_cap): take the oldest message without blocking; its handles get new slots in the caller's table, written to handles[]. RAX: bytes read, or -EAGAIN (empty), -EPIPE (empty, peer closed), -EMSGSIZE (too big for the buffers; it stays queued); RDI: number of handles */
+#define UB_SYS_CHANNEL_READ (UB_SYS_BASE + 24)
+/* channel_call(long slot, struct ub_channel_call_args *args): write args->wr_* with a fresh transaction id in its first 4 bytes, then block until the reply carrying that id arrives, read into args->rd_*. RAX: reply bytes or -errno (-EPIPE: peer closed); RDI: reply handles */
+#define UB_SYS_CHANNEL_CALL (UB_SYS_BASE + 25)
+/* object_wait(long slot, unsigned long signals): block until the endpoint asserts one of the UB_SIGNAL_* bits. RAX: the signals asserted or -errno */
+#define UB_SYS_OBJECT_WAIT (UB_SYS_BASE + 26)
+/* port_create(): create a port. RAX: slot (READ|WRITE|WAIT|GRANT) or -errno */
+#define UB_SYS_PORT_CREATE (UB_SYS_BASE + 27)
+/* object_wait_async(long slot, long port_slot, unsigned long key, unsigned long signals): once the endpoint asserts one of signals, queue a packet (key, signals) on the port. RAX: 0 or -errno */
+#define UB_SYS_OBJECT_WAIT_ASYNC (UB_SYS_BASE + 28)
+/* port_wait(long port_slot): block until the port holds a packet; take it. RAX: 0 or -errno; RDI: the packet's key; RSI: its signals */
+#define UB_SYS_PORT_WAIT (UB_SYS_BASE + 29)
 
 /* errors */
 #define UB_EPERM 1
 #define UB_ESRCH 3
+#define UB_EAGAIN 11
 #define UB_EFAULT 14
 #define UB_EBUSY 16
 #define UB_EEXIST 17
@@ -68,6 +85,7 @@
 #define UB_EWRONGTYPE 78
 #define UB_EPIPE 32
 #define UB_EDEADLK 35
+#define UB_EMSGSIZE 90
 #define UB_ENOKEY 126
 
 /* rights */
@@ -86,19 +104,34 @@
 #define UB_OBJ_SERVICE 4
 #define UB_OBJ_CONNECTION 5
 #define UB_OBJ_NOTIFICATION 6
+#define UB_OBJ_CHANNEL 7
+#define UB_OBJ_PORT 8
 
 /* PMO_MAP protection */
 #define UB_PROT_READ 1
 #define UB_PROT_WRITE 2
 
+/* channel signals */
+#define UB_SIGNAL_READABLE 1
+#define UB_SIGNAL_PEER_CLOSED 2
+
 /* limits */
 #define UB_NAME_MAX 64
 #define UB_SPAWN_ARGS_MAX 4096
 #define UB_IPC_BUFFER_SIZE 16384
+#define UB_CHANNEL_BYTES_MAX 65536
 
 /* WAIT: how a cap group ended */
 #define UB_EXIT_NORMAL 0
 #define UB_EXIT_FAULT 1
 struct ub_exit_info { long how; long value; /* status, or fault vector */ };
+
+/* CHANNEL_CALL: what to write and where the reply goes (Zircon's layout) */
+struct ub_channel_call_args {
+    const void *wr_bytes; const long *wr_handles;
+    unsigned long wr_num_bytes, wr_num_handles;
+    void *rd_bytes; long *rd_handles;
+    unsigned long rd_num_bytes, rd_num_handles;
+};
 
 #endif

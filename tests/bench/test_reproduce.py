@@ -108,7 +108,13 @@ def test_ratios_are_the_measured_numbers_divided(run):
 
 
 def test_new_designs_need_no_change(tmp_path, monkeypatch):
-    fake = {"monolithic": 60.0, "sel4": 1_207.0, "underbridge": 150.0, "skybridge": 450.0}
+    fake = {
+        "monolithic": 60.0,
+        "sel4": 1_207.0,
+        "underbridge": 150.0,
+        "skybridge": 450.0,
+        "zircon": 7_400.0,
+    }
     monkeypatch.setattr(designs, "DESIGNS", tuple(fake))
     monkeypatch.setattr(
         ipc_bench,

@@ -52,6 +52,7 @@ ISSUE_CYCLES = 3000
 PLACEMENTS = [
     Placement("sel4", False, False, ISSUE_CYCLES),
     Placement("sel4-kpti", False, False, ISSUE_CYCLES),
+    Placement("zircon", False, False, ISSUE_CYCLES),
     Placement("underbridge", False, False, ISSUE_CYCLES),
     Placement("underbridge", True, False, 100),
     Placement("underbridge", True, True, 64),

@@ -97,6 +97,14 @@ PAPER: tuple[PaperFigure, ...] = (
         ("sel4", "sel4-kpti"),
     ),
     PaperFigure(
+        "zircon_channel_call_roundtrip",
+        "Zircon channel_call round trip, two processes",
+        REFERENCE["zircon_channel_call_roundtrip"].cycles,
+        "=",
+        REFERENCE["zircon_channel_call_roundtrip"].source,
+        ("zircon",),
+    ),
+    PaperFigure(
         "function_call",
         "function-pointer call, no isolation",
         COSTS["function_call"].cycles,

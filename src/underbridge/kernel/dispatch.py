@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from underbridge.abi.syscalls import SYSCALLS, Errno, Sys
 from underbridge.errors import KernelBug, SyscallError
-from underbridge.kernel.handlers import caps, ipc, memory, notif, portio, process
+from underbridge.kernel.handlers import caps, channel, ipc, memory, notif, portio, process
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel
@@ -44,6 +44,14 @@ HANDLERS: dict[Sys, Handler] = {
     Sys.IPC_CALL: ipc.sys_ipc_call,
     Sys.IPC_REPLY_WAIT: ipc.sys_ipc_reply_wait,
     Sys.PORT_IO: portio.sys_port_io,
+    Sys.CHANNEL_CREATE: channel.sys_channel_create,
+    Sys.CHANNEL_WRITE: channel.sys_channel_write,
+    Sys.CHANNEL_READ: channel.sys_channel_read,
+    Sys.CHANNEL_CALL: channel.sys_channel_call,
+    Sys.OBJECT_WAIT: channel.sys_object_wait,
+    Sys.PORT_CREATE: channel.sys_port_create,
+    Sys.OBJECT_WAIT_ASYNC: channel.sys_object_wait_async,
+    Sys.PORT_WAIT: channel.sys_port_wait,
 }
 
 if set(HANDLERS) != {spec.number for spec in SYSCALLS}:

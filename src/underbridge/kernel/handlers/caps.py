@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from underbridge.abi.syscalls import Errno, Rights
 from underbridge.errors import SyscallError
 from underbridge.kernel.objects.capgroup import CapGroup
+from underbridge.kernel.objects.channel import Endpoint
 from underbridge.kernel.objects.connection import Connection
 from underbridge.kernel.objects.thread import Thread
 
@@ -44,6 +45,8 @@ def sys_cap_delete(kernel: Kernel, thread: Thread, slot: int, *_: int) -> int:
     thread.group.caps.delete(slot)
     if isinstance(cap.obj, Connection):
         kernel.close_connection(cap.obj)  # its buffer leaves both address spaces
+    elif isinstance(cap.obj, Endpoint):
+        cap.obj.close()  # closing a channel handle closes that endpoint (the peer sees it)
     return 0
 
 
