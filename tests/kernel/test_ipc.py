@@ -22,10 +22,12 @@ ROUND_TRIP_EVENTS = {  # kernel/ipc/sel4.py's docstring, as counts per round tri
         "sel4_fastpath_call_kpti": 1,
         "sel4_fastpath_replyrecv_kpti": 1,
     },
+    # kernel/ipc/skybridge.py: the trampoline's two vmfuncs, both paths, no kernel entry
+    "skybridge": {"vmfunc": 2},
 }
 
 
-@pytest.fixture(scope="module", params=["sel4", "sel4-kpti", "underbridge"])
+@pytest.fixture(scope="module", params=["sel4", "sel4-kpti", "underbridge", "skybridge"])
 def result(request):
     return ipc_bench.run(request.param, rounds=200)
 
@@ -55,8 +57,8 @@ def test_every_path_completes_with_the_designs_event_sequence(result):
 
 
 def test_round_trip_is_primitives_plus_a_few_user_instructions(result):
-    if result.mode == "underbridge":
-        pytest.skip("the underbridge round trip is mostly gate and handler instructions")
+    if result.mode in ("underbridge", "skybridge"):
+        pytest.skip(f"the {result.mode} round trip is mostly gate/trampoline and handler code")
     for row in result.results:
         charged = sum(
             cycles(event) * n for event, n in row.events_per_rtt.items() if event != "syscall"
@@ -98,3 +100,12 @@ def test_underbridge_server_server_is_in_range_and_3x_below_sel4():
     assert 80 <= rows["server-server"] <= 160
     assert rows["server-server"] * 3 <= min(r.sim_cycles_per_rtt for r in sel4.results)
     assert rows["app-server"] < min(r.sim_cycles_per_rtt for r in sel4.results)
+
+
+def test_skybridge_is_near_400_and_2_to_4x_underbridge():
+    """Issue 13: SkyBridge about 400 cycles (within 35%), 2x-4x UnderBridge's 159."""
+    sky, bridge = (ipc_bench.run(mode, rounds=100) for mode in ("skybridge", "underbridge"))
+    ub = {r.path: r.sim_cycles_per_rtt for r in bridge.results}["server-server"]
+    for row in sky.results:
+        assert abs(row.sim_cycles_per_rtt - 400) <= 0.35 * 400
+        assert 2 <= row.sim_cycles_per_rtt / ub <= 4

@@ -82,6 +82,7 @@ from underbridge.machine.faults import Fault
 from underbridge.machine.monitor import Monitor
 from underbridge.machine.paging import PageFlags, PageTable, VirtAddr, is_canonical
 from underbridge.machine.physmem import PAGE_SIZE, FrameAllocator, PhysMem
+from underbridge.machine.vmfunc import EptpLists
 
 _TLB_FLUSH = (UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH  # uc_ctl's code, no arguments
 KERNEL_TEXT = VirtAddr(0xFFFF_FFFF_8000_0000)
@@ -157,6 +158,7 @@ class Machine:
         self._pending: tuple[ExitKind, int] | None = None
         self._undo: dict[Reg, int] = {}  # registers to put back after a refused instruction
         self._space: PageTable | None = None  # the page table of the running context
+        self.eptp = EptpLists()  # VMFUNC's EPTP lists (machine/vmfunc.py), for SkyBridge
         self.kernel_space = self.new_page_table()
         self.accounting: Accounting | None = None
         self._decoder: Accounting | None = None  # decodes blocks: for accounting, monitor
@@ -425,6 +427,7 @@ class Machine:
         """Make `context` what `new_context` would return, reusing its memory."""
         context.copy_from(self._zeroed_template(ring))
         context[Reg.CR3] = page_table.root
+        context.eptp_home = page_table.root
         context.rip = rip
         context[Reg.RSP] = rsp
         context.pkru = pkru
@@ -471,10 +474,21 @@ class Machine:
         monitor = self.monitor
         if monitor is not None:
             monitor.armed = context.cpl == 0
+        start = self._instructions()
         result = self._run_once(context, budget, stop_at)
+        while result is None:  # an emulated vmfunc (machine/vmfunc.py): carry on
+            # The budget spans the whole run; without a block hook there is no count
+            # to go on, so the slice ends here (a vmfunc loop cannot hold the CPU).
+            left = budget - (self._instructions() - start) if budget else 0
+            if budget and (left <= 0 or self._decoder is None):
+                return _PREEMPTED
+            result = self._run_once(context, left, stop_at)
         if monitor is not None and monitor.trap is not None:
             return self._vm_exit(context, monitor.take())
         return result
+
+    def _instructions(self) -> int:
+        return 0 if self._decoder is None else self._decoder.instructions
 
     def _vm_exit(self, context: CpuContext, trap: tuple[int, str]) -> Exit:
         """The monitor stopped the CPU before a block holding a privileged instruction:
@@ -500,13 +514,16 @@ class Machine:
             ExitKind.FAULT, Fault(faults.VM_EXIT, address, context.cpl, context.pkru, instruction)
         )
 
-    def _run_once(self, context: CpuContext, budget: int, stop_at: int) -> Exit:
+    def _run_once(self, context: CpuContext, budget: int, stop_at: int) -> Exit | None:
+        """One emu_start; None if it stopped at a vmfunc the machine has emulated."""
         rip = self._load(context)
         self._pending = None
         try:
             self._emu_start(rip, stop_at, budget)
         except UcError as error:
             self._save(context)
+            if error.errno == UC_ERR_INSN_INVALID and self._vmfunc(context):
+                return None
             return self._fault_exit(context, self._engine_error_fault(context, error))
         self._save(context)
         pending = self._pending
@@ -517,7 +534,14 @@ class Machine:
         self._pending = None
         if pending[0] is ExitKind.SYSCALL:
             return _SYSCALL
+        if pending[1] == faults.INVALID_OPCODE and self._vmfunc(context):
+            return None
         return self._fault_exit(context, self._decode_fault(context, pending[1]))
+
+    def _vmfunc(self, context: CpuContext) -> bool:
+        """The engine refused an instruction (#UD): emulate it if it is a vmfunc the
+        running thread's EPTP list allows (machine/vmfunc.py)."""
+        return self.eptp.switch(context, self._read_running_code)
 
     def _emu_start(self, begin: int, until: int, budget: int = 0) -> None:
         """The one call of emu_start.

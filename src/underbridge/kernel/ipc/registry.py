@@ -17,6 +17,7 @@ _DESIGNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "sel4": ("sel4", "Sel4Ipc", {"kpti": False}),
     "sel4-kpti": ("sel4", "Sel4Ipc", {"kpti": True}),
     "underbridge": ("underbridge", "UnderbridgeIpc", {}),
+    "skybridge": ("skybridge", "SkybridgeIpc", {}),
 }
 DESIGNS = tuple(_DESIGNS)
 
