@@ -56,6 +56,8 @@ MAX_SLOTS = ((1 << 31) - SERVER_WINDOW) // SERVER_SLOT
 # ABI has no field for it, so it is one constant for every server.
 MAX_CONCURRENCY = 64
 
+# What a trampoline becomes once its server is gone: `mov rax, -EPIPE; ret`.
+_TOMBSTONE = bytes.fromhex("48c7c0e0ffffff") + b"\xc3"
 _CODE = PageFlags(user=True, executable=True)
 _DATA = PageFlags(user=True, writable=True)
 
@@ -95,6 +97,7 @@ class Bindings:
         self._free_slots: list[int] = []
         self._next_slot = 0
         self._clean: set[CapGroup] = set()  # parties whose code was scanned clean
+        self._tombstones: dict[CapGroup, list[tuple[int, PhysAddr]]] = {}  # (slot, frame)
 
     def __iter__(self) -> Iterator[Binding]:
         return iter(list(self._by_conn.values()))
@@ -263,10 +266,23 @@ class Bindings:
 
     # -- unbinding -------------------------------------------------------------------
 
-    def unbind(self, kernel: Kernel, binding: Binding) -> None:
+    def unbind(self, kernel: Kernel, binding: Binding, *, tombstone: bool = False) -> None:
+        """Undo a binding. tombstone: the server is gone but the client lives on, so its
+        trampoline page stays, rewritten to return -EPIPE at once (the client's library
+        still holds the address); it goes, and its slot is free again, with the client."""
         self._by_conn.pop(binding.conn, None)
+        kept = None
+        if tombstone:
+            table = binding.client.vmspace.table
+            kept = (binding.address, table.translate(binding.address))
+            binding.pages.remove((table, binding.address))
         self._unmap(kernel, binding)
-        self._free_slots.append(binding.slot)
+        if kept is not None and kept[1] is not None:
+            kernel.machine.mem.write(kept[1], _TOMBSTONE)
+            kernel.machine.code_changed(binding.client.vmspace.table)
+            self._tombstones.setdefault(binding.client, []).append((binding.slot, kept[1]))
+        else:
+            self._free_slots.append(binding.slot)
         self.install_lists(kernel)
 
     def _unmap(self, kernel: Kernel, binding: Binding) -> None:
@@ -280,6 +296,9 @@ class Bindings:
         """A party has ended (its bindings are gone already): its id and list go."""
         self.ids.pop(group, None)
         self._clean.discard(group)
+        for slot, frame in self._tombstones.pop(group, []):
+            kernel.machine.frames.free(frame)  # its mapping went with the page table
+            self._free_slots.append(slot)
         kernel.machine.eptp.remove(group.vmspace.table.root)
         self.install_lists(kernel)
 

@@ -103,7 +103,7 @@ class SkybridgeIpc:
             return
         if self.bindings.busy(kernel, binding):
             self._unwind(kernel, binding)
-        self.bindings.unbind(kernel, binding)
+        self.bindings.unbind(kernel, binding, tombstone=server_gone and conn.client.running)
 
     def close_service(self, kernel: Kernel, service: Service) -> None:
         """Callers run the service's function on their own threads: nobody waits."""
