@@ -86,3 +86,22 @@ def test_a_fault_in_a_nested_call_ends_the_innermost_server_and_the_relay_goes_o
     assert relay.running and client.exit_status == 0
     # the relay's first call returned -EPIPE (unwound); its second finds the tombstone
     assert lines == ["call = 0 mr0 = -32", "call = 0 mr0 = -32"]
+
+
+def test_bench_ipc_json_gives_both_paths_through_the_trampoline():
+    import json
+
+    from click.testing import CliRunner
+
+    from underbridge.cli import main
+
+    out = CliRunner().invoke(
+        main, ["bench", "ipc", "--mode", "skybridge", "--rounds", "50", "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert [r["path"] for r in report["results"]] == ["app-server", "server-server"]
+    for row in report["results"]:
+        assert row["events_per_rtt"] == {"vmfunc": 2}
+        # 2 x 134 + 100 instructions, plus the loop's marks spread over 50 rounds
+        assert 368 <= row["sim_cycles_per_rtt"] < 369
