@@ -31,10 +31,15 @@ ROUND_TRIP_EVENTS = {  # kernel/ipc/sel4.py's docstring, as counts per round tri
         "zircon_channel_read": 2,
         "zircon_object_wait": 1,
     },
+    # kernel/ipc/skybridge.py: the trampoline's two vmfuncs, both paths, no kernel entry
+    "skybridge": {"vmfunc": 2},
 }
 
 
-@pytest.fixture(scope="module", params=["monolithic", "sel4", "sel4-kpti", "underbridge", "zircon"])
+@pytest.fixture(
+    scope="module",
+    params=["monolithic", "sel4", "sel4-kpti", "underbridge", "zircon", "skybridge"],
+)
 def result(request):
     return ipc_bench.run(request.param, rounds=200)
 
@@ -69,8 +74,8 @@ def test_every_path_completes_with_the_designs_event_sequence(result):
 
 
 def test_round_trip_is_primitives_plus_a_few_user_instructions(result):
-    if result.mode in IN_KERNEL_EVENTS:
-        pytest.skip(f"the {result.mode} round trip is mostly gate (stub) and handler instructions")
+    if result.mode in IN_KERNEL_EVENTS or result.mode == "skybridge":
+        pytest.skip(f"the {result.mode} round trip is mostly gate/stub/trampoline and handler code")
     for row in result.results:
         charged = sum(cycles(event) * n for event, n in row.events_per_rtt.items())
         user = row.sim_cycles_per_rtt - charged
@@ -121,3 +126,12 @@ def test_zircon_round_trip_is_its_operations_and_within_2x_of_the_published_one(
     for row in ipc_bench.run("zircon", rounds=50).results:
         assert row.sim_cycles_per_rtt == pytest.approx(7381, abs=1)
         assert 2 < published / row.sim_cycles_per_rtt < 2.2
+
+
+def test_skybridge_is_near_400_and_2_to_4x_underbridge():
+    """Issue 13: SkyBridge about 400 cycles (within 35%), 2x-4x UnderBridge's 159."""
+    sky, bridge = (ipc_bench.run(mode, rounds=100) for mode in ("skybridge", "underbridge"))
+    ub = {r.path: r.sim_cycles_per_rtt for r in bridge.results}["server-server"]
+    for row in sky.results:
+        assert abs(row.sim_cycles_per_rtt - 400) <= 0.35 * 400
+        assert 2 <= row.sim_cycles_per_rtt / ub <= 4

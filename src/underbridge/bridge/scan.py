@@ -29,6 +29,11 @@ WHAT IS SEARCHED, and where (Intel SDM vol. 2 encodings):
     sit. Their short encodings (hlt F4, cli FA, out EE...) occur inside almost any code,
     so hidden ones are not reported.
 
+VMFUNC (0F 01 D4), SkyBridge's address-space switch, is searched the same way, at every
+byte offset, by `vmfunc_sites` (kernel/ipc/skybridge.py refuses to bind a client or
+server whose executable pages hold one outside the kernel's trampolines); it changes no
+PKRU, so it is not one of this report's findings.
+
 The linear sweep is capstone's disassembly of each region from its first byte, skipping
 one undecodable byte at a time (shown as `.byte`). Both searches take time linear in the
 region's size; `scan_image` hands the sweep on to the rewriter (bridge/rewrite/).
@@ -62,6 +67,7 @@ from underbridge.errors import ElfError
 from underbridge.machine.privileged_insns import privileged_name
 
 WRPKRU = b"\x0f\x01\xef"
+VMFUNC = b"\x0f\x01\xd4"
 #: The instructions that write PKRU, as capstone names their aligned forms, by class.
 PKRU_CLASSES: dict[str, frozenset[str]] = {
     "wrpkru": frozenset({"wrpkru"}),
@@ -180,6 +186,16 @@ def scan_code(code: bytes, *, vaddr: int = 0, file_offset: int = 0) -> list[Find
     """Scan raw machine code mapped at `vaddr` (e.g. a generated gate)."""
     region = CodeRegion(vaddr, bytes(code), ((vaddr, len(code), file_offset),))
     return _scan_region(region, _sweep(region.code, vaddr))
+
+
+def vmfunc_sites(code: bytes, *, vaddr: int = 0) -> list[int]:
+    """The address of every VMFUNC in `code` (mapped at vaddr), at every byte offset:
+    aligned, inside another instruction, or across two (no prefix is needed to run it)."""
+    sites, at = [], code.find(VMFUNC)
+    while at != -1:
+        sites.append(vaddr + at)
+        at = code.find(VMFUNC, at + 1)
+    return sites
 
 
 def format_table(report: ScanReport) -> str:

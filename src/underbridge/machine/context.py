@@ -81,11 +81,14 @@ class ContextLayout:
 class CpuContext:
     """One saved CPU state, editable in place."""
 
-    __slots__ = ("_gprs_at", "_regs", "_view", "layout", "uc_context")
+    __slots__ = ("_gprs_at", "_regs", "_view", "eptp_home", "layout", "uc_context")
 
     def __init__(self, uc_context: UcContext, layout: ContextLayout) -> None:
         self.uc_context = uc_context
         self.layout = layout
+        # The page-table root of the address space this thread belongs to: whose EPTP
+        # list its VMFUNCs use (machine/vmfunc.py); set by Machine.reset_context.
+        self.eptp_home = 0
         self._regs = layout.regs  # read on every register access: one attribute, not two
         self._gprs_at = layout.gprs_offset()
         address = ctypes.cast(uc_context.context, ctypes.c_void_p).value

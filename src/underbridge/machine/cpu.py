@@ -52,6 +52,7 @@ from underbridge.machine.hooks import EngineHooks
 from underbridge.machine.metering import Metering
 from underbridge.machine.paging import PageTable
 from underbridge.machine.physmem import FrameAllocator, PhysMem
+from underbridge.machine.vmfunc import EptpLists
 
 DEFAULT_MEMORY_MIB = 64
 UNLIMITED_COUNT = 1 << 62
@@ -92,6 +93,7 @@ class Machine(EngineHooks, AddressSpaces, Metering):
         self._pending: Pending | None = None
         self._undo: dict[Reg, int] = {}  # registers to put back after a refused instruction
         self._space: PageTable | None = None  # the page table of the running context
+        self.eptp = EptpLists()  # VMFUNC's EPTP lists (machine/vmfunc.py), for SkyBridge
         self.kernel_space = self.new_page_table()
         self._install_hooks()
         self._install_block_hook(accounting, monitor)
@@ -138,6 +140,7 @@ class Machine(EngineHooks, AddressSpaces, Metering):
         """Make `context` what `new_context` would return, reusing its memory."""
         context.copy_from(self._zeroed_template(ring))
         context[Reg.CR3] = page_table.root
+        context.eptp_home = page_table.root
         context.rip = rip
         context[Reg.RSP] = rsp
         context.pkru = pkru
@@ -187,9 +190,26 @@ class Machine(EngineHooks, AddressSpaces, Metering):
         if monitor is not None:
             monitor.armed = context.cpl == 0
         result = self._run_once(context, budget, stop_at)
+        while result is None:  # an emulated vmfunc (machine/vmfunc.py): carry on
+            budget = self._budget_left(budget)
+            if budget < 0:
+                return _PREEMPTED
+            result = self._run_once(context, budget, stop_at)
         if monitor is not None and monitor.trap is not None:
             return self._vm_exit(context, monitor.take())
         return result
+
+    def _budget_left(self, budget: int) -> int:
+        """What is left of a run's budget after an emulated vmfunc: 0 for no limit, -1
+        when it is spent. The budget spans the whole run; without a block hook there is
+        no count to go on, so the slice ends (a vmfunc loop cannot hold the CPU)."""
+        if not budget:
+            return 0
+        decoder = self._decoder
+        if decoder is None:
+            return -1
+        left = decoder.deadline - decoder.instructions  # armed at the run's first start
+        return left if left > 0 else -1
 
     def _vm_exit(self, context: CpuContext, trap: tuple[int, str]) -> Exit:
         """The monitor stopped the CPU before a block holding a privileged instruction:
@@ -205,6 +225,8 @@ class Machine(EngineHooks, AddressSpaces, Metering):
                 result = self._run_once(context, 0, address)
             finally:
                 self.monitor.allowed_block = -1
+            if result is None:  # a vmfunc moved the thread: it runs on from there later
+                return _PREEMPTED
             if result.kind is not ExitKind.RETURNED:
                 return result  # faulted or entered the kernel before reaching it
         self.monitor.exits += 1
@@ -215,13 +237,16 @@ class Machine(EngineHooks, AddressSpaces, Metering):
             ExitKind.FAULT, Fault(faults.VM_EXIT, address, context.cpl, context.pkru, instruction)
         )
 
-    def _run_once(self, context: CpuContext, budget: int, stop_at: int) -> Exit:
+    def _run_once(self, context: CpuContext, budget: int, stop_at: int) -> Exit | None:
+        """One emu_start; None if it stopped at a vmfunc the machine has emulated."""
         rip = self._load(context)
         self._pending = None
         try:
             self._emu_start(rip, stop_at, budget)
         except UcError as error:
             self._save(context)
+            if error.errno == UC_ERR_INSN_INVALID and self._vmfunc(context):
+                return None
             return self._fault_exit(context, self._engine_error_fault(context, error))
         self._save(context)
         pending = self._pending
@@ -232,7 +257,14 @@ class Machine(EngineHooks, AddressSpaces, Metering):
         self._pending = None
         if pending[0] is ExitKind.SYSCALL:
             return _SYSCALL
+        if pending[1] == faults.INVALID_OPCODE and self._vmfunc(context):
+            return None
         return self._fault_exit(context, self._decode_fault(context, pending[1]))
+
+    def _vmfunc(self, context: CpuContext) -> bool:
+        """The engine refused an instruction (#UD): emulate it if it is a vmfunc the
+        running thread's EPTP list allows (machine/vmfunc.py)."""
+        return self.eptp.switch(context, self._read_running_code)
 
     def _emu_start(self, begin: int, until: int, budget: int = 0) -> None:
         """The one call of emu_start.

@@ -19,6 +19,7 @@ _DESIGNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "sel4-kpti": ("sel4", "Sel4Ipc", {"kpti": True}),
     "underbridge": ("underbridge", "UnderbridgeIpc", {}),
     "zircon": ("zircon", "ZirconIpc", {}),
+    "skybridge": ("skybridge", "SkybridgeIpc", {}),
 }
 DESIGNS = tuple(_DESIGNS)
 

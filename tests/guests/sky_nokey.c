@@ -1,0 +1,45 @@
+/* sky_nokey: a SkyBridge client that calls its server without the calling key
+ * (tests/kernel/test_skybridge.py), an attack that would work on a trampoline
+ * without the key check.
+ *
+ * The attack: connect to echo, find the call half's `vmfunc` in our trampoline (the
+ * first 0F 01 D4; the `mov ecx, imm32` before it names the server's EPTP index) and
+ * call straight onto it with a guessed key in R11, skipping the call half.
+ * Expected response: the server half finds no calling key, switches straight back and
+ * returns -EPERM (-1) without running echo's function. A genuine call afterwards works.
+ * Prints "nokey = <status>" then "call = <status> mr1 = <mr1>".
+ */
+#include "ub.h"
+#include "ub_ipc.h"
+#include "ub_sys.h"
+
+static long call_without_key(unsigned long at, unsigned long index, long key)
+{
+    long ret;
+    register long r11 __asm__("r11") = key;
+    __asm__ volatile("xor %%eax, %%eax\n\tcall *%[at]"
+                     : "=&a"(ret), "+r"(r11), "+c"(index)
+                     : [at] "r"(at)
+                     : "rdx", "rsi", "rdi", "r8", "r9", "r10", "memory", "cc");
+    return ret;
+}
+
+int main(void)
+{
+    struct ub_conn conn;
+    long r = ub_ipc_connect_when_up("echo", &conn);
+    if (r < 0 || !conn.gate) {
+        ub_printf("sky_nokey: cannot connect: %ld\n", r);
+        return 1;
+    }
+    const unsigned char *t = (const unsigned char *)conn.gate;
+    unsigned long at = 0;
+    while (!(t[at] == 0x0f && t[at + 1] == 0x01 && t[at + 2] == 0xd4))
+        at++;
+    unsigned long index = *(const unsigned int *)(t + at - 4);
+    ub_printf("nokey = %ld\n", call_without_key(conn.gate + at, index, 0x1234));
+    long mr[4] = {0, 8, 9, 10}; /* ECHO_REGS: echoed back */
+    r = ub_ipc_call(&conn, mr);
+    ub_printf("call = %ld mr1 = %ld\n", r, r < 0 ? 0 : mr[1]);
+    return 0;
+}
