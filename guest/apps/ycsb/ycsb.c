@@ -120,8 +120,8 @@ int main(int argc, char **argv)
         return ycsb_mix_main(argc, argv);
     /* The dispatch above moved A's loop head by 7 bytes, so the assembler's alignment nop
      * before it (executed once, inside the measured span) vanished; these 7 bytes, run
-     * once before any marker, put it back (tests/bench/test_ycsb_workloads.py checks the
-     * loop head's address mod 16). */
+     * once before any marker, put it back (tests/bench/test_ycsb_workloads.py pins A's
+     * figures as measured before this dispatch existed). */
     __asm__ volatile(".nops 7");
     long records, ops;
     uint64_t seed;

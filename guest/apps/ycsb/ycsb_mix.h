@@ -153,6 +153,7 @@ static inline void ycsb_mix_init(struct ycsb_mix *mix, const struct ycsb_workloa
     ycsb_zipf_init(&mix->zipf);
     mix->keyspace = records + (int64_t)((double)ops * w->proportion[YCSB_INSERT] * 2.0);
     mix->last = records - 1;
+    mix->latest = (struct ycsb_latest){0}; /* zipfian workloads never read it */
     if (w->latest)
         ycsb_latest_init(&mix->latest, records - 1);
 }
