@@ -5,10 +5,12 @@
  *
  *   usage: ycsb RECORDS OPS SEED [DBPATH [WORKLOAD]]   (DBPATH defaults to /ycsb.db)
  *
- * Workload A runs the loop its published figures were measured with (run, do_read,
- * do_update over ycsb_next_op); B-F run run_mix over ycsb_next_mix_op, which draws A's
- * very operations too (the tests prove it). The workloads come from ycsb_gen.h and
- * ycsb_mix.h; src/underbridge/bench/ycsb_workload.py (with ycsb_core.py) is their
+ * This file is workload A: the loop its published figures were measured with (run,
+ * do_read, do_update over ycsb_next_op). main hands B-F to ycsb_mix.c (run_mix over
+ * ycsb_next_mix_op, which draws A's very operations too: the tests prove it); the
+ * table, statements and load they share are ycsb_db.h's. The workloads come from
+ * ycsb_gen.h and ycsb_mix.h; src/underbridge/bench/ycsb_workload.py (with ycsb_core.py
+ * and ycsb_native.py) is their
  * Python twin and must print the same summary and leave the same rows. The database is
  * opened on the default VFS: SQLite's unix VFS on a host, the IPC VFS (ubvfs.c) in
  * underbridge. The table must not exist yet.
