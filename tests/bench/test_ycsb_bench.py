@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from underbridge.bench import ycsb
-from underbridge.bench.ycsb_workload import expected_rows, read_rows, run_native
+from underbridge.bench.ycsb_native import expected_rows, read_rows, run_native
 from underbridge.cli import main
 
 RECORDS, OPS, SEED = 60, 60, 3

@@ -30,7 +30,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from underbridge.bench import ycsb_native as native_twin
 from underbridge.bench import ycsb_workload as ycsb
+from underbridge.bench.ycsb_native import YcsbSummary
 from underbridge.bench.ycsb_workload import (
     FIELD_COUNT,
     FIELD_LENGTH,
@@ -38,7 +40,6 @@ from underbridge.bench.ycsb_workload import (
     Read,
     Update,
     YcsbGenerator,
-    YcsbSummary,
 )
 from underbridge.guestbuild.sqlite_source import amalgamation_dir
 from underbridge.guestbuild.toolchain import cache_root, guest_root
@@ -258,9 +259,13 @@ def test_read_proportion_is_about_half():
 @given(
     st.builds(
         YcsbSummary,
+        st.sampled_from("abcdef"),
         st.integers(1, 2**40),
         st.integers(0, 2**40),
         UINT64,
+        st.integers(0, 2**40),
+        st.integers(0, 2**40),
+        st.integers(0, 2**40),
         st.integers(0, 2**40),
         st.integers(0, 2**40),
         st.integers(0, 2**40),
@@ -274,15 +279,15 @@ def test_summary_line_round_trips(summary):
 
 
 def test_summary_line_format():
-    summary = YcsbSummary(200, 300, 7, 157, 143, 0, 0xC4C48E025D7B9749)
+    summary = YcsbSummary("a", 200, 300, 7, 157, 143, 0, 0, 0, 0, 0xC4C48E025D7B9749)
     assert summary.line() == (
-        "ycsb: records=200 ops=300 seed=7 reads=157 updates=143 "
-        "misses=0 checksum=c4c48e025d7b9749\n"
+        "ycsb: workload=a records=200 ops=300 seed=7 reads=157 updates=143 "
+        "inserts=0 scans=0 rmws=0 misses=0 checksum=c4c48e025d7b9749\n"
     )
 
 
 @pytest.mark.parametrize(
-    "text", ["", "ycsb: records=1\n", YcsbSummary(1, 1, 1, 1, 0, 0, 1).line() * 2]
+    "text", ["", "ycsb: records=1\n", YcsbSummary("a", 1, 1, 1, 1, 0, 0, 0, 0, 0, 1).line() * 2]
 )
 def test_summary_parse_rejects_missing_or_ambiguous(text):
     with pytest.raises(ValueError, match="summary"):
@@ -299,14 +304,16 @@ def test_generator_rejects_bad_arguments():
 
 
 def test_run_native_in_memory_gives_the_same_summary(tmp_path):
-    assert ycsb.run_native(None, 30, 60, 4) == ycsb.run_native(tmp_path / "y.db", 30, 60, 4)
+    assert native_twin.run_native(None, 30, 60, 4) == native_twin.run_native(
+        tmp_path / "y.db", 30, 60, 4
+    )
 
 
 def test_run_native_refuses_an_existing_table(tmp_path):
     db_path = tmp_path / "y.db"
-    ycsb.run_native(db_path, 3, 3, 1)
+    native_twin.run_native(db_path, 3, 3, 1)
     with pytest.raises(sqlite3.OperationalError, match="already exists"):
-        ycsb.run_native(db_path, 3, 3, 1)
+        native_twin.run_native(db_path, 3, 3, 1)
 
 
 # ---- building C ------------------------------------------------------------------------
@@ -647,6 +654,7 @@ def ycsb_program(request, tmp_path_factory) -> Path:
         f"-I{amalgamation_dir()}",
         f"-I{YCSB_DIR}",
         YCSB_DIR / "ycsb.c",
+        YCSB_DIR / "ycsb_mix.c",
         mark,
         sqlite_object,
         "-o",
@@ -660,7 +668,7 @@ def ycsb_program(request, tmp_path_factory) -> Path:
 def native(request, tmp_path_factory) -> tuple[tuple[int, int, int], YcsbSummary, Path]:
     """One case run natively: its arguments, summary and database."""
     db_path = tmp_path_factory.mktemp("ycsb-native") / "native.db"
-    return request.param, ycsb.run_native(db_path, *request.param), db_path
+    return request.param, native_twin.run_native(db_path, *request.param), db_path
 
 
 def integrity(db_path: Path) -> str:
@@ -670,11 +678,11 @@ def integrity(db_path: Path) -> str:
 
 def test_native_run_matches_pure_replay(native):
     case, summary, db_path = native
-    replayed, rows = ycsb.replay(*case)
+    replayed, rows = native_twin.replay(*case)
     assert replayed == summary
     assert summary.reads + summary.updates == summary.ops
     assert summary.misses == 0  # every key chosen was loaded
-    assert ycsb.read_rows(db_path) == rows
+    assert native_twin.read_rows(db_path) == rows
     assert integrity(db_path) == "ok"
 
 
@@ -691,9 +699,9 @@ def test_c_program_matches_native(ycsb_program, native, tmp_path):
     assert result.stdout == summary.line()
     assert YcsbSummary.parse(result.stdout) == summary
     assert result.stderr == "ycsb-mark\n" * 4
-    rows = ycsb.read_rows(db_path)
-    assert rows == ycsb.expected_rows(records, ops, seed)
-    assert rows == ycsb.read_rows(native_db)
+    rows = native_twin.read_rows(db_path)
+    assert rows == native_twin.expected_rows(records, ops, seed)
+    assert rows == native_twin.read_rows(native_db)
     assert integrity(db_path) == "ok"
 
 
@@ -702,7 +710,11 @@ def test_c_program_matches_native(ycsb_program, native, tmp_path):
     [
         [],
         ["1", "1"],
-        ["1", "1", "1", "a.db", "extra"],
+        ["1", "1", "1", "a.db", "a", "extra"],
+        ["1", "1", "1", "a.db", "g"],
+        ["1", "1", "1", "a.db", "ab"],
+        ["1", "1", "1", "a.db", ""],
+        ["0", "1", "1", "a.db", "b"],
         ["0", "1", "1"],
         ["1", "-1", "1"],
         ["1", "1", "-1"],
@@ -717,7 +729,7 @@ def test_c_program_usage_errors(ycsb_program, tmp_path, args):
         [ycsb_program, *args], capture_output=True, text=True, check=False, cwd=tmp_path
     )
     assert result.returncode == 2
-    assert result.stderr.startswith("usage: ycsb RECORDS OPS SEED [DBPATH]")
+    assert result.stderr.startswith("usage: ycsb RECORDS OPS SEED [DBPATH [WORKLOAD]]")
     assert result.stdout == ""
 
 

@@ -1,5 +1,6 @@
 /* ycsb_gen.h: YCSB workload A's generator, header-only: the C twin of
  * src/underbridge/bench/ycsb_workload.py (whose docstring states the full spec).
+ * Workloads B-F build on it in ycsb_mix.h.
  *
  *  - One splitmix64 stream (struct ycsb_rng) drives everything, in program order:
  *    the load phase draws 10 values per record, then each operation draws u, its key
@@ -206,7 +207,9 @@ static inline void ycsb_next_value(struct ycsb_rng *rng, char out[YCSB_FIELD_LEN
     }
 }
 
-enum ycsb_op_kind { YCSB_READ, YCSB_UPDATE };
+/* YCSB's order of proportions (CoreWorkload.createOperationGenerator); workload A
+ * uses the first two, the others come from ycsb_mix.h. */
+enum ycsb_op_kind { YCSB_READ, YCSB_UPDATE, YCSB_INSERT, YCSB_SCAN, YCSB_RMW, YCSB_KINDS };
 
 struct ycsb_op {
     enum ycsb_op_kind kind;

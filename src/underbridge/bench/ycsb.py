@@ -1,4 +1,7 @@
-"""`underbridge bench ycsb`: SQLite under YCSB workload A, inside the microkernel.
+"""`underbridge bench ycsb`: SQLite under a YCSB core workload, inside the microkernel.
+
+The workload is one of YCSB's core workloads A-F (bench/ycsb_core.py; default A, the
+paper's), a command-line argument of the one ycsb guest binary.
 
 The stack, the same for every IPC design: the RAM-disk block server and the file-system
 server (fs/storage.py), and the ycsb guest (guest/apps/ycsb: SQLite built with musl,
@@ -17,8 +20,9 @@ servers (fs and ramdisk code), ipc (IPC syscalls' kernel paths, gates) and kerne
 IPC calls are counted by the servers themselves (the `ub_calls_served` counter each
 keeps), read from their memory at the markers: no guest work is added to count them.
 
-Checked, every run: the guest's summary line (reads, updates, misses and a checksum of
-every value read) must equal the native Python twin's (bench/ycsb_workload.py); and the
+Checked, every run: the guest's summary line (the count of every kind of operation,
+misses and a checksum of every value read or scanned) must equal the native Python
+twin's (bench/ycsb_native.py); and the
 database, read back out of the RAM disk through the on-disk format (fs/ubfs.py), must
 pass the ubfs consistency check.
 """
@@ -33,7 +37,8 @@ from pathlib import Path
 from rich.table import Table
 
 from underbridge.bench.markers import MarkRecorder
-from underbridge.bench.ycsb_workload import YcsbSummary, run_native
+from underbridge.bench.ycsb_core import DEFAULT_WORKLOAD, workload_named
+from underbridge.bench.ycsb_native import YcsbSummary, run_native
 from underbridge.elf.image import parse_elf
 from underbridge.fs.storage import FS_BASE, RAMDISK_BASE, Storage, start_storage
 from underbridge.fs.ubfs import Ubfs
@@ -66,6 +71,7 @@ class YcsbResult:
     records: int
     ops: int
     seed: int
+    workload: str  # YCSB core workload a..f
     sim_ops_per_sec: float | None  # the sim_ figures and the breakdown are None when
     sim_cycles_per_op: float | None  # measured with --no-accounting (wall time only)
     ipc_calls_per_op: float
@@ -88,7 +94,7 @@ def build_ycsb() -> Path:
         app / "ycsb.c",
         base=YCSB_BASE,
         libc="musl",
-        extra_sources=[app / "ubvfs.c", app / "mark.c"],
+        extra_sources=[app / "ycsb_mix.c", app / "ubvfs.c", app / "mark.c"],
         extra_objects=[sqlite_object()],
         include_dirs=[amalgamation_dir()],
     )
@@ -131,7 +137,14 @@ class _Run:
     """One benchmark run: the machine, the stack, the guest and its observers."""
 
     def __init__(
-        self, mode: str, records: int, ops: int, seed: int, *, accounting: bool = True
+        self,
+        mode: str,
+        records: int,
+        ops: int,
+        seed: int,
+        workload: str,
+        *,
+        accounting: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -151,7 +164,9 @@ class _Run:
             )
         self.machine.attribute(IPC_CATEGORY, GATE_WINDOW, CONTROL_WINDOW)  # the gates
         self.app = self.kernel.spawn(
-            self.elf, ["ycsb", str(records), str(ops), str(seed), "/" + DB_NAME], abi="linux"
+            self.elf,
+            ["ycsb", str(records), str(ops), str(seed), "/" + DB_NAME, workload],
+            abi="linux",
         )
         self.progress_counter = _Counter(
             self.kernel, self.app, symbol(self.elf, "ycsb_progress")[0]
@@ -219,16 +234,19 @@ def run(
     records: int,
     ops: int,
     seed: int = 1,
+    workload: str = DEFAULT_WORKLOAD,
     *,
     progress: Progress | None = None,
     db_out: Path | None = None,
     accounting: bool = True,
 ) -> YcsbResult:
-    """Load `records` records and run `ops` YCSB-A operations under `mode`; check, report.
+    """Load `records` records and run `ops` operations of YCSB `workload` (a..f) under
+    `mode`; check, report.
 
     accounting=False: wall time only, no simulated figures (what accounting costs)."""
     started = time.perf_counter()
-    bench = _Run(mode, records, ops, seed, accounting=accounting)
+    workload = workload_named(workload).name
+    bench = _Run(mode, records, ops, seed, workload, accounting=accounting)
     bench.execute(progress)
     console = bench.console()
     if bench.app.state is not GroupState.EXITED or bench.app.exit_status != 0:
@@ -237,7 +255,7 @@ def run(
             f" fault {bench.app.fault}):\n{console}"
         )
     guest = YcsbSummary.parse(console)
-    native = run_native(None, records, ops, seed)
+    native = run_native(None, records, ops, seed, workload)
     if guest != native:
         raise BenchFailed(
             f"the guest's results differ from the native run's:\n"
@@ -256,6 +274,7 @@ def run(
         records=records,
         ops=ops,
         seed=seed,
+        workload=workload,
         sim_ops_per_sec=NOMINAL_HZ / cycles if accounting else None,
         sim_cycles_per_op=cycles if accounting else None,
         ipc_calls_per_op=sum(calls.values()),
@@ -272,7 +291,7 @@ def run(
 def result_table(result: YcsbResult) -> Table:
     """The terminal report of one run."""
     table = Table(
-        title=f"underbridge bench ycsb --mode {result.mode}: YCSB-A, "
+        title=f"underbridge bench ycsb --mode {result.mode}: YCSB-{result.workload.upper()}, "
         f"{result.records:,} records, {result.ops:,} operations, "
         f"seed {result.seed}"
     )

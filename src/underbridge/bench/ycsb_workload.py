@@ -1,9 +1,14 @@
-"""YCSB workload A (50% reads, 50% updates, zipfian keys): the Python twin of the guest.
+"""YCSB's core workloads on SQLite (A by default): the Python twin of the guest.
 
-guest/apps/ycsb/ycsb.c (with guest/apps/ycsb/ycsb_gen.h) runs this workload on SQLite
+guest/apps/ycsb/ycsb.c (with ycsb_gen.h and ycsb_mix.h) runs a workload on SQLite
 inside the microkernel; this module generates the very same records and operations,
-runs them natively on Python's sqlite3 (`run_native`), and replays them without any
-database (`expected_rows`), so the guest's output and database can be checked exactly.
+which bench/ycsb_native.py runs natively on Python's sqlite3 (`run_native`) and replays
+without any database (`expected_rows`), so the guest's output and database can be
+checked exactly.
+Workload A (50% reads, 50% updates, zipfian keys) is specified below; B-F (YCSB's
+`workloads/workloadb`..`workloadf`: other proportions, inserts, scans, read-modify-
+writes and the `latest` distribution) are specified in bench/ycsb_core.py, whose
+chooser and key rules `YcsbGenerator.operations` applies, A included.
 
 The spec (both twins implement it bit for bit):
   - One splitmix64 stream seeded with SEED drives everything, in program order.
@@ -23,6 +28,11 @@ The spec (both twins implement it bit for bit):
     u < 0.5 is a READ of all ten fields, whose bytes (fields in order) are folded into an
     FNV-1a 64 checksum (a missing row counts a miss and folds nothing); otherwise an
     UPDATE of field int(next_double() * 10) to a fresh value (13 outputs).
+  - The other workloads (bench/ycsb_core.py): an INSERT draws ten values for the next
+    keynum; a SCAN draws its start keynum, then its length, and folds every row of
+    `SELECT * ... WHERE YCSB_KEY >= start ORDER BY YCSB_KEY LIMIT length` (YCSB's JDBC
+    binding's scan) into the checksum; a READMODIFYWRITE draws like an UPDATE, reads the
+    row (folded like a READ), then updates it, as two autocommit statements.
 
 Deviations from YCSB (none changes what kind of load SQLite sees):
   - Java's ThreadLocalRandom is replaced by the single seeded splitmix64 stream, and
@@ -44,21 +54,28 @@ Deviations from YCSB (none changes what kind of load SQLite sees):
 Invariants:
   - The stream is consumed in exactly the order above; iterate `load_records` to the end
     before `operations`, as the C program does (or use `workload`).
-  - Every keynum is in [0, records); every value is 100 characters in ' '..'~'.
-  - The summary of a run depends only on (records, ops, seed), never on the database
-    engine: `replay` computes it without SQLite and must equal `run_native`'s and the
-    guest's.
+  - Workload A's keynums are in [0, records); every workload's are at most the last
+    keynum inserted (bench/ycsb_core.py); every value is 100 characters in ' '..'~'.
+  - The summary of a run depends only on (workload, records, ops, seed), never on the database
+    engine: ycsb_native.replay computes it without SQLite and must equal `run_native`'s
+    and the guest's.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
+
+from underbridge.bench.ycsb_core import (
+    DEFAULT_WORKLOAD,
+    CoreWorkload,
+    Kind,
+    LatestGenerator,
+    choose,
+    java_int,
+    workload_named,
+)
 
 MASK64 = (1 << 64) - 1
 _SIGN64 = 1 << 63
@@ -95,6 +112,7 @@ CREATE_SQL = (
 INSERT_SQL = f"INSERT INTO {TABLE} VALUES ({', '.join('?' * (FIELD_COUNT + 1))})"
 READ_SQL = f"SELECT * FROM {TABLE} WHERE {KEY_COLUMN} = ?"
 UPDATE_SQL = tuple(f"UPDATE {TABLE} SET {name} = ? WHERE {KEY_COLUMN} = ?" for name in FIELD_NAMES)
+SCAN_SQL = f"SELECT * FROM {TABLE} WHERE {KEY_COLUMN} >= ? ORDER BY {KEY_COLUMN} LIMIT ?"
 
 # byte b -> 32 + b % 95: every byte value maps to a printable ASCII character.
 _PRINTABLE = bytes(32 + b % 95 for b in range(256))
@@ -218,7 +236,35 @@ class Update:
     value: str
 
 
-Operation = Read | Update
+@dataclass(frozen=True, slots=True)
+class Insert:
+    """An INSERT of the new record `key` with `values` (FIELD0..FIELD9)."""
+
+    keynum: int
+    key: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A SCAN of at most `length` rows from `key` on, in key order, all fields."""
+
+    keynum: int
+    key: str
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadModifyWrite:
+    """A READ of all fields of `key`, then an UPDATE of field `field` to `value`."""
+
+    keynum: int
+    key: str
+    field: int
+    value: str
+
+
+Operation = Read | Update | Insert | Scan | ReadModifyWrite
 LoadRecord = tuple[str, tuple[str, ...]]  # (key, the ten field values)
 
 
@@ -272,17 +318,51 @@ class YcsbGenerator:
         for keynum in range(records):
             yield key_name(keynum), tuple(self.next_value() for _ in range(FIELD_COUNT))
 
-    def operations(self, records: int, ops: int) -> Iterator[Operation]:
-        """The run phase's operations; draw only after the load phase was drawn."""
+    def operations(
+        self, records: int, ops: int, workload: str = DEFAULT_WORKLOAD
+    ) -> Iterator[Operation]:
+        """The run phase's operations; draw only after the load phase was drawn.
+
+        Per op: the kind (one draw, `choose`); an INSERT then draws ten values for the
+        next keynum; every other kind draws its keynum (`_keynum`), then a SCAN its
+        length, an UPDATE or READMODIFYWRITE its field and value.
+        """
         _check_counts(records, ops)
+        spec = workload_named(workload)
+        keyspace = records + spec.expected_new_keys(ops)
+        latest = LatestGenerator(records - 1) if spec.latest else None
+        last = records - 1  # the last keynum inserted (and acknowledged)
         for _ in range(ops):
-            u = self.next_double()
-            keynum = self.next_keynum(records)
-            if u < READ_PROPORTION:
-                yield Read(keynum, key_name(keynum))
+            kind = choose(self.next_double(), spec)
+            if kind is Kind.INSERT:
+                last += 1
+                values = tuple(self.next_value() for _ in range(FIELD_COUNT))
+                yield Insert(last, key_name(last), values)
+                continue
+            keynum = self._keynum(keyspace, last, latest)
+            yield self._keyed(kind, keynum, spec)
+
+    def _keynum(self, keyspace: int, last: int, latest: LatestGenerator | None) -> int:
+        """CoreWorkload.nextKeynum: draw (intValue) until at most the last inserted."""
+        while True:
+            if latest is None:
+                keynum = self.next_keynum(keyspace)
             else:
-                field = int(self.next_double() * FIELD_COUNT)
-                yield Update(keynum, key_name(keynum), field, self.next_value())
+                keynum = java_int(latest.next(last, self.next_double))
+            if keynum <= last:
+                return keynum
+
+    def _keyed(self, kind: Kind, keynum: int, spec: CoreWorkload) -> Operation:
+        key = key_name(keynum)
+        if kind is Kind.READ:
+            return Read(keynum, key)
+        if kind is Kind.SCAN:
+            span = spec.max_scan - spec.min_scan + 1
+            return Scan(keynum, key, spec.min_scan + int(self.next_double() * span))
+        field = int(self.next_double() * FIELD_COUNT)
+        if kind is Kind.UPDATE:
+            return Update(keynum, key, field, self.next_value())
+        return ReadModifyWrite(keynum, key, field, self.next_value())
 
 
 def _check_counts(records: int, ops: int) -> None:
@@ -292,128 +372,10 @@ def _check_counts(records: int, ops: int) -> None:
         raise ValueError(f"ops must not be negative, not {ops}")
 
 
-def workload(records: int, ops: int, seed: int) -> tuple[list[LoadRecord], list[Operation]]:
+def workload(
+    records: int, ops: int, seed: int, name: str = DEFAULT_WORKLOAD
+) -> tuple[list[LoadRecord], list[Operation]]:
     """The whole workload for (records, ops, seed): load rows, then operations."""
     generator = YcsbGenerator(seed)
     rows = list(generator.load_records(records))
-    return rows, list(generator.operations(records, ops))
-
-
-_SUMMARY = re.compile(
-    r"^ycsb: records=(\d+) ops=(\d+) seed=(\d+) reads=(\d+) updates=(\d+) misses=(\d+) "
-    r"checksum=([0-9a-f]{16})$",
-    re.MULTILINE,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class YcsbSummary:
-    """What a run reports. reads + updates == ops; misses counts reads that found no row."""
-
-    records: int
-    ops: int
-    seed: int
-    reads: int
-    updates: int
-    misses: int
-    checksum: int  # FNV-1a 64 over the bytes of every field read, in order
-
-    def line(self) -> str:
-        """Exactly the text the C program prints for its summary, newline included."""
-        return (
-            f"ycsb: records={self.records} ops={self.ops} seed={self.seed} "
-            f"reads={self.reads} updates={self.updates} misses={self.misses} "
-            f"checksum={self.checksum:016x}\n"
-        )
-
-    @classmethod
-    def parse(cls, text: str) -> YcsbSummary:
-        """The one summary line in a program's output; ValueError if none or several."""
-        found = _SUMMARY.findall(text)
-        if len(found) != 1:
-            raise ValueError(f"expected one ycsb summary line, found {len(found)}")
-        *counts, checksum = found[0]
-        return cls(*(int(count) for count in counts), checksum=int(checksum, 16))
-
-
-class _Tally:
-    """Counts and checksum of a run in progress."""
-
-    __slots__ = ("checksum", "misses", "reads", "updates")
-
-    def __init__(self) -> None:
-        self.reads = self.updates = self.misses = 0
-        self.checksum = FNV_OFFSET_BASIS_64
-
-    def read(self, fields: tuple[str, ...] | None) -> None:
-        self.reads += 1
-        if fields is None:
-            self.misses += 1
-            return
-        # Folding the concatenation equals folding field by field (FNV is sequential).
-        self.checksum = fnv1a_fold(self.checksum, "".join(fields).encode("utf-8"))
-
-    def summary(self, records: int, ops: int, seed: int) -> YcsbSummary:
-        return YcsbSummary(records, ops, seed, self.reads, self.updates, self.misses, self.checksum)
-
-
-def replay(records: int, ops: int, seed: int) -> tuple[YcsbSummary, dict[str, tuple[str, ...]]]:
-    """The run's summary and final table content, computed without any database."""
-    generator = YcsbGenerator(seed)
-    rows = dict(generator.load_records(records))
-    if len(rows) != records:
-        raise ValueError(f"two keynums below {records} share a key name")  # PRIMARY KEY
-    tally = _Tally()
-    for op in generator.operations(records, ops):
-        if isinstance(op, Read):
-            tally.read(rows.get(op.key))
-        else:
-            tally.updates += 1
-            if op.key in rows:
-                fields = list(rows[op.key])
-                fields[op.field] = op.value
-                rows[op.key] = tuple(fields)
-    return tally.summary(records, ops, seed), rows
-
-
-def expected_rows(records: int, ops: int, seed: int) -> dict[str, tuple[str, ...]]:
-    """The table after the run, key -> (FIELD0..FIELD9), by pure replay (no SQLite)."""
-    return replay(records, ops, seed)[1]
-
-
-def read_rows(db_path: Path | str) -> dict[str, tuple[str, ...]]:
-    """Every row of a YCSB database, key -> (FIELD0..FIELD9), for comparisons."""
-    with closing(sqlite3.connect(db_path)) as db:
-        return {key: tuple(fields) for key, *fields in db.execute(f"SELECT * FROM {TABLE}")}
-
-
-def run_native(db_path: Path | str | None, records: int, ops: int, seed: int) -> YcsbSummary:
-    """Runs the workload on Python's sqlite3 exactly as ycsb.c does on its SQLite.
-
-    Same statements, same transactions: CREATE TABLE (fails if it exists), the load in one
-    BEGIN..COMMIT, then every operation in autocommit. isolation_level=None stops the
-    module from opening transactions of its own; its statement cache keeps each SQL
-    string prepared once, as ycsb.c does. db_path None runs on a private in-memory
-    database: the same summary (it never depends on the storage), without the file
-    system's syncs, which dominate a file-backed run's wall time.
-    """
-    generator = YcsbGenerator(seed)
-    db = sqlite3.connect(":memory:" if db_path is None else db_path, isolation_level=None)
-    try:
-        db.execute(CREATE_SQL)
-        db.execute("BEGIN")
-        db.executemany(
-            INSERT_SQL, ((key, *fields) for key, fields in generator.load_records(records))
-        )
-        db.execute("COMMIT")
-        tally = _Tally()
-        for op in generator.operations(records, ops):
-            if isinstance(op, Read):
-                row = db.execute(READ_SQL, (op.key,)).fetchone()
-                tally.read(None if row is None else tuple(row[1:]))
-            else:
-                db.execute(UPDATE_SQL[op.field], (op.value, op.key))
-                tally.updates += 1
-        return tally.summary(records, ops, seed)
-    finally:
-        db.close()
+    return rows, list(generator.operations(records, ops, name))

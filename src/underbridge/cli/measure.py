@@ -12,6 +12,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from underbridge.bench.ycsb_core import WORKLOADS as YCSB_WORKLOADS
 from underbridge.cli.common import (
     MAX_COUNT,
     NO_ACCOUNTING_HELP,
@@ -93,9 +94,17 @@ def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> Non
     type=click.IntRange(min=1, max=MAX_COUNT),
     default=1_000,
     show_default=True,
-    help="YCSB-A operations after the load (50% reads, 50% updates).",
+    help="Operations after the load.",
 )
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=1, show_default=True)
+@click.option(
+    "--workload",
+    type=click.Choice(list(YCSB_WORKLOADS), case_sensitive=False),
+    default="a",
+    show_default=True,
+    help="YCSB core workload: a 50/50 read/update, b 95/5 read/update, c read only, "
+    "d read latest + 5% inserts, e short scans + 5% inserts, f 50/50 read/read-modify-write.",
+)
 @click.option(
     "--db-out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -110,11 +119,12 @@ def bench_ycsb(
     records: int,
     ops: int,
     seed: int,
+    workload: str,
     db_out: Path | None,
     no_accounting: bool,
     as_json: bool,
 ) -> None:
-    """SQLite under YCSB workload A inside the microkernel, file operations over IPC."""
+    """SQLite under a YCSB core workload inside the microkernel, file operations over IPC."""
     from rich.progress import Progress
 
     from underbridge.bench import ycsb
@@ -126,6 +136,7 @@ def bench_ycsb(
             records,
             ops,
             seed,
+            workload,
             db_out=db_out,
             progress=lambda done, total: bar.update(task, completed=done),
             accounting=not no_accounting,
