@@ -342,7 +342,7 @@ def test_c_program_matches_native(host_program, tmp_path, name):
 GUEST_RECORDS, GUEST_OPS, GUEST_SEED = 50, 50, 1
 
 
-@pytest.mark.parametrize("mode", ["sel4", "underbridge"])
+@pytest.mark.parametrize("mode", ycsb.MODES)  # every design, as issue 13 asks
 @pytest.mark.parametrize("name", NAMES)
 def test_guest_workload_checks_out(tmp_path, mode, name):
     db = tmp_path / "out.db"
