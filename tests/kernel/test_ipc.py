@@ -34,11 +34,15 @@ ROUND_TRIP_EVENTS = {  # kernel/ipc/sel4.py's docstring, as counts per round tri
     # kernel/ipc/skybridge.py: the trampoline's two vmfuncs, both paths, no kernel entry
     "skybridge": {"vmfunc": 2},
 }
+PKU_USER_EVENTS = {  # kernel/ipc/pku_user.py: seL4's path into the server process; a gate
+    "app-server": ROUND_TRIP_EVENTS["sel4"],
+    "server-server": {"wrpkru": 2},
+}
 
 
 @pytest.fixture(
     scope="module",
-    params=["monolithic", "sel4", "sel4-kpti", "underbridge", "zircon", "skybridge"],
+    params=["monolithic", "sel4", "sel4-kpti", "underbridge", "zircon", "skybridge", "pku-user"],
 )
 def result(request):
     return ipc_bench.run(request.param, rounds=200)
@@ -59,7 +63,11 @@ MONOLITHIC_EVENTS = {  # kernel/ipc/monolithic.py's docstring: no CR3 write, no 
     "app-server": {"syscall": 1, "swapgs": 2, "sel4_fastpath_call": 1, "sysret": 1},
     "server-server": {},  # a stub and the handler, machine code only
 }
-IN_KERNEL_EVENTS = {"underbridge": UNDERBRIDGE_EVENTS, "monolithic": MONOLITHIC_EVENTS}
+IN_KERNEL_EVENTS = {
+    "underbridge": UNDERBRIDGE_EVENTS,
+    "monolithic": MONOLITHIC_EVENTS,
+    "pku-user": PKU_USER_EVENTS,
+}
 
 
 def test_every_path_completes_with_the_designs_event_sequence(result):

@@ -10,7 +10,9 @@ mappings made in kernel/ipc/underbridge.py):
      all of them (a U=0 page would be open to every ring-0 server). One exception: the
      current-thread word (kernel/ipc/underbridge.py CURRENT_THREAD_PAGE), U=0 and
      read-only on purpose, so that every gate can read it and no server can write it
-     (CR0.WP=1). It holds the running thread's id, nothing secret.
+     (CR0.WP=1). It holds the running thread's id, nothing secret. (Under pku-user,
+     whose servers run in ring 3, it is U=1, read-only, under a key of its own that
+     every domain may only read: kernel/ipc/pku_user.py.)
   3. Key 0 is the kernel's: its text, its data (the GDT), gate code, gate save areas of
      kernel-side calls. No server's PKRU ever opens key 0. Gate pages are executable and
      not writable: a server can call into them but neither read nor write them.
@@ -74,15 +76,19 @@ class KeyAllocator:
 
 @dataclass(eq=False)
 class Domain:
-    """An execution domain: its private key and the shared keys of its connections."""
+    """An execution domain: its private key, the shared keys of its connections, and the
+    keys it may only read (the pku-user design's current-thread word; none otherwise)."""
 
     name: str
     key: int
     shared_keys: set[int] = field(default_factory=set)
+    readable: tuple[int, ...] = ()
 
     @property
     def pkru(self) -> int:
-        return pkru_allowing(read_write=[self.key, *sorted(self.shared_keys)])
+        return pkru_allowing(
+            read_write=[self.key, *sorted(self.shared_keys)], read_only=self.readable
+        )
 
 
 @cache  # a pure function of the key, computed on every call an application makes

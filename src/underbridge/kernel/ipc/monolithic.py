@@ -123,6 +123,7 @@ class Stub:
 class MonolithicIpc(PassiveServers):
     name = "monolithic"
     entry_kind = "stubs"
+    ring = 0  # servers run in ring 0 on the kernel page table
     # An application's call: into the kernel and its decode-and-dispatch (charged as
     # seL4's Call fastpath, see above); then out. No CR3 write either way.
     app_call_entry = Charges.of(("swapgs", 2), "sel4_fastpath_call")

@@ -20,6 +20,7 @@ _DESIGNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "underbridge": ("underbridge", "UnderbridgeIpc", {}),
     "zircon": ("zircon", "ZirconIpc", {}),
     "skybridge": ("skybridge", "SkybridgeIpc", {}),
+    "pku-user": ("pku_user", "PkuUserIpc", {}),
 }
 DESIGNS = tuple(_DESIGNS)
 

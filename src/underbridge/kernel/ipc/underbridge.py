@@ -80,6 +80,7 @@ class UnderbridgeIpc(PassiveServers):
     app_call_entry = _APP_CALL_ENTRY
     app_call_exit = _APP_CALL_EXIT
     entry_kind = "gates"
+    ring = 0  # servers run in ring 0 on the kernel page table
 
     def __init__(self) -> None:
         self.placement = self  # this design places servers in kernel space (DomainPlacement)
