@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import underbridge.bridge.gate as gate_module
 from underbridge.abi.message import DELIVERED, GATE_MESSAGE, REPLIED, SENT
+from underbridge.bridge.handler_call import handler_call
 from underbridge.guestbuild.toolchain import guest_root
 from underbridge.machine.context import Reg
 
@@ -62,8 +62,14 @@ def test_reply_wait_receives_the_delivered_layout():
     assert _regs(_received(code)) == DELIVERED
 
 
-def test_the_gate_hands_the_handler_the_gate_layout():
-    """The gate template stores mr0..mr3 into the handler's message, in order."""
-    source = Path(gate_module.__file__).read_text()
-    stored = re.findall(r'"mov \[rsp \+ (16|24|32|40)\], (\w+)"', source)
-    assert _regs([reg for _, reg in sorted(stored, key=lambda s: int(s[0]))]) == GATE_MESSAGE
+def test_gates_and_trampolines_hand_the_handler_the_gate_layout():
+    """The entry code (bridge/handler_call.py, used by gates and trampolines) stores
+    mr0..mr3 into the handler's message in order, and reads the reply back the same way."""
+    lines = handler_call(0x10000, 7, 0x5000, ("call 0x1234",))
+    stored = [re.fullmatch(r"mov \[rsp \+ (\d+)\], (\w+)", line) for line in lines]
+    loaded = [re.fullmatch(r"mov (\w+), \[rsp \+ (\d+)\]", line) for line in lines]
+    sent = [m.group(2) for m in sorted(filter(None, stored), key=lambda m: int(m.group(1)))]
+    back = [m.group(1) for m in sorted(filter(None, loaded), key=lambda m: int(m.group(2)))]
+    assert _regs([reg for reg in sent if reg != "rax"]) == GATE_MESSAGE  # rax: the buffer
+    assert _regs(back) == GATE_MESSAGE
+    assert sorted(int(m.group(2)) for m in filter(None, loaded)) == [16, 24, 32, 40]

@@ -65,10 +65,10 @@ import struct
 from dataclasses import dataclass, replace
 
 from underbridge.abi.syscalls import Errno
+from underbridge.bridge.handler_call import handler_call
 from underbridge.errors import KernelBug
 from underbridge.guestbuild.asm import assemble
 
-MSG_SIZE = 48  # struct ub_msg: badge, buf, mr[4]
 SAVED_REGS = ("rsp", "rbx", "rbp", "r12", "r13", "r14", "r15")
 SCRUBBED = ("ebx", "ebp", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d")
 CALLER_SLOT = 8 * len(SAVED_REGS)  # offset in the save area: the calling thread's id
@@ -159,20 +159,7 @@ def gate_source(spec: GateSpec) -> str:
         "jne .Labort",
         f"mov {call_token}, 0",
         # 5. the handler, on the server's stack
-        f"mov rsp, {spec.stack_top - MSG_SIZE:#x}",
-        f"mov qword ptr [rsp], {spec.badge:#x}",
-        f"mov rax, {spec.buffer:#x}",
-        "mov [rsp + 8], rax",
-        "mov [rsp + 16], rsi",
-        "mov [rsp + 24], rdi",
-        "mov [rsp + 32], r8",
-        "mov [rsp + 40], r9",
-        "mov rdi, rsp",
-        f"call {spec.handler:#x}",
-        "mov rsi, [rsp + 16]",
-        "mov rdi, [rsp + 24]",
-        "mov r8, [rsp + 32]",
-        "mov r9, [rsp + 40]",
+        *handler_call(spec.stack_top, spec.badge, spec.buffer, (f"call {spec.handler:#x}",)),
         # back to the client's domain, the same way
         *_switch_pkru(spec.client_pkru, ".Labort"),
         # 6. only the genuine return of this thread's call in progress gets through;

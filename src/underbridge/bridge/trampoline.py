@@ -44,9 +44,9 @@ import functools
 from dataclasses import dataclass
 
 from underbridge.abi.syscalls import Errno
+from underbridge.bridge.handler_call import handler_call
 from underbridge.guestbuild.asm import assemble
 
-MSG_SIZE = 48  # struct ub_msg: badge, buf, mr[4]
 SAVED_REGS = ("rsp", "rbx", "rbp", "r12", "r13", "r14", "r15")
 SCRUBBED = ("ebx", "ebp", "edx", "r10d", "r12d", "r13d", "r14d", "r15d")
 CLIENT_KEY = 0  # offsets in the client record
@@ -108,21 +108,9 @@ def trampoline_source(spec: TrampolineSpec) -> str:
         "jne .Lrefuse",
         "xor r11d, r11d",
         # 3. the server's function, on the binding's server stack
-        f"mov rsp, {spec.stack_top - MSG_SIZE:#x}",
-        f"mov qword ptr [rsp], {spec.badge:#x}",
-        f"mov rax, {spec.buffer:#x}",
-        "mov [rsp + 8], rax",
-        "mov [rsp + 16], rsi",
-        "mov [rsp + 24], rdi",
-        "mov [rsp + 32], r8",
-        "mov [rsp + 40], r9",
-        "mov rdi, rsp",
-        f"mov rax, {spec.handler:#x}",
-        "call rax",
-        "mov rsi, [rsp + 16]",
-        "mov rdi, [rsp + 24]",
-        "mov r8, [rsp + 32]",
-        "mov r9, [rsp + 40]",
+        *handler_call(
+            spec.stack_top, spec.badge, spec.buffer, (f"mov rax, {spec.handler:#x}", "call rax")
+        ),
         # 4. back, with the key
         f"mov r11, {server_key}",
         *_switch(spec.client_index),
