@@ -79,10 +79,13 @@ class Domain:
     name: str
     key: int
     shared_keys: set[int] = field(default_factory=set)
+    readable: tuple[int, ...] = ()  # keys it may read, never write (pku-shared's public key)
 
     @property
     def pkru(self) -> int:
-        return pkru_allowing(read_write=[self.key, *sorted(self.shared_keys)])
+        return pkru_allowing(
+            read_write=[self.key, *sorted(self.shared_keys)], read_only=self.readable
+        )
 
 
 @cache  # a pure function of the key, computed on every call an application makes

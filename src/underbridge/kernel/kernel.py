@@ -163,7 +163,7 @@ class Kernel:
                 else:
                     image = parse_elf(data, name=name)  # as the loader rewrote it
                     ring, table, pkey, pkru = (
-                        0,
+                        self.placement.ring,
                         self.machine.kernel_space,
                         domain.key,
                         domain.pkru,
@@ -227,8 +227,7 @@ class Kernel:
         self._last_space = space
         self._switch_cause = KERNEL_CATEGORY
         context = thread.context
-        if context.cpl == 0:
-            self.placement.about_to_run(self, thread.tid)
+        self.placement.about_to_run(self, thread.tid)
         result = self.machine.run(context, budget=self.sched.quantum)
         kind = result.kind
         if kind is ExitKind.SYSCALL:

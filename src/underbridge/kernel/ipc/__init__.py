@@ -83,6 +83,8 @@ class IpcDesign(Protocol):
 class DomainPlacement(Protocol):
     """Servers in kernel space, each in an execution domain (the optional part)."""
 
+    ring: int  # the ring placed servers run in (3 under pku-shared: mapped, not sunk)
+
     def admit(
         self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
     ) -> tuple[Domain, int, bytes]:
@@ -103,7 +105,7 @@ class DomainPlacement(Protocol):
         """Is the thread executing another domain's code, inside a call it made?"""
 
     def about_to_run(self, kernel: Kernel, tid: int) -> None:
-        """Ring-0 code is about to run on thread `tid`."""
+        """Thread `tid` is about to run (gates read its id)."""
 
     def code_owner(self, kernel: Kernel, thread: Thread) -> CapGroup:
         """The cap group whose code `thread` runs: its own, or the server's whose handler
@@ -119,6 +121,8 @@ class DomainPlacement(Protocol):
 class NoDomains:
     """The placement of a design whose servers all run in user space: there are no
     domains, no gates, and every thread runs its own cap group's code."""
+
+    ring = 0
 
     def __init__(self, design: str) -> None:
         self._design = design

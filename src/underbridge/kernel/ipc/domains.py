@@ -62,6 +62,7 @@ class Domains:
 
     def __init__(self) -> None:
         self.keys = KeyAllocator()
+        self.readable: tuple[int, ...] = ()  # keys every domain may read (Domain.readable)
         self._states: dict[CapGroup, DomainState] = {}
 
     def of(self, group: CapGroup) -> DomainState | None:
@@ -111,7 +112,8 @@ class Domains:
         image = parse_elf(elf, name=name)
         check_code_size(image, name)
         ks.check_image(name, base, image)
-        domain = Domain(name, self.keys.allocate(name))  # first: no work if none is left
+        # The key first: no work if none is left.
+        domain = Domain(name, self.keys.allocate(name), readable=self.readable)
         try:
             elf = self._deprivileged(name, base, elf, io_routines)
         except BaseException:

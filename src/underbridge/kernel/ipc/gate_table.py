@@ -48,17 +48,23 @@ class GateState:
     server: DomainState
     pages: list[int] = field(default_factory=list)  # kernel_space pages to unmap
     borrowed: list[tuple[DomainState, int, int]] = field(default_factory=list)
+    app_pkru: int | None = None  # an application calling the gate itself (pku-shared)
 
     @property
     def caller_pkru(self) -> int:
-        return kernel_call_pkru(self.shared_key) if self.client is None else self.client.pkru
+        if self.client is not None:
+            return self.client.pkru
+        return kernel_call_pkru(self.shared_key) if self.app_pkru is None else self.app_pkru
 
 
 class Gates:
     """Live gates by connection, and the gate slots."""
 
-    def __init__(self, domains: Domains) -> None:
+    def __init__(self, domains: Domains, *, map_app_buffer: bool = True) -> None:
         self._domains = domains
+        # False: an application client's buffer is the server's mapping, copied into the
+        # application's page table under the shared key (pku-shared), not its own.
+        self._map_app_buffer = map_app_buffer
         self.by_conn: dict[Connection, GateState] = {}
         self._slots = ks.Slots()
 
@@ -82,7 +88,7 @@ class Gates:
             server.group.vmspace.map_pmo(
                 conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE, pkey=key, pinned=True
             )
-            if client is None:
+            if client is None and self._map_app_buffer:
                 conn.client.vmspace.map_pmo(
                     conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE, pinned=True
                 )
@@ -170,6 +176,10 @@ class Gates:
             for gate in self.by_conn.values():
                 if party in (gate.client, gate.server):
                     self._emit(kernel, gate)
+
+    def emit(self, kernel: Kernel, state: GateState) -> None:
+        """Generate the gate again (its caller's PKRU changed)."""
+        self._emit(kernel, state)
 
     def _emit(self, kernel: Kernel, state: GateState) -> None:
         spec = gates.GateSpec(

@@ -121,6 +121,7 @@ class Stub:
 
 
 class MonolithicIpc(PassiveServers):
+    ring = 0  # placed servers run in ring 0
     name = "monolithic"
     entry_kind = "stubs"
     # An application's call: into the kernel and its decode-and-dispatch (charged as

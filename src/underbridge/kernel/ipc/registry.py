@@ -20,6 +20,7 @@ _DESIGNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "underbridge": ("underbridge", "UnderbridgeIpc", {}),
     "zircon": ("zircon", "ZirconIpc", {}),
     "skybridge": ("skybridge", "SkybridgeIpc", {}),
+    "pku-shared": ("pku_shared", "PkuSharedIpc", {}),
 }
 DESIGNS = tuple(_DESIGNS)
 

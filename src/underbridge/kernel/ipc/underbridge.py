@@ -76,6 +76,7 @@ _APP_CALL_EXIT = Charges.of("cr3_write", "sysret")
 
 
 class UnderbridgeIpc(PassiveServers):
+    ring = 0  # placed servers run in ring 0
     name = "underbridge"
     app_call_entry = _APP_CALL_ENTRY
     app_call_exit = _APP_CALL_EXIT
