@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from rich.table import Table
+
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.fs.storage import RAMDISK_BASE
 from underbridge.guestbuild.toolchain import build_program
@@ -137,3 +139,23 @@ def measure(apps: int = 4) -> DrawbackReport:
         app_map_window=clients[0].vmspace.guest_window,
         refused=bytes(refused.console).decode(errors="replace").strip(),
     )
+
+
+def report_table(report: DrawbackReport) -> Table:
+    """The terminal report: one row per operation, then keys and the refused application."""
+    table = Table(
+        title=f"underbridge bench pku-shared: {report.apps} applications joined",
+        caption="no published cycle figure exists for a page-table entry write: counts only",
+    )
+    for column in ("operation", "entries written", "table frames", "code scanned (bytes)"):
+        table.add_column(column, justify="left" if column == "operation" else "right")
+    for name in ("join", "place_server", "heap_grow", "connection"):
+        cost = getattr(report, name)
+        table.add_row(
+            name, f"{cost.pte_writes:,}", f"{cost.table_frames:,}", f"{cost.scanned_bytes:,}"
+        )
+    low, high = report.app_map_window
+    table.add_row("keys free / an application's own", f"{report.keys_free} / {report.app_own_keys}")
+    table.add_row("an application's memory objects", f"[{low:#x}, {high:#x})")
+    table.add_row("an application with keys of its own", report.refused.splitlines()[-1])
+    return table
