@@ -38,7 +38,7 @@ def test_an_application_reading_a_servers_page_faults_on_its_key() -> None:
         build_program(guest_root() / "attacks" / "app_read_server.c", base=0x0A00_0000),
         ["app", hex(ECHO_BASE)],
     )
-    design.shared_view(kernel).join(kernel, app)  # what its first IPC_CONNECT does
+    design.shared_view(kernel).join(app)  # what its first IPC_CONNECT does
     mapping = app.vmspace.table.lookup(ECHO_BASE)
     assert (
         mapping is not None

@@ -80,7 +80,7 @@ class PkuSharedIpc(UnderbridgeIpc):
         the shared view first (EPERM if its code can write PKRU), then gets the gate."""
         if self._domains.of(conn.service.server) is None or conn.client in self._domains:
             return super().connect(kernel, conn)
-        joined = self.shared_view(kernel).join(kernel, conn.client)
+        joined = self.shared_view(kernel).join(conn.client)
         super().connect(kernel, conn)
         state = self._gates.of(conn)
         assert state is not None

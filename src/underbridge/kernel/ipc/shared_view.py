@@ -43,11 +43,9 @@ from underbridge.bridge.scan import scan_code
 from underbridge.errors import SyscallError
 from underbridge.kernel.handlers.ipc import IPC_WINDOW
 from underbridge.kernel.ipc import kernel_space as ks
-from underbridge.machine.physmem import PAGE_SIZE
 from underbridge.machine.pkru import pkru_allowing
 
 if TYPE_CHECKING:
-    from underbridge.kernel.kernel import Kernel
     from underbridge.kernel.objects.capgroup import CapGroup
     from underbridge.machine.paging import Mapping, PageTable
 
@@ -103,12 +101,12 @@ class SharedView:
 
     # -- joining and leaving --------------------------------------------------------
 
-    def join(self, kernel: Kernel, group: CapGroup) -> Joined:
+    def join(self, group: CapGroup) -> Joined:
         """Scan the application, copy every shared entry into its table, set its PKRU."""
         joined = self.apps.get(group)
         if joined is not None:
             return joined
-        self._scan(kernel, group)
+        self._scan(group)
         joined = Joined(group, self.public_key)
         low, high = group.vmspace.guest_window
         group.vmspace.guest_window = (max(low, SHARED_TOP), min(high, IPC_WINDOW))
@@ -131,25 +129,11 @@ class SharedView:
             if thread.alive:
                 thread.context.pkru = joined.pkru
 
-    def _scan(self, kernel: Kernel, group: CapGroup) -> None:
+    def _scan(self, group: CapGroup) -> None:
         """EPERM if the application's code could write PKRU (module docstring)."""
-        table = group.vmspace.table
-        runs: list[tuple[int, bytearray]] = []
-        for vaddr in sorted(group.vmspace.private_pages):
-            mapping = table.lookup(vaddr)
-            if mapping is None or not mapping.flags.executable:
-                continue
-            if mapping.flags.writable:
-                raise SyscallError(Errno.EPERM, f"{group.name} has a writable code page")
-            code = kernel.machine.mem.read(mapping.frame, PAGE_SIZE)
-            if runs and runs[-1][0] + len(runs[-1][1]) == vaddr:
-                runs[-1][1].extend(code)
-            else:
-                runs.append((vaddr, bytearray(code)))
+        runs = group.vmspace.code_runs(group.name)
         self.counters.scanned_bytes += sum(len(code) for _, code in runs)
-        found = [
-            f for start, code in runs for f in scan_code(bytes(code), vaddr=start) if f.writes_pkru
-        ]
+        found = [f for start, code in runs for f in scan_code(code, vaddr=start) if f.writes_pkru]
         if found:
             where = ", ".join(f"{f.kind} at {f.vaddr:#x}" for f in found[:3])
             raise SyscallError(
