@@ -96,3 +96,22 @@ def test_keys_and_address_space_left_to_applications(reports) -> None:
     assert two.keys_free == one.keys_free - 1  # each application's connection takes one
     assert one.app_map_window[0] == 1 << 31  # its memory objects go above the windows
     assert "refused: -1" in one.refused
+
+
+def test_a_server_fault_in_an_applications_call_ends_the_server_not_the_application() -> None:
+    kernel = Kernel(Machine(), ipc="pku-shared")
+    attacks = guest_root() / "attacks"
+    server = kernel.spawn(
+        build_program(attacks / "faulty_server.c", base=ECHO_BASE),
+        ["faulty_server", "0x10"],
+        in_kernel=True,
+    )
+    kernel.run(until=lambda: "attacker" in kernel.services)
+    victim = kernel.spawn(
+        build_program(attacks / "victim_client.c", base=0x0A00_0000), ["victim_client", "call"]
+    )
+    kernel.run(until=lambda: not server.running and "victim" in bytes(victim.console).decode())
+    assert server.state is GroupState.FAULTED and server.fault is not None
+    assert server.fault.address == 0x10 and server.fault.cpl == 3
+    assert victim.running  # its call returned -EPIPE on its own thread, its stack read back
+    assert "victim: call = -32" in bytes(victim.console).decode()

@@ -65,8 +65,14 @@ class PkuSharedIpc(UnderbridgeIpc):
         self._domains.readable = (self.public_key,)
         self._pages = ks.KernelPages(word_flags=PageFlags(user=True, pkey=self.public_key))
         self._calls = KernelCalls(self._pages, self._upcall_culprit, lambda: len(self._domains))
-        self._gates = Gates(self._domains, map_app_buffer=False)
         self.view: SharedView | None = None  # made on the first connection (needs the machine)
+        self._gates = Gates(
+            self._domains,
+            map_app_buffer=False,
+            app_tombstones=lambda group: (
+                None if self.view is None else self.view.tombstones_of(group)
+            ),
+        )
 
     def shared_view(self, kernel: Kernel) -> SharedView:
         if self.view is None:
@@ -110,7 +116,7 @@ class PkuSharedIpc(UnderbridgeIpc):
     def ended(self, kernel: Kernel, group: CapGroup) -> None:
         super().ended(kernel, group)
         if self.view is not None:
-            self.view.leave(group)
+            self._gates.release_tombstones(kernel, self.view.leave(group))
 
     # -- calls ------------------------------------------------------------------------
 

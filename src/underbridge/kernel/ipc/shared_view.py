@@ -75,6 +75,7 @@ class Joined:
     public_key: int
     keys: set[int] = field(default_factory=set)  # shared keys of its connections
     copied: set[int] = field(default_factory=set)  # the entries that are the master's
+    tombstones: list[int] = field(default_factory=list)  # gate slots answering -EPIPE
 
     @property
     def pkru(self) -> int:
@@ -99,6 +100,10 @@ class SharedView:
     def of(self, group: CapGroup) -> Joined | None:
         return self.apps.get(group)
 
+    def tombstones_of(self, group: CapGroup) -> list[int] | None:
+        joined = self.apps.get(group)
+        return None if joined is None else joined.tombstones
+
     # -- joining and leaving --------------------------------------------------------
 
     def join(self, group: CapGroup) -> Joined:
@@ -117,11 +122,13 @@ class SharedView:
         self.set_pkru(joined)
         return joined
 
-    def leave(self, group: CapGroup) -> None:
-        """The application has ended: its table goes with it (its entries are not ours)."""
-        self.apps.pop(group, None)
+    def leave(self, group: CapGroup) -> list[int]:
+        """The application has ended: its table goes with it (its entries are not ours).
+        Its tombstone gate slots, for the caller to release."""
+        joined = self.apps.pop(group, None)
         for page in [p for p, owner in self.save_owner.items() if owner is group]:
             del self.save_owner[page]
+        return [] if joined is None else joined.tombstones
 
     def set_pkru(self, joined: Joined) -> None:
         """Every thread of the application now runs with its PKRU (its keys changed)."""

@@ -128,7 +128,7 @@ class UnderbridgeIpc(PassiveServers):
     def ended(self, kernel: Kernel, group: CapGroup) -> None:
         state = self._domains.of(group)
         if state is not None:
-            self._gates.release_tombstones(kernel, state)
+            self._gates.release_tombstones(kernel, state.tombstones)
             self._domains.end(kernel, group)
 
     def in_gate(self, rip: int) -> bool:
