@@ -54,7 +54,10 @@ def test_an_application_reading_a_servers_page_faults_on_its_key() -> None:
 
 def test_an_application_with_keys_of_its_own_is_refused() -> None:
     kernel, _ = _placed_echo()
-    app = kernel.spawn(build_program("pku_own_keys", base=0x0C00_0000), ["pku_own_keys"])
+    app = kernel.spawn(
+        build_program(guest_root() / "attacks" / "pku_own_keys.c", base=0x0C00_0000),
+        ["pku_own_keys"],
+    )
     kernel.run(until=lambda: not app.running)
     out = bytes(app.console).decode()
     assert "used a protection key of my own" in out
@@ -68,7 +71,10 @@ def test_the_same_application_runs_where_it_owns_its_pkru() -> None:
     kernel.run(
         until=lambda: "echo" in kernel.services and echo.threads[0].state is ThreadState.BLOCKED
     )
-    app = kernel.spawn(build_program("pku_own_keys", base=0x0C00_0000), ["pku_own_keys"])
+    app = kernel.spawn(
+        build_program(guest_root() / "attacks" / "pku_own_keys.c", base=0x0C00_0000),
+        ["pku_own_keys"],
+    )
     kernel.run(until=lambda: not app.running)
     assert app.exit_status == 0, bytes(app.console).decode()
 

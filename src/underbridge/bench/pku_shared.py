@@ -14,7 +14,7 @@ and N pingpong applications joined (each connected to echo, kept alive), this co
   keys          protection keys still free after placing two servers with their
                 connections, and the keys an application keeps for its own use (none:
                 the kernel sets its PKRU, and its code may not write PKRU);
-  refused       an application that uses a key of its own (guest/apps/pku_own_keys.c)
+  refused       an application that uses a key of its own (guest/attacks/pku_own_keys.c)
                 connecting to echo: the kernel's answer.
 No published figure gives the cycles of a page-table entry write, so these are counts
 of entries (and frames), never cycles; the simulated cycles of the connect syscalls
@@ -29,7 +29,7 @@ from rich.table import Table
 
 from underbridge.bench.ipc import ECHO_BASE, PINGPONG_BASE
 from underbridge.fs.storage import RAMDISK_BASE
-from underbridge.guestbuild.toolchain import build_program
+from underbridge.guestbuild.toolchain import build_program, guest_root
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.pku_shared import PkuSharedIpc
 from underbridge.kernel.ipc.shared_view import Counters
@@ -124,7 +124,10 @@ def measure(apps: int = 4) -> DrawbackReport:
     kernel.run(until=lambda: _connected(relay))
     connection = _delta(before, _snapshot(design, kernel))
 
-    refused = kernel.spawn(build_program("pku_own_keys", base=OWN_KEYS_BASE), ["pku_own_keys"])
+    refused = kernel.spawn(
+        build_program(guest_root() / "attacks" / "pku_own_keys.c", base=OWN_KEYS_BASE),
+        ["pku_own_keys"],
+    )
     kernel.run(until=lambda: not refused.running)
     joined = design.shared_view(kernel).of(clients[0])
     assert joined is not None

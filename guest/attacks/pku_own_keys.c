@@ -1,4 +1,5 @@
 /* pku_own_keys: an application that uses protection keys of its own, then calls echo.
+ * (Among the attacks because it holds a wrpkru on purpose: bundled programs hold none.)
  *
  * What it does: it write-protects key 1 for itself with wrpkru (what pkey_set does
  * after pkey_alloc on Linux: an application's own use of PKU), restores PKRU, then
