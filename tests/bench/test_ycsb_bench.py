@@ -72,9 +72,11 @@ def test_underbridge_has_the_highest_throughput_of_the_isolating_designs(
     # Among the designs that isolate servers and whose applications enter the kernel to
     # call one. Under skybridge an application calls through the trampoline too (no
     # syscall), so its app->fs calls cost 368 cycles where underbridge's cost 953:
-    # reported, not ranked. Monolithic isolates nothing: the lower bound.
+    # reported, not ranked. So under pku-shared, whose applications call the gate in
+    # ring 3. Monolithic isolates nothing: the lower bound.
     throughput = {mode: result.sim_ops_per_sec for mode, (result, _) in runs.items()}
-    ranked = {m: ops for m, ops in throughput.items() if m not in ("monolithic", "skybridge")}
+    unranked = ("monolithic", "skybridge", "pku-shared")
+    ranked = {m: ops for m, ops in throughput.items() if m not in unranked}
     assert max(ranked, key=ranked.__getitem__) == "underbridge"
     assert throughput["monolithic"] > throughput["underbridge"]
     assert throughput["sel4"] > throughput["sel4-kpti"]

@@ -33,6 +33,8 @@ ROUND_TRIP_EVENTS = {  # kernel/ipc/sel4.py's docstring, as counts per round tri
     },
     # kernel/ipc/skybridge.py: the trampoline's two vmfuncs, both paths, no kernel entry
     "skybridge": {"vmfunc": 2},
+    # kernel/ipc/pku_shared.py: the gate called in ring 3, both paths, no kernel entry
+    "pku-shared": {"wrpkru": 2},
 }
 PKU_USER_EVENTS = {  # kernel/ipc/pku_user.py: seL4's path into the server process; a gate
     "app-server": ROUND_TRIP_EVENTS["sel4"],
@@ -42,7 +44,16 @@ PKU_USER_EVENTS = {  # kernel/ipc/pku_user.py: seL4's path into the server proce
 
 @pytest.fixture(
     scope="module",
-    params=["monolithic", "sel4", "sel4-kpti", "underbridge", "zircon", "skybridge", "pku-user"],
+    params=[
+        "monolithic",
+        "sel4",
+        "sel4-kpti",
+        "underbridge",
+        "zircon",
+        "skybridge",
+        "pku-user",
+        "pku-shared",
+    ],
 )
 def result(request):
     return ipc_bench.run(request.param, rounds=200)
@@ -82,7 +93,7 @@ def test_every_path_completes_with_the_designs_event_sequence(result):
 
 
 def test_round_trip_is_primitives_plus_a_few_user_instructions(result):
-    if result.mode in IN_KERNEL_EVENTS or result.mode == "skybridge":
+    if result.mode in IN_KERNEL_EVENTS or result.mode in ("skybridge", "pku-shared"):
         pytest.skip(f"the {result.mode} round trip is mostly gate/stub/trampoline and handler code")
     for row in result.results:
         charged = sum(cycles(event) * n for event, n in row.events_per_rtt.items())

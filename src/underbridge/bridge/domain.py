@@ -82,7 +82,7 @@ class Domain:
     name: str
     key: int
     shared_keys: set[int] = field(default_factory=set)
-    readable: tuple[int, ...] = ()
+    readable: tuple[int, ...] = ()  # keys it may read, never write (pku-shared's public key)
 
     @property
     def pkru(self) -> int:

@@ -176,6 +176,21 @@ def bench_deprivilege(rounds: int, as_json: bool) -> None:
     console.print(table)
 
 
+@bench.command("pku-shared")
+@click.option("--apps", type=click.IntRange(min=1, max=8), default=4, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def bench_pku_shared(apps: int, as_json: bool) -> None:
+    """The drawbacks of pku-shared (servers mapped into every application), counted."""
+    from underbridge.bench import pku_shared
+
+    report = pku_shared.measure(apps)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        console.print(pku_shared.report_table(report))
+
+
 @bench.command("machine")
 @click.option(
     "--scale",

@@ -54,6 +54,10 @@ class AddressSpaces:
         self._page_tables[table.root] = table
         return table
 
+    def page_table(self, root: int) -> PageTable:
+        """The live page table rooted at `root` (a context's CR3)."""
+        return self._page_tables[root]
+
     def destroy_page_table(self, table: PageTable) -> None:
         if table is self.kernel_space:
             raise KernelBug("the kernel page table is never destroyed")

@@ -122,6 +122,17 @@ class PageTable:
         # them in it, which keeps frame reuse deterministic) and removes in O(1).
         self._tables: dict[PhysAddr, None] = {self.root: None}
 
+    def also_on_change(self, callback: Callable[[VirtAddr], None]) -> None:
+        """Call `callback` too after every change of a leaf (after the machine's own
+        callback): a design that copies this table's mappings elsewhere follows them."""
+        first = self._on_change
+
+        def both(vaddr: VirtAddr) -> None:
+            first(vaddr)
+            callback(vaddr)
+
+        self._on_change = both
+
     @property
     def table_frames(self) -> int:
         """How many frames this page table holds for its own tables, the root included."""

@@ -83,7 +83,7 @@ class IpcDesign(Protocol):
 class DomainPlacement(Protocol):
     """Servers in kernel space, each in an execution domain (the optional part)."""
 
-    ring: int  # the ring placed servers run in: 0, or 3 (pku-user: one user process)
+    ring: int  # the ring placed servers run in: 0, or 3 (pku-user, pku-shared)
 
     def admit(
         self, kernel: Kernel, name: str, base: int, elf: bytes, *, rewrite: bool = True
@@ -122,7 +122,7 @@ class NoDomains:
     """The placement of a design whose servers all run in user space: there are no
     domains, no gates, and every thread runs its own cap group's code."""
 
-    ring = 3  # never used: nothing is placed
+    ring = 0  # never used: nothing is placed
 
     def __init__(self, design: str) -> None:
         self._design = design

@@ -112,7 +112,8 @@ def unwind(machine: Machine, context: CpuContext, call: Call, tid: int) -> bool:
     """End `call` for the thread in `context`: it returns -EPIPE to the caller.
 
     The caller's registers come from the save area, its PKRU from its domain, and the
-    return address from its stack, read with its rights; the caller slot is cleared.
+    return address from its stack (in the page table the thread runs on), read with its
+    rights; the caller slot is cleared.
     False if the caller's saved stack is not the caller's to read (it forged its save
     area): the context is then left as it was.
     """
@@ -122,7 +123,9 @@ def unwind(machine: Machine, context: CpuContext, call: Call, tid: int) -> bool:
     saved = [machine.mem.read_u64(frame + 8 * index) for index in range(len(RESTORED))]
     pkru = call.caller_pkru
     try:
-        raw = umem.copy_in(machine, machine.kernel_space, saved[0], 8, pkru=pkru)
+        # The caller's stack is where the thread runs: the kernel page table, or an
+        # application's own under pku-shared.
+        raw = umem.copy_in(machine, machine.page_table(context.cr3), saved[0], 8, pkru=pkru)
     except SyscallError:
         return False
     machine.mem.write_u64(frame + CALLER_SLOT, 0)

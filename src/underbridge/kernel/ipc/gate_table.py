@@ -7,7 +7,7 @@ generated from bridge/gate.py's template into its key-0 page.
 
 Invariants:
   - A slot is in exactly one of: free (`_slots`), a live gate (`by_conn`), a tombstone
-    (its client domain's `tombstones`, answering -EPIPE until that client ends).
+    (its client's `tombstones`, answering -EPIPE until that client ends).
   - A connection's pages are made all or nothing (`open`), and unmapped before their
     frames are freed (`close`).
   - A thread's PKRU is always the PKRU of the domain whose code it runs: when a domain's
@@ -17,7 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from underbridge.machine.physmem import PAGE_SIZE
 if TYPE_CHECKING:
     from underbridge.kernel.ipc.domains import Domains, DomainState
     from underbridge.kernel.kernel import Kernel
+    from underbridge.kernel.objects.capgroup import CapGroup
     from underbridge.kernel.objects.connection import Connection
 
 
@@ -48,17 +49,32 @@ class GateState:
     server: DomainState
     pages: list[int] = field(default_factory=list)  # kernel_space pages to unmap
     borrowed: list[tuple[DomainState, int, int]] = field(default_factory=list)
+    app_pkru: int | None = None  # an application calling the gate itself (pku-shared)
 
     @property
     def caller_pkru(self) -> int:
-        return kernel_call_pkru(self.shared_key) if self.client is None else self.client.pkru
+        if self.client is not None:
+            return self.client.pkru
+        return kernel_call_pkru(self.shared_key) if self.app_pkru is None else self.app_pkru
 
 
 class Gates:
     """Live gates by connection, and the gate slots."""
 
-    def __init__(self, domains: Domains) -> None:
+    def __init__(
+        self,
+        domains: Domains,
+        *,
+        map_app_buffer: bool = True,
+        app_tombstones: Callable[[CapGroup], list[int] | None] | None = None,
+    ) -> None:
         self._domains = domains
+        # Where an application's tombstones are kept, if it calls gates itself
+        # (pku-shared): None for an application that does not.
+        self._app_tombstones = app_tombstones
+        # False: an application client's buffer is the server's mapping, copied into the
+        # application's page table under the shared key (pku-shared), not its own.
+        self._map_app_buffer = map_app_buffer
         self.by_conn: dict[Connection, GateState] = {}
         self._slots = ks.Slots()
 
@@ -82,7 +98,7 @@ class Gates:
             server.group.vmspace.map_pmo(
                 conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE, pkey=key, pinned=True
             )
-            if client is None:
+            if client is None and self._map_app_buffer:
                 conn.client.vmspace.map_pmo(
                     conn.buffer, conn.buffer_vaddr, Prot.READ | Prot.WRITE, pinned=True
                 )
@@ -171,6 +187,10 @@ class Gates:
                 if party in (gate.client, gate.server):
                     self._emit(kernel, gate)
 
+    def emit(self, kernel: Kernel, state: GateState) -> None:
+        """Generate the gate again (its caller's PKRU changed)."""
+        self._emit(kernel, state)
+
     def _emit(self, kernel: Kernel, state: GateState) -> None:
         spec = gates.GateSpec(
             address=state.address,
@@ -198,16 +218,18 @@ class Gates:
     def close(self, kernel: Kernel, state: GateState, *, server_gone: bool) -> None:
         """Release a gate's slot, pages and key (its call in progress has ended).
 
-        If the server went away under a live in-kernel client, the gate's page stays,
+        If the server went away under a live client that calls the gate itself (an
+        in-kernel one; an application under pku-shared), the gate's page stays,
         rewritten to answer -EPIPE (a tombstone), so the client's later calls fail
         cleanly instead of faulting; the slot is freed when the client ends.
         """
         del self.by_conn[state.conn]
         pages = state.pages
-        if server_gone and state.client is not None and state.client.group.running:
+        keeper = self._tombstones_of(state) if server_gone else None
+        if keeper is not None:
             pages = [page for page in pages if page != state.address]
             self._write_page(kernel, state.address, gates.tombstone())
-            state.client.tombstones.append(state.slot)
+            keeper.append(state.slot)
         else:
             self._slots.give_back(state.slot)
         ks.unmap_and_free(kernel, pages)
@@ -216,9 +238,18 @@ class Gates:
         self.share_key(kernel, [state.client, state.server], state.shared_key, add=False)
         self._domains.keys.release(state.shared_key)
 
-    def release_tombstones(self, kernel: Kernel, client: DomainState) -> None:
-        """The client of tombstone gates has ended: their slots are free again."""
-        for slot in client.tombstones:
+    def _tombstones_of(self, state: GateState) -> list[int] | None:
+        """Where a gate whose server is gone is kept, if its client lives on and calls
+        gates itself; None: it goes."""
+        if state.client is not None:
+            return state.client.tombstones if state.client.group.running else None
+        if self._app_tombstones is None or not state.conn.client.running:
+            return None
+        return self._app_tombstones(state.conn.client)
+
+    def release_tombstones(self, kernel: Kernel, slots: list[int]) -> None:
+        """The client of these tombstone gates has ended: their slots are free again."""
+        for slot in slots:
             ks.unmap_and_free(kernel, [ks.GATE_WINDOW + slot * PAGE_SIZE])
             self._slots.give_back(slot)
-        client.tombstones.clear()
+        slots.clear()

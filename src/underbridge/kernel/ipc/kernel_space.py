@@ -138,15 +138,15 @@ class KernelPages:
 
     stack_pages: the size of the stack the kernel calls on, which grows down from the
     page at KERNEL_CALL_STACK (its top page, whatever the size); the page below its
-    lowest is never mapped, so an overflow faults.
-    thread_word: how the current-thread word is mapped (read-only either way): U=0 for
-    ring-0 gates; a design whose gates run in ring 3 sets a U=1 key every domain may
-    only read (pku_user.py), before the first `ensure`.
+    lowest is never mapped, so an overflow faults. word_flags: the current-thread
+    word's page (default U=0, read-only).
     """
 
-    def __init__(self, stack_pages: int = 1) -> None:
+    def __init__(self, stack_pages: int = 1, word_flags: PageFlags | None = None) -> None:
         self.stack_pages = stack_pages
-        self.thread_word = PageFlags(user=False)
+        # The current-thread word's page: U=0 for ring-0 gates; ring-3 gates (pku-shared)
+        # need a U=1 read-only page under a key every PKRU may read.
+        self.word_flags = word_flags or PageFlags(user=False)
         self.ready = False
         self._io_routines: iocall.IoRoutines | None = None
         self.return_slot = PhysAddr(0)  # where a kernel gate call's return RIP is pushed
@@ -167,7 +167,7 @@ class KernelPages:
         ret = map_page(kernel, KERNEL_RETURN_PAGE, PageFlags(user=True, executable=True))
         # Never run by the kernel (run() stops first); a server jumping here gets #UD.
         kernel.machine.mem.write(ret, b"\x0f\x0b" * (PAGE_SIZE // 2))
-        self._current_thread_word = map_page(kernel, CURRENT_THREAD_PAGE, self.thread_word)
+        self._current_thread_word = map_page(kernel, CURRENT_THREAD_PAGE, self.word_flags)
         self.ready = True
 
     def io_routines(self, kernel: Kernel) -> iocall.IoRoutines:

@@ -121,6 +121,7 @@ class Stub:
 
 
 class MonolithicIpc(PassiveServers):
+    ring = 0  # placed servers run in ring 0
     name = "monolithic"
     entry_kind = "stubs"
     ring = 0  # servers run in ring 0 on the kernel page table

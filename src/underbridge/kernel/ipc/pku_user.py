@@ -43,7 +43,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from underbridge.kernel.ipc.underbridge import UnderbridgeIpc, raise_invalid_handler
-from underbridge.machine.paging import PageFlags
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel
@@ -56,10 +55,7 @@ class PkuUserIpc(UnderbridgeIpc):
     ring = 3  # placed servers run in ring 3, in the one shared server process
 
     def __init__(self) -> None:
-        super().__init__()
-        word_key = self.keys.allocate("the current-thread word")
-        self._domains.readable = (word_key,)
-        self._pages.thread_word = PageFlags(user=True, pkey=word_key)
+        super().__init__(user_thread_word=True)
 
     def connect(self, kernel: Kernel, conn: Connection) -> int:
         """A gate between two servers in the process; kernel IPC for everything else."""

@@ -21,6 +21,7 @@ _DESIGNS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "zircon": ("zircon", "ZirconIpc", {}),
     "skybridge": ("skybridge", "SkybridgeIpc", {}),
     "pku-user": ("pku_user", "PkuUserIpc", {}),
+    "pku-shared": ("pku_shared", "PkuSharedIpc", {}),
 }
 DESIGNS = tuple(_DESIGNS)
 

@@ -158,20 +158,8 @@ class Bindings:
         page that is both writable and executable (it could write one later)."""
         if party in self._clean:
             return
-        table = party.vmspace.table
-        runs: list[tuple[int, bytearray]] = []
-        for vaddr in sorted(party.vmspace.private_pages):
-            mapping = table.lookup(vaddr)
-            if mapping is None or not mapping.flags.executable:
-                continue
-            if mapping.flags.writable:
-                raise SyscallError(Errno.EPERM, f"{party.name} has a writable code page")
-            code = kernel.machine.mem.read(mapping.frame, PAGE_SIZE)
-            if runs and runs[-1][0] + len(runs[-1][1]) == vaddr:
-                runs[-1][1].extend(code)
-            else:
-                runs.append((vaddr, bytearray(code)))
-        stray = [site for start, code in runs for site in vmfunc_sites(bytes(code), vaddr=start)]
+        runs = party.vmspace.code_runs(party.name)
+        stray = [site for start, code in runs for site in vmfunc_sites(code, vaddr=start)]
         if stray:
             raise SyscallError(
                 Errno.EPERM,

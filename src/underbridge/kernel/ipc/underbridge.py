@@ -61,6 +61,7 @@ from underbridge.kernel.ipc.upcall import KernelCalls
 from underbridge.kernel.objects.connection import Connection
 from underbridge.machine.accounting import Charges
 from underbridge.machine.context import CpuContext
+from underbridge.machine.paging import PageFlags
 
 if TYPE_CHECKING:
     from underbridge.bridge import iocall
@@ -76,18 +77,28 @@ _APP_CALL_EXIT = Charges.of("cr3_write", "sysret")
 
 
 class UnderbridgeIpc(PassiveServers):
+    ring = 0  # placed servers run in ring 0
     name = "underbridge"
     app_call_entry = _APP_CALL_ENTRY
     app_call_exit = _APP_CALL_EXIT
     entry_kind = "gates"
     ring = 0  # servers run in ring 0 on the kernel page table
 
-    def __init__(self) -> None:
+    def __init__(self, *, user_thread_word: bool = False) -> None:
+        """user_thread_word: the gates run in ring 3 (pku-user, pku-shared), where the
+        current-thread word they read must be a user page: it gets a key of its own that
+        every domain may read and none may write (one key fewer for everything else)."""
         self.placement = self  # this design places servers in kernel space (DomainPlacement)
         self._domains = Domains()
         self.keys = self._domains.keys  # the protection keys of domains and connections
         self._gates = Gates(self._domains)
-        self._pages = ks.KernelPages()
+        self.public_key = 0  # the current-thread word's key, if it has one
+        word_flags = None
+        if user_thread_word:
+            self.public_key = self.keys.allocate("the current-thread word")
+            self._domains.readable = (self.public_key,)
+            word_flags = PageFlags(user=True, pkey=self.public_key)
+        self._pages = ks.KernelPages(word_flags=word_flags)
         self._calls = KernelCalls(self._pages, self._upcall_culprit, lambda: len(self._domains))
         self._user = Sel4Ipc(kpti=False)  # servers in user space, and calls to them
 
@@ -128,7 +139,7 @@ class UnderbridgeIpc(PassiveServers):
     def ended(self, kernel: Kernel, group: CapGroup) -> None:
         state = self._domains.of(group)
         if state is not None:
-            self._gates.release_tombstones(kernel, state)
+            self._gates.release_tombstones(kernel, state.tombstones)
             self._domains.end(kernel, group)
 
     def in_gate(self, rip: int) -> bool:

@@ -70,6 +70,24 @@ class VmSpace:
         self.table.map(vaddr, frame, PageFlags(flags.writable, True, flags.executable, self.pkey))
         self.private_pages.append(vaddr)
 
+    def code_runs(self, owner: str) -> list[tuple[int, bytes]]:
+        """This space's executable private pages, joined into runs of adjacent pages
+        (scanners look at every byte offset, across page boundaries too): (start,
+        code) pairs. EPERM if a page is writable too: it could change after a scan."""
+        runs: list[tuple[int, bytearray]] = []
+        for vaddr in sorted(self.private_pages):
+            mapping = self.table.lookup(vaddr)
+            if mapping is None or not mapping.flags.executable:
+                continue
+            if mapping.flags.writable:
+                raise SyscallError(Errno.EPERM, f"{owner} has a writable code page")
+            code = self.machine.mem.read(mapping.frame, PAGE_SIZE)
+            if runs and runs[-1][0] + len(runs[-1][1]) == vaddr:
+                runs[-1][1].extend(code)
+            else:
+                runs.append((vaddr, bytearray(code)))
+        return [(start, bytes(code)) for start, code in runs]
+
     def map_anonymous(self, vaddr: int, pages: int) -> None:
         """Map `pages` fresh pages at vaddr: zeroed (by the allocator), writable, not
         executable. All or nothing: ENOMEM leaves nothing mapped."""
