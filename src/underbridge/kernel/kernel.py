@@ -227,7 +227,7 @@ class Kernel:
         self._last_space = space
         self._switch_cause = KERNEL_CATEGORY
         context = thread.context
-        self.placement.about_to_run(self, thread.tid)  # gates run in ring 3 too (pku-user)
+        self.placement.about_to_run(self, thread.tid)  # ring-3 gates too (the PKU designs)
         result = self.machine.run(context, budget=self.sched.quantum)
         kind = result.kind
         if kind is ExitKind.SYSCALL:
