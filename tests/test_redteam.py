@@ -218,6 +218,13 @@ def test_an_access_that_succeeds_fails_even_with_a_lenient_expectation():
     assert "LEAKED" in row.observed and "exited with status 1" in row.observed
 
 
+def test_a_design_row_fails_under_a_design_without_its_check():
+    """sel4 binds no trampoline and scans for no vmfunc: the stray client connects."""
+    spec = next(s for s in redteam.ATTACKS if s.id == "sky-stray-vmfunc")
+    row = redteam.run_row(0, dataclasses.replace(spec, mode="sel4"))
+    assert row.verdict == redteam.FAIL and "connect = 0" in row.observed
+
+
 def test_every_row_passes(result):
     assert result.passed, [row.spec.id for row in result.rows if not row.passed]
 

@@ -132,13 +132,13 @@ def _echo_and_client(kernel: Kernel, *, placed: bool) -> tuple[Path, CapGroup, C
         ["legit_client"],
         in_kernel=placed,
     )
-    if (
-        not run_until(
-            kernel, lambda: not client.running or client.threads[0].state is ThreadState.BLOCKED
+
+    def parked() -> bool:  # blocked for good after its call (a kernel-IPC call blocks too)
+        return b"legit_client: call ok" in bytes(client.console) and (
+            client.threads[0].state is ThreadState.BLOCKED
         )
-        or b"legit_client: call ok" not in bytes(client.console)
-        or not client.running
-    ):
+
+    if not run_until(kernel, lambda: not client.running or parked()) or not client.running:
         raise RedTeamError(f"the legitimate client failed: {bytes(client.console)!r}")
     return echo_elf, echo, client
 
