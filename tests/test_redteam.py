@@ -88,6 +88,28 @@ OBSERVED: dict[str, tuple[str, ...]] = {
     ),
     "code-write": ("#PF write of 0x", "write to a read-only page", "ring 0"),
 }
+# the other designs' rows (each on a stage under its own design)
+OBSERVED.update(
+    {
+        "sky-no-key": ("nokey = -1; call = 0 mr1 = 8",),
+        "sky-forged-key": ("call = -1 mr0 = 0", "sky_forger: (silent)"),
+        "sky-stray-vmfunc": ("connect = -1 gate = 0", "vmfunc found at 0x40"),
+        "pku-shared-wrpkru": (
+            "connect = -1",
+            "#PF read of 0x1ffe",
+            ABSENT,
+            "(ring 3, pkru 0x00000000)",
+        ),
+        "pku-user-read-server": ("#PF read of 0x1ffe", PKEY_AD, "(ring 3"),
+    }
+)
+DESIGN_ROWS = {
+    "sky-no-key": "skybridge",
+    "sky-forged-key": "skybridge",
+    "sky-stray-vmfunc": "skybridge",
+    "pku-shared-wrpkru": "pku-shared",
+    "pku-user-read-server": "pku-user",
+}
 VM_EXIT = "VMEXIT privileged instruction in ring 0, denied by the monitor"
 for _name, _insn in (
     ("cr4", "mov cr4, rax"),
@@ -153,6 +175,23 @@ def test_row(result, row_id):
         assert fault.pkru == ECHO_PKRU
 
 
+def test_each_row_runs_under_its_design():
+    modes = {spec.id: spec.mode for spec in redteam.ATTACKS}
+    assert {i: m for i, m in modes.items() if m != "underbridge"} == DESIGN_ROWS
+    assert len(modes) == 56 + len(DESIGN_ROWS)
+
+
+def test_the_design_rows_stages_place_servers_as_the_design_does(result):
+    for row_id, mode in DESIGN_ROWS.items():
+        row = next(r for r in result.rows if r.spec.id == row_id)
+        if mode == "skybridge":  # an application; its client's trampoline and record exist
+            assert not row.spec.in_kernel
+            assert {"trampoline", "calling_key_record"} <= set(row.targets)
+            assert "gate" not in row.targets and "echo_pkru" not in row.targets
+        else:  # placed in ring 3 in a key domain: echo's PKRU is a target, gates are not
+            assert "echo_pkru" in row.targets and "gate" not in row.targets
+
+
 def test_rows_use_distinct_regions_and_both_rings():
     assert len({spec.program for spec in redteam.ATTACKS}) >= 12
     assert {spec.in_kernel for spec in redteam.ATTACKS} == {True, False}
@@ -177,6 +216,13 @@ def test_an_access_that_succeeds_fails_even_with_a_lenient_expectation():
     row = redteam.run_row(0, spec)
     assert row.verdict == redteam.FAIL
     assert "LEAKED" in row.observed and "exited with status 1" in row.observed
+
+
+def test_a_design_row_fails_under_a_design_without_its_check():
+    """sel4 binds no trampoline and scans for no vmfunc: the stray client connects."""
+    spec = next(s for s in redteam.ATTACKS if s.id == "sky-stray-vmfunc")
+    row = redteam.run_row(0, dataclasses.replace(spec, mode="sel4"))
+    assert row.verdict == redteam.FAIL and "connect = 0" in row.observed
 
 
 def test_every_row_passes(result):

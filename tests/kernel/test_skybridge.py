@@ -1,8 +1,11 @@
 """SkyBridge's own mechanisms under attack: calling keys, the return check, the stray-
 vmfunc scan, and a fault inside a nested call (kernel/ipc/skybridge.py).
 
-Each guest in tests/guests/sky_*.c states its attack and the expected response; every
-one would succeed on a trampoline (or kernel) without the check it exercises.
+Each guest (guest/attacks/sky_*.c, the programs of the red team's skybridge rows, and
+tests/guests/relay*.c) states its attack and the expected response; every one would
+succeed on a trampoline (or kernel) without the check it exercises. The red-team rows
+check what the programs print; these tests check the kernel state behind it (EPTP
+switches, bindings).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from underbridge.kernel.objects.capgroup import GroupState
 from underbridge.machine.cpu import Machine
 
 GUESTS = Path(__file__).parent.parent / "guests"
+ATTACKS = guest_root() / "attacks"
 SERVER_BASE, RELAY_BASE, CLIENT_BASE = 0x0300_0000, 0x0400_0000, 0x40_0000
 
 
@@ -36,42 +40,42 @@ def run_client(kernel: Kernel, source: Path, argv: list[str]):
 def test_a_call_without_the_calling_key_is_refused_and_echo_never_runs():
     kernel = kernel_with("echo", ECHO_BASE, ["echo"], "echo")
     switches = kernel.machine.eptp.switches
-    client, lines = run_client(kernel, GUESTS / "sky_nokey.c", ["sky_nokey"])
+    client, lines = run_client(kernel, ATTACKS / "sky_nokey.c", ["sky_nokey"])
     assert client.state is GroupState.EXITED and client.exit_status == 0
     # refused: into echo's view and straight back (2 switches), then a genuine call (2)
-    assert lines == ["nokey = -1", "call = 0 mr1 = 8"]
+    assert lines == ["observed: nokey = -1", "observed: call = 0 mr1 = 8"]
     assert kernel.machine.eptp.switches - switches == 4
     assert kernel.services["echo"].server.running
 
 
 def test_a_return_with_a_forged_key_gives_the_caller_eperm_and_no_reply():
-    kernel = kernel_with(GUESTS / "sky_forger.c", SERVER_BASE, ["sky_forger"], "forger")
-    client, lines = run_client(kernel, GUESTS / "sky_caller.c", ["sky_caller", "forger"])
+    kernel = kernel_with(ATTACKS / "sky_forger.c", SERVER_BASE, ["sky_forger"], "forger")
+    client, lines = run_client(kernel, ATTACKS / "sky_caller.c", ["sky_caller", "forger"])
     assert client.state is GroupState.EXITED and client.exit_status == 0
-    assert lines == ["call = -1 mr0 = 0"]  # not the forged 0x666
+    assert lines == ["observed: call = -1 mr0 = 0"]  # not the forged 0x666
 
 
 def test_a_genuine_call_returns_through_the_trampoline():
     kernel = kernel_with("echo", ECHO_BASE, ["echo"], "echo")
-    _client, lines = run_client(kernel, GUESTS / "sky_caller.c", ["sky_caller", "echo"])
-    assert lines[0].startswith("call = 0 mr0 = ")
+    _client, lines = run_client(kernel, ATTACKS / "sky_caller.c", ["sky_caller", "echo"])
+    assert lines[0].startswith("observed: call = 0 mr0 = ")
     # the client has ended, and its EPTP index with it; echo keeps its own
     assert list(kernel.ipc.bindings.ids) == [kernel.services["echo"].server]
 
 
 def test_a_stray_vmfunc_in_a_client_is_found_and_the_binding_refused():
-    elf = build_program(GUESTS / "sky_stray.c", base=CLIENT_BASE)
+    elf = build_program(ATTACKS / "sky_stray.c", base=CLIENT_BASE)
     assert vmfunc_sites(elf.read_bytes())  # hidden in `mov eax, 0xd4010f`
     kernel = kernel_with("echo", ECHO_BASE, ["echo"], "echo")
-    client, lines = run_client(kernel, GUESTS / "sky_stray.c", ["sky_stray"])
-    assert lines == ["connect = -1 gate = 0"]
+    client, lines = run_client(kernel, ATTACKS / "sky_stray.c", ["sky_stray"])
+    assert lines == ["observed: connect = -1 gate = 0"]
     assert client.exit_status == 0
     assert kernel.ipc.bindings.ids == {}  # nothing was bound
 
 
 def test_a_fault_in_a_nested_call_ends_the_innermost_server_and_the_relay_goes_on():
     kernel = kernel_with(
-        guest_root() / "attacks" / "faulty_server.c",
+        ATTACKS / "faulty_server.c",
         SERVER_BASE,
         ["faulty_server", "0x10"],
         "attacker",

@@ -34,7 +34,9 @@ def redteam(only: tuple[str, ...], as_json: bool) -> None:
     \b
     Each row runs one program from guest/attacks/ on a fresh machine (echo in the kernel,
     a legitimate in-kernel client of it, then the attacker), then checks that echo still
-    answers an application correctly. Exit status 0 only if every row passes.
+    answers an application correctly. Rows whose attack names another design (skybridge,
+    pku-shared, pku-user) run under it, with echo and the client where it places servers.
+    Exit status 0 only if every row passes.
     """
     from rich.progress import Progress
 
@@ -57,8 +59,9 @@ def redteam(only: tuple[str, ...], as_json: bool) -> None:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         table = Table(
-            title="underbridge redteam (each row: fresh machine, echo in the kernel, "
-            "then a legitimate client checks echo still answers)"
+            title="underbridge redteam (each row: fresh machine, echo in the kernel unless "
+            "the attack names another design, then a legitimate client checks echo still "
+            "answers)"
         )
         table.add_column("#", justify="right")
         table.add_column("attack", ratio=3)

@@ -1,8 +1,10 @@
-"""`underbridge redteam`: attacks on the UnderBridge placement, each checked against the hardware.
+"""`underbridge redteam`: attacks on the UnderBridge placement (and on the other designs'
+own mechanisms), each checked against the hardware.
 
 Every row is one attack program (guest/attacks/<program>.c, its header comment says what
-it tries and what should happen) run on a fresh machine under `Kernel(ipc="underbridge")`
-with the same stage:
+it tries and what should happen) run on a fresh machine under `Kernel(ipc=spec.mode)`,
+"underbridge" for every row but the few that name another design. Under underbridge
+the stage is:
 
   1. echo in kernel space, in its own execution domain (ECHO_BASE);
   2. a legitimate in-kernel client of echo (guest/attacks/legit_client.c) that makes one
@@ -34,12 +36,24 @@ exports are targets too: attacker_<name>, partner_<name> (the spec's `symbols`).
 row PASSES only if, besides the above, the partner is still alive once the attack is
 over and printed exactly the spec's "victim: " lines, and no LEAKED or broken line.
 
+A row with another `mode` gets that design's stage (stage.py), read from its declared
+traits: echo, the legitimate client, the partner and an attacker that is not an
+application are placed where the design places servers (kernel space, its domains and
+its ring, if `servers_in_kernel`; else user space, each in its own process); the targets
+are those that exist there (echo's stack and PKRU; under skybridge the legitimate
+client's trampoline and calling-key record page, no gate), and a fault of a placed
+attacker is expected in the design's ring. The victim check is the same. Rows: SkyBridge
+(a call without the calling key, a return with a forged key, a stray vmfunc), pku-shared
+(an application that writes PKRU before connecting), pku-user (a server reading another
+server's stack in the shared process).
+
 To add a row (say, a privileged instruction in ring 0), write guest/attacks/<name>.c and
 append an AttackSpec to ATTACKS (rows.py, THE table).
 
   spec.py    what a row is (AttackSpec, Expect, Partner) and the stage's layout
   rows.py    THE table of attacks (ATTACKS)
-  stage.py   a fresh machine with echo and a legitimate client; the targets; the victim check
+  stage.py   a fresh machine under the row's design with echo and a legitimate client;
+             the targets; the victim check
   runner.py  one row run and judged (run_row), every row (run), their results
 """
 

@@ -2,7 +2,8 @@
 
 A row PASSES only if the observed outcome is the expected one, the victim check passes,
 and neither the attacker nor a partner printed a "LEAKED" or "broken" line (module doc
-of underbridge.redteam). `run` runs the rows given, each on a fresh machine.
+of underbridge.redteam). `run` runs the rows given, each on a fresh machine under
+the row's design (its `mode`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from underbridge.bridge.scan import scan_elf
+from underbridge.bridge.scan import scan_elf, vmfunc_sites
+from underbridge.elf.image import parse_elf
 from underbridge.errors import UserError
 from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.ipc.kernel_space import REGION_SIZE
@@ -89,6 +91,8 @@ MISSING = -1  # a target that never appeared (no fault field ever equals it)
 def _matches(
     expect: Expect, attacker: CapGroup, reports: list[str], targets: dict[str, int], cpl: int
 ) -> bool:
+    if expect.exception is not None and expect.reports and tuple(reports) != expect.reports:
+        return False  # what it saw before it faulted
     if expect.exception is None:
         return (
             attacker.state is GroupState.EXITED
@@ -129,19 +133,31 @@ def _found(elf: Path, finding: tuple[str, bool] | None) -> str:
     return ""
 
 
+def _stray_vmfunc(elf: Path) -> str:
+    """Where the attacker's code holds a vmfunc (0F 01 D4, at any byte offset), described."""
+    image = parse_elf(elf.read_bytes(), name=elf.stem)
+    sites = [
+        site
+        for segment in image.segments
+        if segment.executable
+        for site in vmfunc_sites(segment.data, vaddr=segment.vaddr)
+    ]
+    return f"vmfunc found at {sites[0]:#x}" if sites else ""
+
+
 def _lines(group: CapGroup) -> list[str]:
     return bytes(group.console).decode(errors="replace").splitlines()
 
 
 def _note_partner_gate(stage: Stage, partner: CapGroup | None, targets: dict[str, int]) -> None:
     """Once the partner has connected as a client, publish its gate's targets and PKRU."""
-    if partner is None or "partner_gate" in targets:
+    if partner is None or "partner_gate" in targets or not stage.gates:
         return
     ipc = cast("UnderbridgeIpc", stage.kernel.ipc)
     gate = next((g for g in ipc.gates() if g.conn.client is partner), None)
     if gate is not None:
         targets.update(gate_targets(stage.machine, gate, "partner_gate"))
-        targets["partner_pkru"] = domain_pkru(ipc, partner)
+        targets["partner_pkru"] = domain_pkru(stage.kernel.placement, partner)
 
 
 def _settled(group: CapGroup) -> bool:
@@ -199,7 +215,7 @@ def _spawn(
 
 
 def run_row(index: int, spec: AttackSpec) -> RowResult:
-    stage = build_stage()
+    stage = build_stage(spec.mode)
     kernel = stage.kernel
     base = ATTACK_BASE + index * REGION_SIZE if spec.in_kernel else APP_BASE
     elf = build_program(attack_source(spec.program), base=base)
@@ -217,7 +233,12 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
     def spawn_partner() -> CapGroup:
         assert spec.partner is not None and partner_elf is not None
         return _spawn(
-            kernel, partner_elf, spec.partner.program, spec.partner.args, targets, in_kernel=True
+            kernel,
+            partner_elf,
+            spec.partner.program,
+            spec.partner.args,
+            targets,
+            in_kernel=stage.placed,
         )
 
     if spec.partner is not None and spec.partner.before:
@@ -266,10 +287,17 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
     elif spec.expect.exception is not None or attacker.exit_status != 0:
         parts.append(f"exited with status {attacker.exit_status}")
     parts.extend(line for line in bad if line not in parts)
+    stray = _stray_vmfunc(elf) if spec.expect.stray_vmfunc else ""
+    if stray:
+        parts.append(stray)
     if partner is not None:
         parts.append(f"{partner.name}: " + (" | ".join(_partner_said(partner)) or "(silent)"))
-    matched = not spec.expect.refused_at_load and _matches(
-        spec.expect, attacker, reports, targets, cpl=0 if spec.in_kernel else 3
+    matched = (
+        not spec.expect.refused_at_load
+        and (not spec.expect.stray_vmfunc or bool(stray))
+        and _matches(
+            spec.expect, attacker, reports, targets, cpl=stage.ring if spec.in_kernel else 3
+        )
     )
     victim = "; ".join(
         problem

@@ -1,9 +1,10 @@
 """What a red-team row is: an attack program, its arguments, the outcome it must have.
 
-`Expect` says what a row requires, `Partner` describes a second in-kernel program on its
-stage, `AttackSpec` is one row of THE table (rows.py). The stage's layout (where echo,
-the legitimate client, attackers, partners and applications are linked) is here too,
-so the table, the stage and the runner agree on it.
+`Expect` says what a row requires, `Partner` describes a second program on its stage
+(placed where the row's design places servers), `AttackSpec` is one row of THE table
+(rows.py); its `mode` names the IPC design the row's stage runs under. The stage's
+layout (where echo, the legitimate client, attackers, partners and applications are
+linked) is here too, so the table, the stage and the runner agree on it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ PASS, FAIL = "PASS", "FAIL"
 @dataclass(frozen=True, slots=True)
 class Expect:
     """The outcome a row requires. exception None: the attacker must survive, exit 0
-    and print exactly `reports` as its "observed:" lines. Target names (address, rip,
-    pkru) are resolved against the stage's targets."""
+    and print exactly `reports` as its "observed:" lines; with an exception, non-empty
+    `reports` must be printed before the fault. Target names (address, rip, pkru) are
+    resolved against the stage's targets."""
 
     text: str  # the table's "expected" column
     exception: str | None = None  # "#PF", "#UD", "#GP", ...
@@ -41,11 +43,13 @@ class Expect:
     instruction: str | None = None  # the faulting instruction must start with this
     refused_at_load: bool = False  # the kernel must refuse to place the attacker
     finding: tuple[str, bool] | None = None  # and the scan must hold (class, aligned)
+    stray_vmfunc: bool = False  # the attacker's code must hold a vmfunc (SkyBridge's scan)
 
 
 @dataclass(frozen=True, slots=True)
 class Partner:
-    """A second in-kernel program on a row's stage: the attack's victim or accomplice."""
+    """A second program on a row's stage, placed like a server of the row's design (in
+    kernel space under underbridge): the attack's victim or accomplice."""
 
     program: str  # guest/attacks/<program>.c, linked at PARTNER_BASE
     args: tuple[str, ...] = ()  # like AttackSpec.args (stage targets only)
@@ -61,9 +65,10 @@ class AttackSpec:
     program: str  # guest/attacks/<program>.c
     args: tuple[str, ...]
     expect: Expect
-    in_kernel: bool = True  # False: an application in ring 3
+    in_kernel: bool = True  # placed where the design places servers; False: an application
     partner: Partner | None = None
     symbols: tuple[str, ...] = ()  # the attacker's globals, as targets attacker_<name>
+    mode: str = "underbridge"  # the IPC design of the row's stage (stage.py)
 
 
 def pkey_fault(access: Access, target: str, text: str) -> Expect:

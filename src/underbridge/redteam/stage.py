@@ -1,8 +1,13 @@
-"""A red-team row's stage: a fresh machine with echo and a legitimate in-kernel client.
+"""A red-team row's stage: a fresh machine with echo and a legitimate client of it.
 
-`build_stage` sets it up and resolves the targets the attacks aim at (module doc of
-underbridge.redteam); `victim_problem` checks afterwards that echo still answers a
-legitimate application and that echo and the client are still alive.
+`build_stage` sets it up under the row's design and resolves the targets the attacks
+aim at (module doc of underbridge.redteam); `victim_problem` checks afterwards that
+echo still answers a legitimate application and that echo and the client are alive.
+Under underbridge, echo and the client are in kernel space and the targets include
+the client's gate. Any other design's stage is read from its declared traits: echo and
+the client are placed where the design places servers (kernel space, its domains and
+ring, if `servers_in_kernel`; else user space), and only targets that exist under it
+are published (under skybridge, the client's trampoline and calling-key record).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from underbridge.bridge.iocall import IoRoutines
 from underbridge.elf.image import parse_elf
 from underbridge.guestbuild.toolchain import build_program, guest_root, symbol
 from underbridge.kernel.ipc.kernel_space import CURRENT_THREAD_PAGE, KERNEL_RETURN
+from underbridge.kernel.ipc.sky_bindings import Bindings
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import ThreadState
@@ -36,6 +42,7 @@ from underbridge.redteam.spec import (
 )
 
 if TYPE_CHECKING:
+    from underbridge.kernel.ipc import DomainPlacement
     from underbridge.kernel.ipc.gate_table import GateState
     from underbridge.kernel.ipc.underbridge import UnderbridgeIpc
 
@@ -54,15 +61,18 @@ class Stage:
     echo: CapGroup
     client: CapGroup
     targets: dict[str, int]
+    placed: bool = True  # servers (echo, a row's partner) are placed in kernel space
+    ring: int = 0  # the ring placed servers run in
+    gates: bool = True  # the design's connections have UnderBridge gates (gate targets)
 
     @property
     def machine(self) -> Machine:
         return self.kernel.machine
 
 
-def domain_pkru(ipc: UnderbridgeIpc, group: CapGroup) -> int:
+def domain_pkru(placement: DomainPlacement, group: CapGroup) -> int:
     """The PKRU of an in-kernel cap group's domain (the stage places every server there)."""
-    domain = ipc.domain_of(group)
+    domain = placement.domain_of(group)
     if domain is None:
         raise RedTeamError(f"{group.name} is not in kernel space")
     return domain.pkru
@@ -108,13 +118,11 @@ def _io_denied(machine: Machine, routines: IoRoutines) -> int:
     return next(i.address for i in insns if i.mnemonic == "ud2")
 
 
-def build_stage() -> Stage:
-    """A fresh machine with echo and a legitimate in-kernel client connected to it."""
-    machine = Machine()
-    kernel = Kernel(machine, ipc="underbridge")
+def _echo_and_client(kernel: Kernel, *, placed: bool) -> tuple[Path, CapGroup, CapGroup]:
+    """Spawn echo, then the legitimate client once echo waits; both placed if `placed`."""
     kernel.register_program("hello", build_program("hello", base=APP_BASE))
     echo_elf = build_program("echo", base=ECHO_BASE)
-    echo = kernel.spawn(echo_elf, ["echo"], in_kernel=True)
+    echo = kernel.spawn(echo_elf, ["echo"], in_kernel=placed)
     if not run_until(
         kernel, lambda: "echo" in kernel.services and echo.threads[0].state is ThreadState.BLOCKED
     ):
@@ -122,31 +130,48 @@ def build_stage() -> Stage:
     client = kernel.spawn(
         build_program(attack_source("legit_client"), base=LEGIT_BASE),
         ["legit_client"],
-        in_kernel=True,
+        in_kernel=placed,
     )
-    if (
-        not run_until(
-            kernel, lambda: not client.running or client.threads[0].state is ThreadState.BLOCKED
+
+    def parked() -> bool:  # blocked for good after its call (a kernel-IPC call blocks too)
+        return b"legit_client: call ok" in bytes(client.console) and (
+            client.threads[0].state is ThreadState.BLOCKED
         )
-        or b"legit_client: call ok" not in bytes(client.console)
-        or not client.running
-    ):
+
+    if not run_until(kernel, lambda: not client.running or parked()) or not client.running:
         raise RedTeamError(f"the legitimate client failed: {bytes(client.console)!r}")
-    ipc = cast("UnderbridgeIpc", kernel.ipc)
-    gate = next(g for g in ipc.gates() if g.conn.client is client)
+    return echo_elf, echo, client
+
+
+def _common_targets(machine: Machine, echo_elf: Path, echo: CapGroup) -> dict[str, int]:
+    """The targets every design has: echo's stack and entry, kernel data, page tables."""
     root = machine.kernel_space.root
     echo_stack = echo.threads[0].context[Reg.RSP]
-    targets = {
+    return {
         "echo_stack": echo_stack,
         # a thread started with its stack top here first touches echo_thread_rsp
         "echo_thread_stack": echo_stack & ~0xF,
         "echo_thread_rsp": (echo_stack & ~0xF) - 8,
         "echo_entry": parse_elf(echo_elf.read_bytes(), name="echo").entry,
-        "echo_pkru": domain_pkru(ipc, echo),
         "kernel_data": KERNEL_DATA,
         "pt_root": root,
         "pt_self_map": root | PTE_P_RW_U,
         "all_keys_open": 0,
+    }
+
+
+def build_stage(mode: str = "underbridge") -> Stage:
+    """A fresh machine under `mode` with echo and a legitimate client connected to it."""
+    if mode != "underbridge":
+        return _design_stage(mode)
+    machine = Machine()
+    kernel = Kernel(machine, ipc="underbridge")
+    echo_elf, echo, client = _echo_and_client(kernel, placed=True)
+    ipc = cast("UnderbridgeIpc", kernel.ipc)
+    gate = next(g for g in ipc.gates() if g.conn.client is client)
+    targets = {
+        **_common_targets(machine, echo_elf, echo),
+        "echo_pkru": domain_pkru(ipc, echo),
         "boot_stub_wrpkru": KERNEL_STUBS + 5,  # its stub was `xor ecx, ecx; xor edx, edx;`
         "kernel_return": KERNEL_RETURN,
         "current_thread": CURRENT_THREAD_PAGE,
@@ -154,6 +179,24 @@ def build_stage() -> Stage:
         **gate_targets(machine, gate),
     }
     return Stage(kernel, echo, client, targets)
+
+
+def _design_stage(mode: str) -> Stage:
+    """The stage under another design, placed as its traits say (module doc)."""
+    kernel = Kernel(Machine(), ipc=mode)
+    placed = kernel.ipc.traits.servers_in_kernel
+    echo_elf, echo, client = _echo_and_client(kernel, placed=placed)
+    targets = _common_targets(kernel.machine, echo_elf, echo)
+    if placed:
+        targets["echo_pkru"] = domain_pkru(kernel.placement, echo)
+    bindings = getattr(kernel.ipc, "bindings", None)
+    if isinstance(bindings, Bindings):  # skybridge: the client's binding to echo
+        binding = next(b for b in bindings if b.client is client)
+        targets["trampoline"] = binding.address
+        targets["calling_key_record"] = binding.client_record
+    gates = hasattr(kernel.ipc, "gates")
+    ring = kernel.placement.ring if placed else 3
+    return Stage(kernel, echo, client, targets, placed=placed, ring=ring, gates=gates)
 
 
 def victim_problem(stage: Stage) -> str:

@@ -1,5 +1,5 @@
 /* sky_forger: a SkyBridge server that returns with a forged key
- * (tests/kernel/test_skybridge.py), an attack that would work on a trampoline
+ * (the partner of red-team row sky-forged-key), an attack that would work on a trampoline
  * without the return check.
  *
  * The attack: we register "forger"; our function, running on the caller's thread in
@@ -9,6 +9,7 @@
  * forged key in R11.
  * Expected response: the return half finds the key is not the binding's: the caller's
  * call returns -EPERM (-1) with no reply, its registers restored; we stay alive.
+ * Checked by: redteam row sky-forged-key, tests/kernel/test_skybridge.py.
  */
 #include "ub.h"
 #include "ub_ipc.h"

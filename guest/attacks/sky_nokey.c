@@ -1,5 +1,5 @@
 /* sky_nokey: a SkyBridge client that calls its server without the calling key
- * (tests/kernel/test_skybridge.py), an attack that would work on a trampoline
+ * (red-team row sky-no-key), an attack that would work on a trampoline
  * without the key check.
  *
  * The attack: connect to echo, find the call half's `vmfunc` in our trampoline (the
@@ -7,7 +7,8 @@
  * call straight onto it with a guessed key in R11, skipping the call half.
  * Expected response: the server half finds no calling key, switches straight back and
  * returns -EPERM (-1) without running echo's function. A genuine call afterwards works.
- * Prints "nokey = <status>" then "call = <status> mr1 = <mr1>".
+ * Prints "observed: nokey = <status>" then "observed: call = <status> mr1 = <mr1>".
+ * Checked by: redteam row sky-no-key, tests/kernel/test_skybridge.py.
  */
 #include "ub.h"
 #include "ub_ipc.h"
@@ -37,9 +38,9 @@ int main(void)
     while (!(t[at] == 0x0f && t[at + 1] == 0x01 && t[at + 2] == 0xd4))
         at++;
     unsigned long index = *(const unsigned int *)(t + at - 4);
-    ub_printf("nokey = %ld\n", call_without_key(conn.gate + at, index, 0x1234));
+    ub_printf("observed: nokey = %ld\n", call_without_key(conn.gate + at, index, 0x1234));
     long mr[4] = {0, 8, 9, 10}; /* ECHO_REGS: echoed back */
     r = ub_ipc_call(&conn, mr);
-    ub_printf("call = %ld mr1 = %ld\n", r, r < 0 ? 0 : mr[1]);
+    ub_printf("observed: call = %ld mr1 = %ld\n", r, r < 0 ? 0 : mr[1]);
     return 0;
 }
