@@ -51,10 +51,6 @@ class DomainState:
     def pkru(self) -> int:
         return self.domain.pkru
 
-    def holds_image_address(self, address: int) -> bool:
-        """Is `address` in the lower half of the region, where the server's image is?"""
-        return self.base <= address < self.base + ks.REGION_SIZE // 2
-
 
 class Domains:
     """The in-kernel servers' domains, by cap group, and the keys they and their

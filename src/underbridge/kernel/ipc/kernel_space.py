@@ -92,6 +92,16 @@ def check_image(name: str, base: int, image: ElfImage) -> None:
         )
 
 
+def check_handler(name: str, handler: int, base: int) -> None:
+    """A service's handler must be in its in-kernel server's image, the lower half of
+    the region at `base` (a gate or stub jumps there with the server's rights):
+    EINVAL if it is not."""
+    if not base <= handler < base + REGION_SIZE // 2:
+        raise SyscallError(
+            Errno.EINVAL, f"{name}'s handler {handler:#x} is not in its server's region"
+        )
+
+
 class Slots:
     """Slot numbers of the gate windows (a connection's page in each window is its slot's):
     the last one given back first, else the next never used."""

@@ -214,11 +214,7 @@ class MonolithicIpc(PassiveServers):
         if server is None:
             return self._user.connect(kernel, conn)
         handler = conn.service.handler
-        if not server.base <= handler < server.base + ks.REGION_SIZE // 2:
-            raise SyscallError(
-                Errno.EINVAL,
-                f"{conn.service.name}'s handler {handler:#x} is not in its server's region",
-            )
+        ks.check_handler(conn.service.name, handler, server.base)
         self._pages.ensure(kernel)
         client = self._placed.get(conn.client)
         self._map_buffer(conn, client)

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from underbridge.kernel.ipc.underbridge import UnderbridgeIpc, raise_invalid_handler
+from underbridge.kernel.ipc import kernel_space as ks
+from underbridge.kernel.ipc.underbridge import UnderbridgeIpc
 
 if TYPE_CHECKING:
     from underbridge.kernel.kernel import Kernel
@@ -61,8 +62,8 @@ class PkuUserIpc(UnderbridgeIpc):
         """A gate between two servers in the process; kernel IPC for everything else."""
         server = self._domains.of(conn.service.server)
         if server is None or self._domains.of(conn.client) is None:
-            if server is not None and not server.holds_image_address(conn.service.handler):
-                raise_invalid_handler(conn)
+            if server is not None:
+                ks.check_handler(conn.service.name, conn.service.handler, server.base)
             return self._user.connect(kernel, conn)
         return super().connect(kernel, conn)
 

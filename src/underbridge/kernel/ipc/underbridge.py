@@ -50,7 +50,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from underbridge.abi.syscalls import Errno
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.domains import Domains, DomainState
 from underbridge.kernel.ipc.gate_calls import caller_of, clear, culprit, path, unwind
@@ -159,8 +158,7 @@ class UnderbridgeIpc(PassiveServers):
         server = self._domains.of(conn.service.server)
         if server is None:
             return self._user.connect(kernel, conn)
-        if not server.holds_image_address(conn.service.handler):
-            raise_invalid_handler(conn)
+        ks.check_handler(conn.service.name, conn.service.handler, server.base)
         self._pages.ensure(kernel)
         client = self._domains.of(conn.client)
         state = self._gates.open(kernel, conn, client, server)
@@ -232,12 +230,3 @@ class UnderbridgeIpc(PassiveServers):
         route = path(kernel.machine, self._gates, tid, own)
         party = culprit(route, own, context.pkru, ks.in_gate(context.rip), self._domains)
         return None if party is None else party.group
-
-
-def raise_invalid_handler(conn: Connection) -> None:
-    from underbridge.errors import SyscallError
-
-    raise SyscallError(
-        Errno.EINVAL,
-        f"{conn.service.name}'s handler {conn.service.handler:#x} is not in its server's region",
-    )
