@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from underbridge import redteam
 from underbridge.cli import main
+from underbridge.kernel.cap import CapTable
 from underbridge.machine.boot import KERNEL_DATA
 from underbridge.machine.oracle import Access, Violation
 from underbridge.machine.pkru import pkru_allowing
@@ -103,6 +104,10 @@ OBSERVED.update(
         "pku-user-read-server": ("#PF read of 0x1ffe", PKEY_AD, "(ring 3"),
     }
 )
+# every design's IPC fast path given slots it must refuse (design_rows.py)
+FASTPATH_OBSERVED = ("weak = -1; deleted = -77; wild = -77; call = 0 mr1 = 8",)
+OBSERVED.update({"fastpath-caps": FASTPATH_OBSERVED, "fastpath-caps-sel4": FASTPATH_OBSERVED})
+FASTPATH_ROWS = {"fastpath-caps": "underbridge", "fastpath-caps-sel4": "sel4"}
 DESIGN_ROWS = {
     "sky-no-key": "skybridge",
     "sky-forged-key": "skybridge",
@@ -177,8 +182,9 @@ def test_row(result, row_id):
 
 def test_each_row_runs_under_its_design():
     modes = {spec.id: spec.mode for spec in redteam.ATTACKS}
-    assert {i: m for i, m in modes.items() if m != "underbridge"} == DESIGN_ROWS
-    assert len(modes) == 56 + len(DESIGN_ROWS)
+    others = {i: m for i, m in modes.items() if m != "underbridge"}
+    assert others == DESIGN_ROWS | {"fastpath-caps-sel4": "sel4"}
+    assert len(modes) == 56 + len(DESIGN_ROWS) + len(FASTPATH_ROWS)
 
 
 def test_the_design_rows_stages_place_servers_as_the_design_does(result):
@@ -223,6 +229,21 @@ def test_a_design_row_fails_under_a_design_without_its_check():
     spec = next(s for s in redteam.ATTACKS if s.id == "sky-stray-vmfunc")
     row = redteam.run_row(0, dataclasses.replace(spec, mode="sel4"))
     assert row.verdict == redteam.FAIL and "connect = 0" in row.observed
+
+
+@pytest.mark.parametrize("row_id", list(FASTPATH_ROWS))
+def test_the_fastpath_rows_fail_on_a_fast_path_that_skips_the_rights_check(row_id, monkeypatch):
+    """A naive fast path (the slot's object, whatever the cap's rights) lets the call
+    through the cap without CALL reach echo, and the row catches it."""
+
+    def naive_peek(table, slot, kind, _needs):
+        cap = table._slots[slot] if 0 <= slot < len(table._slots) else None
+        return cap.obj if cap is not None and isinstance(cap.obj, kind) else None
+
+    monkeypatch.setattr(CapTable, "peek", naive_peek)
+    spec = next(s for s in redteam.ATTACKS if s.id == row_id)
+    row = redteam.run_row(0, spec)
+    assert row.verdict == redteam.FAIL and "weak = 0" in row.observed
 
 
 def test_every_row_passes(result):

@@ -8,6 +8,7 @@ run and judged, in stage.py and runner.py.
 from __future__ import annotations
 
 from underbridge.machine.oracle import Access, Violation
+from underbridge.redteam.design_rows import DESIGN_ROWS, FASTPATH_ROWS
 from underbridge.redteam.spec import AttackSpec, Expect, Partner, absent, pkey_fault
 
 EFAULT = "-14"
@@ -421,77 +422,4 @@ ATTACKS += tuple(
     for variant in ("plain", "hidden")
 )
 
-# The other designs' own mechanisms, each on a stage under that design (stage.py):
-# SkyBridge's calling key, return check and stray-vmfunc scan; pku-shared's scan of an
-# application before it joins the shared view; pku-user's keys between servers that
-# share one process. The attackers are applications where the design has no placed
-# servers (skybridge), else placed like a server (in ring 3 under both pku designs).
-EPERM = "-1"
-ATTACKS += (
-    AttackSpec(
-        "sky-no-key",
-        "skybridge: call onto the trampoline's vmfunc with a guessed key, skipping its call half",
-        "sky_nokey",
-        (),
-        Expect(
-            "-EPERM (-1): the server half finds no calling key and switches straight back, "
-            "echo never runs; a genuine call then works",
-            reports=(f"nokey = {EPERM}", "call = 0 mr1 = 8"),
-        ),
-        in_kernel=False,
-        mode="skybridge",
-    ),
-    AttackSpec(
-        "sky-forged-key",
-        "skybridge: a server returns to its caller with a reply of its own and a forged key, "
-        "jumping onto the return vmfunc",
-        "sky_caller",
-        ("forger",),
-        Expect(
-            "the caller's call returns -EPERM (-1) with no reply (not 0x666); the server lives",
-            reports=(f"call = {EPERM} mr0 = 0",),
-        ),
-        in_kernel=False,
-        partner=Partner("sky_forger", before=True),
-        mode="skybridge",
-    ),
-    AttackSpec(
-        "sky-stray-vmfunc",
-        "skybridge: an application with a vmfunc hidden in an immediate connects to echo",
-        "sky_stray",
-        (),
-        Expect(
-            "the scan finds the vmfunc: connect refused with -EPERM (-1), no trampoline mapped",
-            reports=(f"connect = {EPERM} gate = 0",),
-            stray_vmfunc=True,
-        ),
-        in_kernel=False,
-        mode="skybridge",
-    ),
-    AttackSpec(
-        "pku-shared-wrpkru",
-        "pku-shared: an application opens every key (wrpkru, PKRU 0), connects to echo, "
-        "reads echo's stack",
-        "pku_shared_wrpkru",
-        ("{echo_stack}",),
-        Expect(
-            "connect refused with -EPERM (-1: its code holds a wrpkru); #PF not present on "
-            "the read (nothing of a server is mapped before it joins), attacker ends",
-            "#PF",
-            Violation.NOT_PRESENT,
-            Access.READ,
-            address="echo_stack",
-            reports=(f"connect = {EPERM}",),
-        ),
-        in_kernel=False,
-        mode="pku-shared",
-    ),
-    AttackSpec(
-        "pku-user-read-server",
-        "pku-user: a server reads echo's stack in the process they share",
-        "read_server",
-        ("{echo_stack}",),
-        pkey_fault(Access.READ, "echo_stack", "#PF protection key (AD) in ring 3, attacker ends"),
-        mode="pku-user",
-    ),
-)
+ATTACKS += DESIGN_ROWS + FASTPATH_ROWS  # design_rows.py
