@@ -44,8 +44,8 @@ SEL4_FASTPATH = "seL4 x86_64 fastpath, instructions measured from the compiled k
 # would count every entry and exit twice. What the rows still include: Channel/Write
 # and Channel/Read pause the timer around the opposite operation (Google Benchmark's
 # PauseTiming/ResumeTiming), whose own cost partly lands in the row, so if anything they
-# are high. What no row covers: blocking a thread and waking another (the scheduler),
-# which the zircon design therefore does not charge.
+# are high. Blocking a thread and waking another (the scheduler) is in none of these
+# rows; it is `zircon_thread_handoff` below, from the log's futex round trip.
 ZIRCON_LOG = "Zircon's microbenchmarks.md, run 1-2-2018 (i3-7100U, 2.4 GHz)"
 ZIRCON_CYCLES_PER_NS = 2.4
 ZIRCON_SYSCALL_NULL_NS = 66
@@ -93,6 +93,17 @@ COSTS: Final = MappingProxyType(
         # zx_object_wait_one on an event already signaled: the wait's own work without
         # blocking (the closest published row to a server's wait for its next message).
         "zircon_object_wait": _zircon_operation("WaitItems/WaitForAlreadySignaledEvent", 426),
+        # Waking a blocked thread, blocking the waker and switching to the woken one: the
+        # log's RoundTrip_Futex_SingleProcess (1,919 ns) is two threads of one process
+        # taking turns, zx_futex_wake then a blocking zx_futex_wait on each side: 4 syscalls
+        # and 2 such hand-offs per round trip, no channel and no address-space switch. Its
+        # 4 null syscalls out, halved. It keeps the futexes' own small work (a hash lookup),
+        # so if anything it is high.
+        "zircon_thread_handoff": Cost(
+            round((1919 - 4 * ZIRCON_SYSCALL_NULL_NS) / 2 * ZIRCON_CYCLES_PER_NS),
+            f"{ZIRCON_LOG}: (RoundTrip_Futex_SingleProcess 1,919 ns - 4 x Syscall/Null "
+            "66 ns) / 2 hand-offs, x 2.4",
+        ),
         "vm_exit": Cost(
             2000,
             "SplitX, Landau et al., WIOV 2011, section 1: direct cost of an "

@@ -13,21 +13,23 @@ done here, in the kernel, the way Zircon's own libraries use channels:
     serves many connections), then zx_channel_read of the endpoint the packet names.
 No direct switch: a wake puts the woken thread on the scheduler's ready queue, and the
 blocked thread's core runs whichever is next (Zircon's scheduler, not seL4's handoff).
+Each wake of a thread blocked in a call or a wait is charged as one hand-off
+(zircon_thread_handoff: the wake, the waker's block, the switch to the woken thread).
 
 Hardware and kernel events of one round trip (costs.py: the zircon_* rows are the
 operations alone, each Zircon row minus Syscall/Null, so every syscall's entry and exit
 is charged once, as this table's syscall, swapgs x2 and sysret):
   client  channel_call:  syscall, swapgs x2, zircon_channel_write,
                          [blocked]  zircon_channel_read, sysret
-  switch to the server:  cr3_write
+  switch to the server:  zircon_thread_handoff, cr3_write
   server  channel_write: syscall, swapgs x2, zircon_channel_write, sysret
           wait:          syscall, swapgs x2, zircon_object_wait, [blocked] sysret
           channel_read:  syscall, swapgs x2, zircon_channel_read, sysret
-  switch to the client:  cr3_write
+  switch to the client:  zircon_thread_handoff, cr3_write
 The guest executes one `syscall` per IPC_REPLY_WAIT; the entries of the wait and the
-read, which a Zircon server makes as syscalls of their own, are charged by name. Not
-charged, for want of a published row: channel_call's internal wait and the
-scheduler's block/wake/switch. A test asserts this sequence.
+read, which a Zircon server makes as syscalls of their own, are charged by name. A
+server that finds a message already queued does not block, and no hand-off is charged
+for it. A test asserts this sequence.
 
 Invariants:
   - A call in progress is an entry in its client end's `calls`; closing either endpoint
@@ -65,7 +67,7 @@ if TYPE_CHECKING:
 WORDS = struct.Struct("<I4Q")  # txid, then the 4 message words (Zircon's header first)
 _ENTRY = (("swapgs", 2),)  # an entry and exit's swapgs; the entry's syscall comes apart
 CALL_WRITE = Charges.of(*_ENTRY, "zircon_channel_write")
-CALL_READ = Charges.of("zircon_channel_read", "sysret")
+CALL_READ = Charges.of("zircon_thread_handoff", "zircon_channel_read", "sysret")  # woken
 REPLY_WRITE = Charges.of(*_ENTRY, "zircon_channel_write", "sysret")
 WAIT = Charges.of(*_ENTRY, "zircon_object_wait")
 WAIT_AFTER_REPLY = Charges.of("syscall", *_ENTRY, "zircon_object_wait")  # a 2nd syscall
@@ -179,6 +181,7 @@ class ZirconIpc:
         if not server.alive or server.state is not ThreadState.BLOCKED or end is None:
             return False
         if self._receive(kernel, server, end):
+            kernel.machine.charge("zircon_thread_handoff")
             kernel.sched.wake(server)
         else:  # the packet's channel closed before it was read: drop it, keep waiting
             port.waiters.appendleft(partial(self._woken, kernel, server, port))
