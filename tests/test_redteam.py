@@ -92,7 +92,7 @@ OBSERVED: dict[str, tuple[str, ...]] = {
 # the other designs' rows (each on a stage under its own design)
 OBSERVED.update(
     {
-        "sky-no-key": ("nokey = -1; call = 0 mr1 = 8",),
+        "sky-no-key": ("nokey = -1 buffer = abc; call = 0 mr1 = 8",),
         "sky-forged-key": ("call = -1 mr0 = 0", "sky_forger: (silent)"),
         "sky-stray-vmfunc": ("connect = -1 gate = 0", "vmfunc found at 0x40"),
         "pku-shared-wrpkru": (

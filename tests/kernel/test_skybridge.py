@@ -43,7 +43,7 @@ def test_a_call_without_the_calling_key_is_refused_and_echo_never_runs():
     client, lines = run_client(kernel, ATTACKS / "sky_nokey.c", ["sky_nokey"])
     assert client.state is GroupState.EXITED and client.exit_status == 0
     # refused: into echo's view and straight back (2 switches), then a genuine call (2)
-    assert lines == ["observed: nokey = -1", "observed: call = 0 mr1 = 8"]
+    assert lines == ["observed: nokey = -1 buffer = abc", "observed: call = 0 mr1 = 8"]
     assert kernel.machine.eptp.switches - switches == 4
     assert kernel.services["echo"].server.running
 

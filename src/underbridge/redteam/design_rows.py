@@ -21,8 +21,8 @@ DESIGN_ROWS: tuple[AttackSpec, ...] = (
         (),
         Expect(
             "-EPERM (-1): the server half finds no calling key and switches straight back, "
-            "echo never runs; a genuine call then works",
-            reports=(f"nokey = {EPERM}", "call = 0 mr1 = 8"),
+            "echo never runs (its buffer still reads abc); a genuine call then works",
+            reports=(f"nokey = {EPERM} buffer = abc", "call = 0 mr1 = 8"),
         ),
         in_kernel=False,
         mode="skybridge",
