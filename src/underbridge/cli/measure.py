@@ -23,6 +23,7 @@ from underbridge.cli.common import (
     output_file,
     user_errors,
 )
+from underbridge.cli.tracing import trace_options, traced
 from underbridge.kernel.ipc.registry import DESIGNS
 
 
@@ -43,15 +44,27 @@ def bench() -> None:
     "--rounds", type=click.IntRange(min=3, max=MAX_COUNT), default=10_000, show_default=True
 )
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
+@trace_options
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> None:
-    """IPC round trips between the echo server and the pingpong client, per path."""
+def bench_ipc(
+    mode: str,
+    rounds: int,
+    no_accounting: bool,
+    trace_file: Path | None,
+    trace_limit: int,
+    as_json: bool,
+) -> None:
+    """IPC round trips between the echo server and the pingpong client, per path
+    (traced: machine #1 runs the app-server path, #2 the server-server path)."""
     from rich.progress import Progress
 
     from underbridge.bench import ipc as ipc_bench
 
-    with Progress(console=errors, transient=True, disable=as_json) as bar:
+    with (
+        traced(trace_file, trace_limit, accounting=not no_accounting),
+        Progress(console=errors, transient=True, disable=as_json) as bar,
+    ):
         task = bar.add_task(f"{mode} round trips", total=rounds * len(ipc_bench.PATHS))
         result = ipc_bench.run(
             mode, rounds, progress=lambda n: bar.advance(task, n), accounting=not no_accounting
@@ -112,6 +125,7 @@ def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> Non
     help="Copy the database file out of the file system to this host path.",
 )
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
+@trace_options
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def bench_ycsb(
@@ -122,6 +136,8 @@ def bench_ycsb(
     workload: str,
     db_out: Path | None,
     no_accounting: bool,
+    trace_file: Path | None,
+    trace_limit: int,
     as_json: bool,
 ) -> None:
     """SQLite under a YCSB core workload inside the microkernel, file operations over IPC."""
@@ -129,7 +145,10 @@ def bench_ycsb(
 
     from underbridge.bench import ycsb
 
-    with Progress(console=errors, transient=True, disable=as_json) as bar:
+    with (
+        traced(trace_file, trace_limit, accounting=not no_accounting),
+        Progress(console=errors, transient=True, disable=as_json) as bar,
+    ):
         task = bar.add_task(f"{mode}: records loaded + operations", total=records + ops)
         result = ycsb.run(
             mode,
