@@ -271,9 +271,16 @@ def bench_machine(scale: float, as_json: bool) -> None:
     callback=output_directory,
     help="Directory for the JSON files and charts (created).",
 )
+@click.option(
+    "--trace-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    callback=lambda ctx, param, path: None if path is None else output_directory(ctx, param, path),
+    help="Also write DIR/trace-MODE.json per design: one round trip on each path, as a "
+    "Chrome trace (ui.perfetto.dev).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON instead of the table.")
 @user_errors
-def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
+def reproduce(quick: bool, out_dir: Path, trace_dir: Path | None, as_json: bool) -> None:
     """Every IPC design's round trip beside the published figures, and SQLite under YCSB-A.
 
     \b
@@ -308,6 +315,11 @@ def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
                 ycsb_task, completed=done, total=total, description=f"YCSB-A under {mode}"
             ),
         )
+    traces: list[Path] = []
+    if trace_dir is not None:
+        from underbridge.bench import round_trip_trace
+
+        traces = [round_trip_trace.write(mode, trace_dir) for mode in DESIGNS]
     if as_json:
         click.echo(json.dumps({"ipc": result.to_json(), "ycsb": ycsb_result.to_json()}, indent=2))
         return
@@ -317,4 +329,5 @@ def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
     console.print(ycsb_part.throughput_table(ycsb_result))
     console.print(ycsb_part.breakdown_table(ycsb_result))
     written = [result.json_path, result.plot_path, ycsb_result.json_path, ycsb_result.plot_path]
+    written += traces
     console.print(f"[dim]wrote {', '.join(escape(str(path)) for path in written)}[/]")

@@ -104,11 +104,12 @@ class KernelTracer:
         self._named: set[int] = set()  # pids and tids given names
         self._last: Thread | None = None
         self._run_start = self._exit_at = 0
-        self._number = 0  # the syscall being handled
+        self._number = 0  # the syscall being handled, and its arguments
+        self._args: tuple[int, ...] = ()
         self._switching = False  # charges now are the run loop's address-space switch
         self._handoff: tuple[str, Track, int] | None = None  # a flow waiting for its target
         self._wrpkru = 0  # wrpkru in the last block, settled when the next one starts
-        self._pkru_before = self._wrpkru_at = 0
+        self._pkru_before = self._wrpkru_at = self._home_pkru = 0
         self._calls: dict[int, list[tuple[str, int]]] = {}  # per thread: (domain, since)
         self._migrated: dict[tuple[int, int], int] = {}  # (server pid, tid) -> track tid
         trace.name_process(
@@ -138,6 +139,7 @@ class KernelTracer:
                 self.counts["ipc_flow"] += 1
             self._handoff = None
         self.current, self._last = thread, thread
+        self._home_pkru = thread.context.pkru  # the PKRU of the thread's own code
         self._run_start, self._switching = now, True
 
     def ran(self, thread: Thread, result: Exit) -> None:
@@ -152,7 +154,7 @@ class KernelTracer:
         )  # fmt: skip
         self._exit_at = now
         if result.kind is ExitKind.SYSCALL:
-            self._number = context[Reg.RAX]
+            self._number, self._args = context[Reg.RAX], context.syscall_args()
         elif result.fault is not None:
             fault = result.fault
             vm_exit = fault.vector == VM_EXIT
@@ -172,7 +174,7 @@ class KernelTracer:
             name = syscall_name(self._number, linux)
             self.trace.slice(
                 f"syscall {name}", *track, self._exit_at, now, cat="syscall",
-                args={"number": self._number},
+                args={"number": self._number, "args": [f"{a:#x}" for a in self._args]},
             )  # fmt: skip
             self.counts["syscall"] += 1
             native = self._number - LINUX_NATIVE_BASE if linux else self._number
@@ -334,6 +336,8 @@ class KernelTracer:
         group = self._domains().get(pkru)
         if group is not None:
             return group.name
+        if self.current is not None and pkru == self._home_pkru:
+            return self.current.group.name  # an application's own PKRU
         return "kernel" if not access_disabled(pkru, 0) else f"pkru {pkru:#010x}"
 
     def _gate(self, thread: Thread, source: str, target: str, at: int) -> None:

@@ -61,16 +61,22 @@ def tracer_for(kernel: Kernel) -> KernelTracer | None:
 
 
 @contextmanager
-def recording(path: Path | None, limit: int | None = None) -> Iterator[TraceSession | None]:
-    """Trace every kernel created inside the block into `path` (None: no trace)."""
-    if path is None:
-        yield None
-        return
-    session = TraceSession(limit)
+def active(session: TraceSession) -> Iterator[TraceSession]:
+    """Record every kernel created inside the block into `session` (not written)."""
     token = _ACTIVE.set(session)
     try:
         yield session
     finally:
         _ACTIVE.reset(token)
         session.finish()
+
+
+@contextmanager
+def recording(path: Path | None, limit: int | None = None) -> Iterator[TraceSession | None]:
+    """Trace every kernel created inside the block into `path` (None: no trace)."""
+    if path is None:
+        yield None
+        return
+    with active(TraceSession(limit)) as session:
+        yield session
     session.write(path)
