@@ -23,8 +23,9 @@ migrated between user and kernel space, a server restarted): it marks the proces
 Tracks: one per thread; a process per cap group, named with its placement ("kernel
 space, domain KEY" or "user space"), labelled and sorted so that kernel-space servers
 come first; the kernel's own process holds the scheduler track. Several machines in
-one trace (bench ipc runs two) are numbered #1, #2: ids are `number * 100000 + id`,
-and each machine's clock starts at 0.
+one trace (bench ipc runs two) are numbered #1, #2: ids are `number * 100000 + id`
+(a thread's `+ 20000 + tid`, so that no thread id is also a process id), and each
+machine's clock starts at 0.
 
 Invariants:
   - Recording never charges, never writes guest state, never stops the CPU: a traced
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from underbridge.kernel.objects.thread import Thread
 
 ID_STRIDE = 100_000  # machine n's processes and threads: n * ID_STRIDE + their own id
+THREAD_TIDS = 20_000  # thread n's track is base + THREAD_TIDS + n: never a process's id
 MIGRATED_TIDS = 50_000  # tracks of threads running another domain's handler start here
 HANDOFF_SYSCALLS = frozenset(
     {Sys.IPC_CALL, Sys.IPC_REPLY_WAIT, Sys.CHANNEL_CALL, Sys.CHANNEL_WRITE, Sys.CHANNEL_READ,
@@ -101,7 +103,7 @@ class KernelTracer:
         self.base = number * ID_STRIDE
         self.counts: Counter[str] = Counter()  # what was recorded, by kind
         self.current: Thread | None = None
-        self._named: set[int] = set()  # pids and tids given names
+        self._named: set[int] = set()  # pids and tids given names (disjoint ranges)
         self._last: Thread | None = None
         self._run_start = self._exit_at = 0
         self._number = 0  # the syscall being handled, and its arguments
@@ -223,7 +225,7 @@ class KernelTracer:
         return pid
 
     def _track(self, thread: Thread) -> Track:
-        pid, tid = self._process(thread.group), self.base + thread.tid
+        pid, tid = self._process(thread.group), self.base + THREAD_TIDS + thread.tid
         if tid not in self._named:
             self._named.add(tid)
             self.trace.name_thread(pid, tid, thread.name, sort_index=thread.tid)
@@ -282,7 +284,10 @@ class KernelTracer:
         machine.__dict__.update(wrappers)
 
     def _charged(self, start: int, events: tuple[tuple[str, int], ...]) -> None:
-        args: dict[str, Any] = {"events": dict(events)}
+        counted: Counter[str] = Counter()
+        for event, times in events:  # a path may name an event twice (zircon's)
+            counted[event] += times
+        args: dict[str, Any] = {"events": dict(counted)}
         name = _charge_name(events)
         if self._switching and self.current is not None:
             name = f"address-space switch to {self.current.group.name}: {name}"
@@ -291,8 +296,7 @@ class KernelTracer:
             cat="charge,cr3" if any(e == "cr3_write" for e, _ in events) else "charge",
             args=args,
         )  # fmt: skip
-        for event, times in events:
-            self.counts[event] += times
+        self.counts.update(counted)
 
     # -- guest instructions ------------------------------------------------------------
 
