@@ -53,7 +53,9 @@ class ChromeTrace:
         self.full = False
         self._next_flow = 1
 
-    def add(self, event: Event) -> None:
+    def add(self, event: Event, at: int | None = None) -> None:
+        """Keep `event` (at index `at` of the kept events: a slice that encloses events
+        already kept goes before them, so that viewers nest equal-length slices right)."""
         if self.full:
             self.dropped += 1
         elif self.limit is not None and len(self.events) >= self.limit - 1:
@@ -63,14 +65,26 @@ class ChromeTrace:
                 {"ph": "i", "s": "g", "name": LIMIT_REACHED, "pid": 0, "tid": 0,
                  "ts": event["ts"], "args": {"limit": self.limit}}
             )  # fmt: skip
-        else:
+        elif at is None:
             self.events.append(event)
+        else:
+            self.events.insert(at, event)
 
-    def slice(self, name: str, pid: int, tid: int, start: int, end: int, **fields: Any) -> None:
-        """A complete slice from cycle `start` to cycle `end`."""
+    def slice(
+        self,
+        name: str,
+        pid: int,
+        tid: int,
+        start: int,
+        end: int,
+        at: int | None = None,
+        **fields: Any,
+    ) -> None:
+        """A complete slice from cycle `start` to cycle `end` (`at`: see `add`)."""
         self.add(
             {"ph": "X", "name": name, "pid": pid, "tid": tid, "ts": us(start),
-             "dur": us(end - start), **fields}
+             "dur": us(end - start), **fields},
+            at,
         )  # fmt: skip
 
     def instant(self, name: str, pid: int, tid: int, at: int, **fields: Any) -> None:

@@ -105,7 +105,7 @@ class KernelTracer:
         self.current: Thread | None = None
         self._named: set[int] = set()  # pids and tids given names (disjoint ranges)
         self._last: Thread | None = None
-        self._run_start = self._exit_at = 0
+        self._run_start = self._exit_at = self._exit_index = 0
         self._number = 0  # the syscall being handled, and its arguments
         self._args: tuple[int, ...] = ()
         self._switching = False  # charges now are the run loop's address-space switch
@@ -154,7 +154,7 @@ class KernelTracer:
             self._placement(thread.group) + f", ring {context.cpl}", pid, tid,
             self._run_start, now, cat="run", args={"exit": result.kind.value},
         )  # fmt: skip
-        self._exit_at = now
+        self._exit_at, self._exit_index = now, len(self.trace.events)
         if result.kind is ExitKind.SYSCALL:
             self._number, self._args = context[Reg.RAX], context.syscall_args()
         elif result.fault is not None:
@@ -175,7 +175,7 @@ class KernelTracer:
             linux = thread.group.linux is not None
             name = syscall_name(self._number, linux)
             self.trace.slice(
-                f"syscall {name}", *track, self._exit_at, now, cat="syscall",
+                f"syscall {name}", *track, self._exit_at, now, self._exit_index, cat="syscall",
                 args={"number": self._number, "args": [f"{a:#x}" for a in self._args]},
             )  # fmt: skip
             self.counts["syscall"] += 1
