@@ -249,6 +249,27 @@ def test_one_round_trip_per_design_as_reproduce_writes_it(tmp_path):
     ]
 
 
+def test_the_lifecycle_hook_marks_a_process(tmp_path):
+    """The one call `bench migrate` and a restarter make (there is no migration yet)."""
+    from underbridge.guestbuild.toolchain import build_program
+    from underbridge.kernel.kernel import Kernel
+    from underbridge.machine.cpu import Machine
+
+    def run() -> None:
+        kernel = Kernel(Machine())
+        group = kernel.spawn(build_program("hello", base=0x0200_0000), ["hello"])
+        assert kernel.tracer is not None
+        kernel.tracer.lifecycle("migrate", group, to="kernel space")
+        kernel.run()
+
+    doc, _session = traced(run, tmp_path)
+    check_chrome_trace(doc)
+    (mark,) = [e for e in doc["traceEvents"] if e.get("cat") == "lifecycle"]
+    assert mark["name"] == "migrate hello" and mark["s"] == "p" and mark["ts"] == 0
+    assert mark["args"] == {"to": "kernel space"}
+    assert doc["otherData"]["recorded"]["#1"]["migrate"] == 1
+
+
 def test_trace_with_no_accounting_is_a_one_line_user_error(tmp_path):
     result = CliRunner().invoke(
         main,

@@ -21,7 +21,7 @@ from underbridge.cli.common import errors, output_file
 from underbridge.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_TRACE_LIMIT = 1_000_000  # events: about 150 MB of JSON, what Perfetto's UI opens
+DEFAULT_TRACE_LIMIT = 1_000_000  # events: about 130 MB of JSON
 
 
 def trace_options(command: F) -> F:

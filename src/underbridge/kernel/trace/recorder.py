@@ -188,10 +188,10 @@ class KernelTracer:
     def lifecycle(self, what: str, group: CapGroup, **details: Any) -> None:
         """Mark an event of a cap group's life the run loop does not see: "migrate"
         (details: where to), "restart", ...; one instant on the group's process."""
-        pid = self._process(group)
-        self.trace.add(
-            {"ph": "i", "s": "p", "name": f"{what} {group.name}", "cat": "lifecycle",
-             "pid": pid, "tid": pid, "ts": self.machine.clock() / 2000, "args": details}
+        pid, tid = self._track(group.threads[0]) if group.threads else (self._process(group), 0)
+        self.trace.instant(
+            f"{what} {group.name}", pid, tid, self.machine.clock(), s="p", cat="lifecycle",
+            args={key: str(value) for key, value in details.items()},
         )  # fmt: skip
         self.counts[what] += 1
 

@@ -7,7 +7,8 @@ command adds `--trace` with one `with` line, and its benchmark code needs no par
 
 Invariants:
   - With no recording active, `tracer_for` returns None and the kernel keeps None: no
-    hook, no wrapper, nothing per event (the run loop tests one local for None).
+    hook, no wrapper, nothing per event (the run loop reads `tracer` once per kernel
+    entry and tests it for None).
   - The file is written when the block ends normally; a run that raised writes nothing
     (a half trace of a failed run would be taken for a whole one).
 """
