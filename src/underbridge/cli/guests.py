@@ -16,6 +16,7 @@ import click
 from rich.markup import escape
 
 from underbridge.cli.common import console, shown, user_errors
+from underbridge.cli.tracing import trace_options, traced
 from underbridge.errors import UserError
 
 if TYPE_CHECKING:  # commands import what they run, so `--help` loads no emulator
@@ -75,6 +76,7 @@ def _waits(threads: list[Thread]) -> str:
     help="Stop the guest after this many simulated cycles (instructions with "
     "--no-accounting); 0: no limit.",
 )
+@trace_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors
 def run(
@@ -83,6 +85,8 @@ def run(
     c_file: Path | None,
     no_accounting: bool,
     budget: int,
+    trace_file: Path | None,
+    trace_limit: int,
     as_json: bool,
 ) -> None:
     """Build a guest C program and run it in ring 3.
@@ -113,16 +117,16 @@ def run(
             sys.stdout.write(data.decode(errors="replace"))
             sys.stdout.flush()
 
-    machine = Machine(accounting=not no_accounting)
-    kernel = Kernel(machine, console=stream)
-    process = kernel.spawn(elf, [stem, *args], name=name)
-
     def budget_spent() -> bool:  # checked between kernel events, a quantum apart at most
         return budget > 0 and machine.clock() >= budget
 
-    started = time.perf_counter()
-    kernel.run(until=budget_spent)
-    wall = time.perf_counter() - started
+    with traced(trace_file, trace_limit, accounting=not no_accounting):
+        machine = Machine(accounting=not no_accounting)
+        kernel = Kernel(machine, console=stream)
+        process = kernel.spawn(elf, [stem, *args], name=name)
+        started = time.perf_counter()
+        kernel.run(until=budget_spent)
+        wall = time.perf_counter() - started
     outcome = _outcome(process, budget_spent())
     blocked = kernel.blocked() if outcome == "deadlock" else []
     unit = "instructions" if no_accounting else "cycles"

@@ -23,6 +23,7 @@ from underbridge.cli.common import (
     output_file,
     user_errors,
 )
+from underbridge.cli.tracing import trace_options, traced
 from underbridge.kernel.ipc.registry import DESIGNS
 
 
@@ -43,15 +44,27 @@ def bench() -> None:
     "--rounds", type=click.IntRange(min=3, max=MAX_COUNT), default=10_000, show_default=True
 )
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
+@trace_options
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> None:
-    """IPC round trips between the echo server and the pingpong client, per path."""
+def bench_ipc(
+    mode: str,
+    rounds: int,
+    no_accounting: bool,
+    trace_file: Path | None,
+    trace_limit: int,
+    as_json: bool,
+) -> None:
+    """IPC round trips between the echo server and the pingpong client, per path
+    (traced: machine #1 runs the app-server path, #2 the server-server path)."""
     from rich.progress import Progress
 
     from underbridge.bench import ipc as ipc_bench
 
-    with Progress(console=errors, transient=True, disable=as_json) as bar:
+    with (
+        traced(trace_file, trace_limit, accounting=not no_accounting),
+        Progress(console=errors, transient=True, disable=as_json) as bar,
+    ):
         task = bar.add_task(f"{mode} round trips", total=rounds * len(ipc_bench.PATHS))
         result = ipc_bench.run(
             mode, rounds, progress=lambda n: bar.advance(task, n), accounting=not no_accounting
@@ -112,6 +125,7 @@ def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> Non
     help="Copy the database file out of the file system to this host path.",
 )
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
+@trace_options
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def bench_ycsb(
@@ -122,6 +136,8 @@ def bench_ycsb(
     workload: str,
     db_out: Path | None,
     no_accounting: bool,
+    trace_file: Path | None,
+    trace_limit: int,
     as_json: bool,
 ) -> None:
     """SQLite under a YCSB core workload inside the microkernel, file operations over IPC."""
@@ -129,7 +145,10 @@ def bench_ycsb(
 
     from underbridge.bench import ycsb
 
-    with Progress(console=errors, transient=True, disable=as_json) as bar:
+    with (
+        traced(trace_file, trace_limit, accounting=not no_accounting),
+        Progress(console=errors, transient=True, disable=as_json) as bar,
+    ):
         task = bar.add_task(f"{mode}: records loaded + operations", total=records + ops)
         result = ycsb.run(
             mode,
@@ -252,9 +271,16 @@ def bench_machine(scale: float, as_json: bool) -> None:
     callback=output_directory,
     help="Directory for the JSON files and charts (created).",
 )
+@click.option(
+    "--trace-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    callback=lambda ctx, param, path: None if path is None else output_directory(ctx, param, path),
+    help="Also write DIR/trace-MODE.json per design: one round trip on each path, as a "
+    "Chrome trace (ui.perfetto.dev).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON instead of the table.")
 @user_errors
-def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
+def reproduce(quick: bool, out_dir: Path, trace_dir: Path | None, as_json: bool) -> None:
     """Every IPC design's round trip beside the published figures, and SQLite under YCSB-A.
 
     \b
@@ -289,6 +315,11 @@ def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
                 ycsb_task, completed=done, total=total, description=f"YCSB-A under {mode}"
             ),
         )
+    traces: list[Path] = []
+    if trace_dir is not None:
+        from underbridge.bench import round_trip_trace
+
+        traces = [round_trip_trace.write(mode, trace_dir) for mode in DESIGNS]
     if as_json:
         click.echo(json.dumps({"ipc": result.to_json(), "ycsb": ycsb_result.to_json()}, indent=2))
         return
@@ -298,4 +329,5 @@ def reproduce(quick: bool, out_dir: Path, as_json: bool) -> None:
     console.print(ycsb_part.throughput_table(ycsb_result))
     console.print(ycsb_part.breakdown_table(ycsb_result))
     written = [result.json_path, result.plot_path, ycsb_result.json_path, ycsb_result.plot_path]
+    written += traces
     console.print(f"[dim]wrote {', '.join(escape(str(path)) for path in written)}[/]")

@@ -41,6 +41,7 @@ from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.objects.vmspace import VmSpace
 from underbridge.kernel.process_image import USER_STACK_TOP, build_image
 from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
+from underbridge.kernel.trace.session import tracer_for
 from underbridge.machine.accounting import KERNEL as KERNEL_CATEGORY
 from underbridge.machine.context import Reg
 from underbridge.machine.costs import COSTS
@@ -97,6 +98,10 @@ class Kernel:
         self._switch_cause = KERNEL_CATEGORY  # what the next address-space switch is for
         self.syscall_observers: list[SyscallObserver] = []  # benchmarks: see each entry
         self.linux_syscall_observers: list[SyscallObserver] = []  # Linux numbers (fuzz)
+        # None unless a trace is recording (kernel/trace/session.py); the run loop tests
+        # it once per kernel entry, and it is also the hook for events the run loop does
+        # not see: `if kernel.tracer: kernel.tracer.lifecycle("migrate", group, to=...)`.
+        self.tracer = tracer_for(self)
 
     # -- creating things -----------------------------------------------------------
 
@@ -219,6 +224,9 @@ class Kernel:
                 return
 
     def _resume(self, thread: Thread) -> None:
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.resuming(thread)
         space = thread.group.vmspace
         last = self._last_space
         switch = self.ipc.traits.address_space_switch
@@ -229,6 +237,8 @@ class Kernel:
         context = thread.context
         self.placement.about_to_run(self, thread.tid)  # ring-3 gates too (the PKU designs)
         result = self.machine.run(context, budget=self.sched.quantum)
+        if tracer is not None:
+            tracer.ran(thread, result)
         kind = result.kind
         if kind is ExitKind.SYSCALL:
             self._syscall(thread)
@@ -241,6 +251,8 @@ class Kernel:
                 self.sched.preempt()
         else:  # HALTED: guest code executed hlt in ring 0
             self._fault(thread, self.machine.halt_fault(context))
+        if tracer is not None:
+            tracer.handled(thread, result)
 
     def _fault(self, thread: Thread, fault: Fault) -> None:
         """End the cap group to blame: the thread's own, or, if the thread was running
