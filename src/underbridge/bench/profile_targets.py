@@ -70,7 +70,9 @@ def profile_ycsb(mode: str, records: int, ops: int, seed: int, workload: str) ->
     result = ycsb.run(mode, records, ops, seed, workload, observe=attach)
     title = f"bench ycsb --mode {mode} --records {records} --ops {ops} --workload {workload}"
     profile, cycles = attach.finish(title)
-    summary = f"{result.sim_cycles_per_op:,.0f} simulated cycles per operation ({result.summary})"
+    summary = (
+        f"{result.sim_cycles_per_op:,.0f} simulated cycles per operation ({result.summary.strip()})"
+    )
     return Target(profile, cycles, summary)
 
 

@@ -18,6 +18,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from underbridge.bench.profile_report import KERNEL
 from underbridge.bench.ycsb_core import WORKLOADS as YCSB_WORKLOADS
 from underbridge.cli.common import MAX_COUNT, console, output_file, shown, user_errors
 from underbridge.errors import UserError
@@ -174,8 +175,9 @@ def _report(
 
 def _program_table(target: Target, program: str, cycles: int, top: int) -> Table:
     total = target.profile.total or 1
+    what = "charged by the kernel or run in its gates" if program == KERNEL else "in its code"
     table = Table(
-        title=f"{escape(program)}: {cycles:,} cycles of its code ({cycles / total:.1%})",
+        title=f"{escape(program)}: {cycles:,} cycles {what} ({cycles / total:.1%})",
         title_justify="left",
     )
     table.add_column("function")
