@@ -21,12 +21,13 @@ from underbridge.bench.profiler import Profiler
 from underbridge.cli import main
 from underbridge.elf.symbols import function_symbols
 from underbridge.errors import UserError
-from underbridge.guestbuild.toolchain import symbol
+from underbridge.guestbuild.toolchain import build_program, symbol
 from underbridge.kernel.kernel import Kernel
 from underbridge.machine.accounting import Tally
 from underbridge.machine.cpu import Machine
 
 ROUNDS = 20
+CALLSHAPES = Path(__file__).parents[1] / "guests" / "callshapes.c"
 RECORDS, OPS = 20, 20
 
 
@@ -162,6 +163,27 @@ def test_profile_run_total_is_the_machines(hello_elf: Path) -> None:
     target = profile_program(hello_elf, ["hello"], "hello", budget=0)
     _check_exact(target.profile, target.run_cycles)
     assert "exited (status 0)" in target.summary
+
+
+def test_call_stacks_follow_recursion_tail_calls_and_pointers() -> None:
+    elf = build_program(CALLSHAPES, base=0x40_0000)
+    target = profile_program(elf, ["callshapes"], "callshapes", budget=0)
+    profile, stacks = target.profile, target.profile.stacks
+    _check_exact(profile, target.run_cycles)
+    main = "callshapes;_start;main;"
+    # recurse(5) is six frames; recurse(0) ends in `jmp leaf`, a tail call, whose
+    # callee takes its frame (the documented limit).
+    assert main + ";".join(["recurse"] * 6) in stacks
+    assert main + ";".join(["recurse"] * 5 + ["leaf"]) in stacks
+    recurse = profile.function("callshapes", "recurse")  # counted once per path
+    assert recurse.total_cycles == sum(c for p, c in stacks.items() if ";recurse" in p)
+    # tail_caller ends in `jmp tail_target`: tail_target shows as main's callee.
+    assert main + "tail_caller" in stacks and main + "tail_target;leaf" in stacks
+    assert not any("tail_caller;" in p for p in stacks)
+    assert main + "by_pointer;leaf" in stacks  # an indirect call
+    leaf = profile.function("callshapes", "leaf")
+    assert leaf.self_cycles == leaf.total_cycles
+    assert leaf.total_cycles == sum(c for p, c in stacks.items() if p.endswith(";leaf"))
 
 
 def test_detach_leaves_the_machine_as_it_was(hello_elf: Path) -> None:
