@@ -142,10 +142,9 @@ def test_the_ycsb_profile_names_sqlite_fs_and_ramdisk_functions(ycsb_runs) -> No
 
 
 def test_profile_run_of_hello_and_its_files(tmp_path: Path) -> None:
-    folded, svg = tmp_path / "hello.folded", tmp_path / "hello.svg"
-    result = CliRunner().invoke(
-        main, ["profile", "run", "hello", "--folded", str(folded), "--svg", str(svg), "--json"]
-    )
+    folded, svg, scope = (tmp_path / f"hello.{ext}" for ext in ("folded", "svg", "json"))
+    files = ["--folded", str(folded), "--svg", str(svg), "--speedscope", str(scope)]
+    result = CliRunner().invoke(main, ["profile", "run", "hello", *files, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["unattributed_cycles"] == 0
@@ -157,6 +156,13 @@ def test_profile_run_of_hello_and_its_files(tmp_path: Path) -> None:
         e.text or "" for e in ET.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}title")
     ]
     assert any(t.startswith("main (") and "cycles" in t for t in titles)
+    speedscope = json.loads(scope.read_text())
+    names = [frame["name"] for frame in speedscope["shared"]["frames"]]
+    (sampled,) = speedscope["profiles"]
+    assert sampled["type"] == "sampled" and sampled["endValue"] == report["total_cycles"]
+    assert sum(sampled["weights"]) == report["total_cycles"]
+    paths = {";".join(names[i] for i in sample) for sample in sampled["samples"]}
+    assert paths == {line.rsplit(" ", 1)[0] for line in lines}
 
 
 def test_profile_run_total_is_the_machines(hello_elf: Path) -> None:

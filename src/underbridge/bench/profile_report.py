@@ -14,7 +14,8 @@ charged work, by the accounting's category), its events as leaves ("cr3_write"),
 Folded stacks are Brendan Gregg's format, one line per path with self cycles: frames
 joined by ";", a space, the count ("pingpong;main;ub_call;[kernel] ipc;sysret 12").
 The flame graph is drawn from those lines by inferno (the Rust port of flamegraph.pl)
-through the pyinferno package.
+through the pyinferno package; `speedscope` gives the same paths in speedscope's file
+format (https://www.speedscope.app/file-format-schema.json), for its interactive views.
 
 Invariants:
   - total == sum of every path's self cycles (+ `unattributed`, which the profiler keeps
@@ -126,6 +127,31 @@ class Profile:
 
     def write_folded(self, path: Path) -> None:
         path.write_text("".join(line + "\n" for line in self.folded_lines()))
+
+    def speedscope(self) -> dict[str, object]:
+        """The profile in speedscope's file format (a "sampled" profile whose samples
+        are the call paths and whose weights are their self cycles)."""
+        frames: dict[str, int] = {}
+        samples = []
+        for path in sorted(self.stacks):
+            samples.append([frames.setdefault(label, len(frames)) for label in path.split(";")])
+        return {
+            "$schema": "https://www.speedscope.app/file-format-schema.json",
+            "shared": {"frames": [{"name": name} for name in frames]},
+            "profiles": [
+                {
+                    "type": "sampled",
+                    "name": self.title or "simulated cycles",
+                    "unit": "none",
+                    "startValue": 0,
+                    "endValue": self.total,
+                    "samples": samples,
+                    "weights": [self.stacks[path] for path in sorted(self.stacks)],
+                }
+            ],
+            "name": self.title,
+            "exporter": "underbridge profile",
+        }
 
     def flame_graph_svg(self) -> str:
         """The flame graph, drawn by inferno (pyinferno); its unit is simulated cycles."""

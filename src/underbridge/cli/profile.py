@@ -3,8 +3,9 @@
 Each subcommand runs what its namesake runs (`bench ipc`, `bench ycsb`, `run`) with the
 profiler on (bench/profiler.py), then prints, per program, its hottest functions by
 self cycles with their total (inclusive) cycles; `--folded FILE` writes folded stacks
-("prog;f1;f2 cycles" lines), `--svg FILE` a flame graph drawn by inferno, `--json` the
-table as JSON. The profile's total is checked against the run's simulated cycles.
+("prog;f1;f2 cycles" lines), `--svg FILE` a flame graph drawn by inferno,
+`--speedscope FILE` the stacks in speedscope's file format, `--json` the table as JSON.
+The profile's total is checked against the run's simulated cycles.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def _outputs(command: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.Path(dir_okay=False, path_type=Path),
                 callback=output_file,
                 help="Write a flame graph here (SVG, drawn by inferno).",
+            ),
+            click.option(
+                "--speedscope",
+                type=click.Path(dir_okay=False, path_type=Path),
+                callback=output_file,
+                help="Write the stacks in speedscope's JSON file format here.",
             ),
             click.option("--json", "as_json", is_flag=True, help="Print the table as JSON."),
         )
@@ -147,7 +154,13 @@ def profile_run(
 
 
 def _report(
-    target: Target, *, top: int, folded: Path | None, svg: Path | None, as_json: bool
+    target: Target,
+    *,
+    top: int,
+    folded: Path | None,
+    svg: Path | None,
+    speedscope: Path | None,
+    as_json: bool,
 ) -> None:
     profile = target.profile
     if profile.total != target.run_cycles or profile.unattributed:
@@ -159,6 +172,8 @@ def _report(
         profile.write_folded(folded)
     if svg is not None:
         svg.write_text(profile.flame_graph_svg())
+    if speedscope is not None:
+        speedscope.write_text(json.dumps(profile.speedscope()))
     if as_json:
         click.echo(json.dumps({**profile.to_json(top), "summary": target.summary}, indent=2))
         return
@@ -168,7 +183,7 @@ def _report(
     )
     for program, cycles in profile.programs().items():
         console.print(_program_table(target, program, cycles, top))
-    for kind, path in (("folded stacks", folded), ("flame graph", svg)):
+    for kind, path in (("folded stacks", folded), ("flame graph", svg), ("speedscope", speedscope)):
         if path is not None:
             console.print(f"[dim]{kind}: {escape(shown(str(path)))}[/]")
 
