@@ -8,6 +8,7 @@ leaving the run alone (the same tally with the profiler on as off).
 from __future__ import annotations
 
 import json
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -224,3 +225,19 @@ def test_function_symbols_name_a_guests_functions(hello_elf: Path) -> None:
 def test_function_symbols_refuse_what_is_not_an_elf() -> None:
     with pytest.raises(UserError):
         function_symbols(b"not an elf at all", name="junk")
+
+
+def test_profile_ipc_command_names_the_handler_in_json() -> None:
+    args = ["profile", "ipc", "--mode", "underbridge", "--rounds", "5", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    echo = [row["function"] for row in report["programs"]["echo"]["top"]]
+    assert echo[0] == "handle"
+    assert report["unattributed_cycles"] == 0
+
+
+def test_a_flame_graph_without_pyinferno_is_a_one_line_error(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyinferno", None)  # makes the import fail
+    with pytest.raises(UserError, match="pyinferno"):
+        Profile("t", 1, {"a": 1}).flame_graph_svg()
