@@ -282,7 +282,7 @@ class Profiler:
         return self._kernel_root if stack is None else stack.node
 
     def _category_node(self, node: Node) -> Node:
-        acct = self._acct
+        acct = self._acct  # the category the accounting puts the charge being made in:
         return node.child(KERNEL, f"[kernel] {acct.categories[acct._charge_category]}")
 
     # -- charges ---------------------------------------------------------------------
@@ -316,7 +316,7 @@ class Profiler:
         if delta <= 0:
             return  # the accounting did not count this block (see the module doc)
         self._seen = cycles
-        table = self.machine._space
+        table = self.machine._space  # the running page table, as the accounting keys blocks
         if table is not self._space_table:
             self._space_table = table
             self._space = self._space_of(table)
