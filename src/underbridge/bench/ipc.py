@@ -29,6 +29,8 @@ ECHO_BASE = 0x0100_0000
 PINGPONG_BASE = 0x0200_0000
 
 Progress = Callable[[int], None]
+#: Called with the kernel before any program is spawned (the profiler attaches there).
+KernelObserver = Callable[[Kernel], object]
 
 
 class BenchFailed(RuntimeError):
@@ -61,11 +63,20 @@ class IpcBenchResult:
 
 
 def run_path(
-    mode: str, path: str, rounds: int, progress: Progress | None = None, *, accounting: bool = True
+    mode: str,
+    path: str,
+    rounds: int,
+    progress: Progress | None = None,
+    *,
+    accounting: bool = True,
+    observe: KernelObserver | None = None,
 ) -> PathResult:
-    """accounting=False: wall time only (no cycle figures), to see what accounting costs."""
+    """accounting=False: wall time only (no cycle figures), to see what accounting costs.
+    observe: called with the kernel before anything is spawned."""
     machine = Machine(accounting=accounting)
     kernel = Kernel(machine, ipc=mode)
+    if observe is not None:
+        observe(kernel)
     in_kernel = kernel.ipc.traits.servers_in_kernel
     echo = kernel.spawn(build_program("echo", base=ECHO_BASE), ["echo"], in_kernel=in_kernel)
     kernel.run(

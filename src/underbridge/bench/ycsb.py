@@ -145,6 +145,7 @@ class _Run:
         workload: str,
         *,
         accounting: bool = True,
+        observe: Callable[[Kernel], object] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -153,6 +154,8 @@ class _Run:
         self.mode, self.records, self.ops, self.seed = mode, records, ops, seed
         self.machine = Machine(accounting=accounting)
         self.kernel = Kernel(self.machine, ipc=mode)
+        if observe is not None:  # before anything is spawned (the profiler attaches here)
+            observe(self.kernel)
         self.storage: Storage = start_storage(
             self.kernel, in_kernel=self.kernel.ipc.traits.servers_in_kernel
         )
@@ -239,14 +242,16 @@ def run(
     progress: Progress | None = None,
     db_out: Path | None = None,
     accounting: bool = True,
+    observe: Callable[[Kernel], object] | None = None,
 ) -> YcsbResult:
     """Load `records` records and run `ops` operations of YCSB `workload` (a..f) under
     `mode`; check, report.
 
-    accounting=False: wall time only, no simulated figures (what accounting costs)."""
+    accounting=False: wall time only, no simulated figures (what accounting costs).
+    observe: called with the kernel before anything is spawned."""
     started = time.perf_counter()
     workload = workload_named(workload).name
-    bench = _Run(mode, records, ops, seed, workload, accounting=accounting)
+    bench = _Run(mode, records, ops, seed, workload, accounting=accounting, observe=observe)
     bench.execute(progress)
     console = bench.console()
     if bench.app.state is not GroupState.EXITED or bench.app.exit_status != 0:

@@ -7,13 +7,14 @@ it runs, so `underbridge --help` loads no emulator and no plotting (tests/test_s
   guests.py   run, demo, scan
   measure.py  bench ipc/ycsb/deprivilege/machine, reproduce
   attack.py   redteam, fuzz
+  profile.py  profile ipc/ycsb/run (simulated cycles by guest function)
 """
 
 from __future__ import annotations
 
 import click
 
-from underbridge.cli import attack, guests, measure
+from underbridge.cli import attack, guests, measure, profile
 
 
 @click.group()
@@ -30,5 +31,6 @@ for _command in (
     measure.reproduce,
     attack.redteam,
     attack.fuzz,
+    profile.profile,
 ):
     main.add_command(_command)
