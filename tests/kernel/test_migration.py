@@ -9,7 +9,9 @@ import pytest
 
 from tests.kernel.test_ipc import ROUND_TRIP_EVENTS, UNDERBRIDGE_EVENTS
 from underbridge.abi.syscalls import Sys
-from underbridge.guestbuild.toolchain import build_program
+from underbridge.fs.storage import FS_BASE, FSTEST_BASE, RAMDISK_BASE, start_storage
+from underbridge.fs.ubfs import Ubfs
+from underbridge.guestbuild.toolchain import build_program, symbol
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.migrate import region_stack_top
 from underbridge.kernel.kernel import Kernel
@@ -213,3 +215,82 @@ def test_a_group_that_ended_is_refused():
     stage.kernel.kill(stage.echo)
     migration = stage.kernel.migrate(stage.echo, to_kernel=True)
     assert migration.report == "echo has ended"
+
+
+# -- a server that is a client too: fs calls ramdisk ------------------------------------
+
+
+class StorageStage:
+    """ramdisk and fs (migratable), and fstest's suite as their application."""
+
+    def __init__(self, *, in_kernel: bool) -> None:
+        self.machine = Machine()
+        self.kernel = Kernel(self.machine, ipc="underbridge")
+        self.storage = start_storage(self.kernel, in_kernel=in_kernel, migratable=True)
+        self.app = self.kernel.spawn(build_program("fstest", base=FSTEST_BASE), ["fstest", "suite"])
+        self.calls = 0  # the application's IPC_CALLs (each one fs request)
+        self.kernel.syscall_observers.append(self._note)
+
+    def _note(self, thread, number: int, _args) -> None:
+        if number == Sys.IPC_CALL and thread.group is self.app:
+            self.calls += 1
+
+    def move_both(self, *, to_kernel: bool) -> list:
+        """ramdisk then fs in (fs calls ramdisk, so ramdisk goes first); fs then ramdisk out."""
+        fs, ramdisk = self.storage.fs, self.storage.ramdisk
+        done = []
+        for group in (ramdisk, fs) if to_kernel else (fs, ramdisk):
+            migration = self.kernel.migrate(group, to_kernel=to_kernel, reason="test")
+            self.kernel.run(until=lambda m=migration: m.state != "pending")
+            assert migration.state == "done", migration.report
+            done.append(migration)
+        return done
+
+    def served(self, group) -> int:
+        address = symbol(build_program(group.name, base=group_base(group)), "ub_calls_served")[0]
+        raw = self.machine.read_virtual(group.vmspace.table, address, 8)
+        return int.from_bytes(raw, "little")
+
+    def finish(self) -> None:
+        self.kernel.run(until=lambda: not self.app.running)
+        assert self.app.exit_status == 0, bytes(self.app.console)
+        assert bytes(self.app.console) == b"fstest: ok\n"
+        assert Ubfs(self.storage.disk_image()).check() == []
+
+
+def group_base(group) -> int:
+    return {"fs": FS_BASE, "ramdisk": RAMDISK_BASE}[group.name]
+
+
+@pytest.mark.parametrize("in_kernel", [False, True])
+def test_fs_and_ramdisk_round_trip_under_a_running_fs_client(in_kernel):
+    """In the middle of fstest's suite (its open handles included), both servers move
+    and back; every request is served once: fs's own counter, in its memory, agrees."""
+    stage = StorageStage(in_kernel=in_kernel)
+    served_before = stage.served(stage.storage.fs)
+    stage.kernel.run(until=lambda: stage.calls >= 40)
+    there = stage.move_both(to_kernel=not in_kernel)
+    stage.kernel.run(until=lambda: stage.calls >= 80)
+    back = stage.move_both(to_kernel=in_kernel)
+    stage.finish()
+    assert stage.served(stage.storage.fs) - served_before == stage.calls
+    placement = stage.kernel.placement
+    for group in (stage.storage.fs, stage.storage.ramdisk):
+        assert (placement.domain_of(group) is not None) == in_kernel
+    assert [m.state for m in there + back] == ["done"] * 4
+
+
+def test_fs_cannot_move_in_before_the_ramdisk_it_calls():
+    stage = StorageStage(in_kernel=False)
+    migration = stage.kernel.migrate(stage.storage.fs, to_kernel=True)
+    assert migration.state == "refused"
+    assert migration.report.startswith("fs calls ramdisk, in user space")
+    stage.finish()
+
+
+def test_ramdisk_cannot_move_out_under_fs_in_kernel_space():
+    stage = StorageStage(in_kernel=True)
+    migration = stage.kernel.migrate(stage.storage.ramdisk, to_kernel=False)
+    assert migration.state == "refused"
+    assert migration.report.startswith("fs, in kernel space, call ramdisk")
+    stage.finish()

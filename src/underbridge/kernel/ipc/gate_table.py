@@ -76,6 +76,9 @@ class Gates:
         # application's page table under the shared key (pku-shared), not its own.
         self._map_app_buffer = map_app_buffer
         self.by_conn: dict[Connection, GateState] = {}
+        # Slots of gates whose address an in-kernel client was given (IPC_CONNECT): the
+        # slot stays the connection's while it lives, through migrations (migrate.py).
+        self.held: dict[Connection, int] = {}
         self._slots = ks.Slots()
         # Gates generated so far, and the 8-byte words of code written (migration costs).
         self.emitted = 0
@@ -94,7 +97,8 @@ class Gates:
     ) -> GateState:
         """The gate of a new connection to an in-kernel server, with its key and pages."""
         key = self._domains.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
-        slot = self._slots.take()
+        # A slot whose gate address the client holds stays the connection's (migrate.py).
+        slot = self.held.get(conn) or self._slots.take()
         try:
             # The buffer: once on the kernel page table under the shared key, and in
             # an application client's own page table; neither party can unmap it.
@@ -108,7 +112,8 @@ class Gates:
             state = self._build(kernel, conn, slot, key, client, server)
         except BaseException:
             self._domains.keys.release(key)
-            self._slots.give_back(slot)
+            if conn not in self.held:
+                self._slots.give_back(slot)
             raise
         self.by_conn[conn] = state
         self.share_key(kernel, [client, server], key, add=True)
@@ -221,28 +226,42 @@ class Gates:
 
     # -- closing ----------------------------------------------------------------------
 
-    def close(self, kernel: Kernel, state: GateState, *, server_gone: bool) -> None:
+    def close(
+        self, kernel: Kernel, state: GateState, *, server_gone: bool, migrating: bool = False
+    ) -> None:
         """Release a gate's slot, pages and key (its call in progress has ended).
 
         If the server went away under a live client that calls the gate itself (an
         in-kernel one; an application under pku-shared), the gate's page stays,
         rewritten to answer -EPIPE (a tombstone), so the client's later calls fail
         cleanly instead of faulting; the slot is freed when the client ends.
+        migrating: the connection lives on (a party is moving); a held slot stays held.
         """
         del self.by_conn[state.conn]
         pages = state.pages
         keeper = self._tombstones_of(state) if server_gone else None
-        if keeper is not None:
+        if migrating:
+            if state.conn not in self.held:
+                self._slots.give_back(state.slot)
+        elif keeper is not None:
+            self.held.pop(state.conn, None)
             pages = [page for page in pages if page != state.address]
             self._write_page(kernel, state.address, gates.tombstone())
             keeper.append(state.slot)
         else:
+            self.held.pop(state.conn, None)
             self._slots.give_back(state.slot)
         ks.unmap_and_free(kernel, pages)
         for owner, low, count in state.borrowed:
             self._domains.return_pages(kernel, owner, low, count)
         self.share_key(kernel, [state.client, state.server], state.shared_key, add=False)
         self._domains.keys.release(state.shared_key)
+
+    def release_held(self, conn: Connection) -> None:
+        """A connection without a gate closes: the slot it held is free again."""
+        slot = self.held.pop(conn, None)
+        if slot is not None:
+            self._slots.give_back(slot)
 
     def _tombstones_of(self, state: GateState) -> list[int] | None:
         """Where a gate whose server is gone is kept, if its client lives on and calls
