@@ -31,7 +31,9 @@ ROUNDS = 40
 class Stage:
     """echo and a pingpong client; `trip(i)` is the events and cycles of round trip i."""
 
-    def __init__(self, *, in_kernel: bool = False, migratable: bool = True) -> None:
+    def __init__(
+        self, *, in_kernel: bool = False, migratable: bool = True, client_in_kernel: bool = False
+    ) -> None:
         self.machine = Machine()
         self.kernel = Kernel(self.machine, ipc="underbridge")
         stack = {"stack_top": region_stack_top(ECHO_BASE)} if migratable else {}
@@ -40,8 +42,11 @@ class Stage:
         )
         self.kernel.run(until=self._serving)
         self.client = self.kernel.spawn(
-            build_program("pingpong", base=PINGPONG_BASE), ["pingpong", str(ROUNDS), "echo"]
+            build_program("pingpong", base=PINGPONG_BASE),
+            ["pingpong", str(ROUNDS), "echo"],
+            in_kernel=client_in_kernel,
         )
+        self.marks = 0  # pingpong's markers (zero-length writes) so far
         self.calls: list = []  # the tally at each of the client's IPC_CALLs
         self.kernel.syscall_observers.append(self._note)
 
@@ -51,6 +56,8 @@ class Stage:
     def _note(self, thread, number: int, _args) -> None:
         if number == Sys.IPC_CALL and thread.group is self.client:
             self.calls.append(self.machine.tally())
+        if number == Sys.WRITE and _args[1] == 0 and thread.group is self.client:
+            self.marks += 1
 
     def run_until_call(self, count: int) -> None:
         self.kernel.run(until=lambda: len(self.calls) >= count)
@@ -294,3 +301,23 @@ def test_ramdisk_cannot_move_out_under_fs_in_kernel_space():
     assert migration.state == "refused"
     assert migration.report.startswith("fs, in kernel space, call ramdisk")
     stage.finish()
+
+
+def test_an_in_kernel_client_keeps_its_gate_address_while_echo_moves_out_and_in():
+    """pingpong, in kernel space, calls echo's gate itself; while echo is out, the same
+    address holds the kernel's forwarder (an IPC_CALL on the kernel's path to a server
+    in user space), and the gate again once echo is back: no IPC_CALL after that."""
+    stage = Stage(in_kernel=True, client_in_kernel=True)
+    kernel = stage.kernel
+    kernel.run(until=lambda: stage.marks >= 1)  # pingpong's marker before its loop
+    (gate_at,) = [g.address for g in kernel.ipc.gates()]
+    out = kernel.migrate(stage.echo, to_kernel=False)
+    stage.run_until_call(20)
+    back = kernel.migrate(stage.echo, to_kernel=True)
+    kernel.run(until=lambda: back.state != "pending")
+    assert [g.address for g in kernel.ipc.gates()] == [gate_at]
+    stage.finish()
+    assert (out.state, back.state) == ("done", "done")
+    assert stage.trip(10)[0] == USER_PATH
+    # 20 IPC_CALLs through the forwarder (echo moved in after the 20th), then the gate
+    assert len(stage.calls) == 20

@@ -43,6 +43,7 @@ EVENT_ROWS = {
     "tlb_full_flushes": "cr3_write",
     "gate_words": "instruction",
     "context_writes": "instruction",
+    "instructions": "instruction",  # a forwarder's last instructions, run by the kernel
 }
 MIGRATION_CATEGORY = "migration"  # where a migration's cycles are attributed
 # Linux arch/x86/mm/tlb.c (tlb_single_page_flush_ceiling): above 33 pages, one full TLB

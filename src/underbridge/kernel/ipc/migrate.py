@@ -27,10 +27,11 @@ Invariants:
     the one check that needs the key, gives the key back when it refuses.
   - After moving out, the kernel page table maps nothing of the server: not its image,
     not its stacks, not a gate, a control page or a buffer of its connections.
-  - What this version refuses (with the reason): a server that is itself a client of
-    another server (a handler in kernel space cannot make kernel IPC calls, and its
-    library kept the gate address it was given at connect time), and a server whose
-    in-kernel clients call its gates directly (their code holds the gate's address).
+  - A handler in kernel space cannot make kernel IPC calls (upcall.py), so a server that
+    calls a server in user space is not moved in (move that one in first), and a server
+    with an in-kernel client that serves too is not moved out (move the client out
+    first). An in-kernel client that serves nothing keeps calling from its own threads:
+    its gate address then holds a kernel forwarder (redirect.py).
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ class Migrator:
     def ended(self, group: CapGroup) -> None:
         self._redirects.forget(group)
 
+    def closed_without_gate(self, kernel: Kernel, conn: Connection) -> None:
+        """A connection with no gate (its server is in user space) closes: the kernel
+        forwarder and the slot it held are free again."""
+        self._redirects.drop_kernel_forwarder(kernel, conn)
+        self._design._gates.release_held(conn)
+
     # -- when ----------------------------------------------------------------------
 
     def quiescent(self, kernel: Kernel, group: CapGroup) -> bool:
@@ -140,24 +147,20 @@ class Migrator:
                     f"{group.name} calls {', '.join(outside)}, in user space: a handler "
                     "in kernel space cannot make kernel IPC calls (move it in first)"
                 )
-            inside = [
-                c.client.name
-                for s in services_of(group)
-                for c in s.connections
-                if self._design.domain_of(c.client) is not None
-            ]
-            if inside:
-                return f"{', '.join(inside)}, in kernel space, would call {group.name}'s gates"
             if group.elf is None:
                 return f"{group.name}'s binary is not known"
             return self._layout_problem(group, _base(group))
         if state is None:
             return f"{group.name} is in user space already"
         gates = self._design.gates()
-        direct = [g.conn.client.name for g in gates if g.server is state and g.client]
-        if direct:
+        serving = [
+            g.conn.client.name
+            for g in gates
+            if g.server is state and g.client and services_of(g.client.group)
+        ]
+        if serving:
             return (
-                f"{', '.join(direct)}, in kernel space, call {group.name}: a handler in "
+                f"{', '.join(serving)}, in kernel space, call {group.name}: a handler in "
                 "kernel space cannot make kernel IPC calls (move them out first)"
             )
         return ""
@@ -193,6 +196,14 @@ class Migrator:
         design = self._design
         elf, base = group.elf, _base(group)
         assert elf is not None  # check() refused it otherwise
+        stranded = [
+            self._redirects.threads_in_forwarder(c)
+            for s in services_of(group)
+            for c in s.connections
+        ]
+        if any(contexts is None for contexts in stranded):
+            refuse(migration, "a client thread is stopped inside its forwarder")
+            return
         try:
             domain, _stack_top, data = design.admit(kernel, group.name, base, elf)
         except UserError as error:  # unsafe, or its region is taken: nothing changed
@@ -209,6 +220,8 @@ class Migrator:
         events = migration.events
         space = group.vmspace
         machine = kernel.machine
+        for contexts in stranded:  # their next instructions: the kernel runs them
+            events["instructions"] += self._redirects.finish_forwarder(kernel, contexts or [])
         dropped = self._redirects.drop_forwarders(kernel, group)
         events["pte_writes"] += dropped
         events["tlb_flushes"] += dropped
@@ -237,7 +250,9 @@ class Migrator:
         emitted, words = design._gates.emitted, design._gates.emitted_words
         for service in services_of(group):
             for conn in list(service.connections):
-                self._open_gate(kernel, conn, None, state, migration)
+                events["pte_writes"] += self._redirects.drop_kernel_forwarder(kernel, conn)
+                client = design._domains.of(conn.client)
+                self._open_gate(kernel, conn, client, state, migration)
         for conn in client_connections(group):  # its own calls: a gate made for it
             self._reopen(kernel, conn, state, migration)
         events["gates_generated"] += design._gates.emitted - emitted
@@ -255,8 +270,8 @@ class Migrator:
         (client None), or one made for an in-kernel client (which IPC_CALL reaches
         through the shim, or which it calls itself if it holds its address)."""
         client_space = conn.client.vmspace
-        if client is None and conn.buffer_vaddr in client_space.pmo_mappings:
-            self._unmap_buffer(client_space, conn.buffer_vaddr, migration)  # mapped again
+        if conn.buffer_vaddr in client_space.pmo_mappings:  # the gate maps it again
+            self._unmap_buffer(client_space, conn.buffer_vaddr, migration)
         gate = self._design._gates.open(kernel, conn, client, server)
         buffer_pages = len(conn.buffer.frames) * (2 if client is None else 1)
         migration.events["pte_writes"] += (
@@ -296,9 +311,12 @@ class Migrator:
         assert state is not None
         events = migration.events
         space = group.vmspace
+        in_kernel_clients = []
         for gate in [g for g in design.gates() if g.server is state]:
             self._close_gate(kernel, gate, migration)
             migration.connections += 1
+            if gate.client is not None:
+                in_kernel_clients.append(gate.conn)
         outgoing = [c for c in client_connections(group) if design._gates.of(c) is not None]
         for conn in outgoing:
             gate = design._gates.of(conn)
@@ -317,6 +335,10 @@ class Migrator:
             for conn in service.connections:  # the seL4 path: the buffer in both tables
                 space.map_pmo(conn.buffer, conn.buffer_vaddr, _RW, pinned=True)
                 events["pte_writes"] += len(conn.buffer.frames)
+        for conn in in_kernel_clients:  # kernel IPC from their own threads, under their keys
+            conn.client.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr, _RW, pinned=True)
+            events["pte_writes"] += len(conn.buffer.frames)
+            events["pte_writes"] += self._redirects.add_kernel_forwarder(kernel, conn)
         for conn in outgoing:  # the kernel calls its gates for it now
             self._reopen(kernel, conn, None, migration)
             self._redirects.add_forwarder(kernel, group, conn)

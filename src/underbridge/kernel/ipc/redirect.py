@@ -14,9 +14,10 @@ migration must not change that choice, so:
     makes for an application too (upcall.py), where a syscall is otherwise -EDEADLK;
   - a client that holds a gate address and moves out to user space gets, at that same
     address in its own page table, a forwarder page: kernel code, read-only to it, that
-    makes the IPC_CALL syscall with its connection's slot. Its gate slot stays held for
-    the connection (gate_table.Gates.held), so the address means the same connection
-    when it moves back in.
+    makes the IPC_CALL syscall with its connection's slot; an in-kernel client whose
+    server moves out gets the same code at that address on the kernel page table (key
+    0, r-x). Its gate slot stays held for the connection (gate_table.Gates.held), so the
+    address means the same connection whichever way either party moves next.
 
 Invariants:
   - The kernel writes a client's stack only through umem with the client's PKRU, on the
@@ -80,6 +81,12 @@ def forwarder_code(slot: int) -> bytes:
     )
 
 
+# Where a thread returns to in a forwarder after its syscall, and the code left from
+# there: mov r9, r8; mov r8, r10; mov rdi, rdx; ret (`finish_forwarder` runs it).
+FORWARDER_RETURN = 21
+FORWARDER_TAIL = ((Reg.R9, Reg.R8), (Reg.R8, Reg.R10), (Reg.RDI, Reg.RDX))
+
+
 class Redirects:
     """The shim (mapped on first use) and the clients' forwarder pages."""
 
@@ -88,6 +95,7 @@ class Redirects:
         self._gates = gates
         self._shim_ready = False
         self.forwarders: dict[CapGroup, list[int]] = {}  # its forwarder pages' addresses
+        self.kernel_forwarders: dict[Connection, int] = {}  # on the kernel page table
 
     def ensure_shim(self, kernel: Kernel) -> int:
         """Map the shim (once); the number of pages mapped now (0 or 1)."""
@@ -153,6 +161,63 @@ class Redirects:
             space.private_frames.remove(mapping.frame)
             kernel.machine.frames.free(mapping.frame)
         return len(addresses)
+
+    def add_kernel_forwarder(self, kernel: Kernel, conn: Connection) -> int:
+        """The server of `conn` moved out under an in-kernel client that holds its gate
+        address: a forwarder page there, on the kernel page table (key 0, r-x), makes
+        the client's `call *gate` an IPC_CALL. The pages mapped (0 or 1)."""
+        slot = conn.client.caps.slot_of(conn)
+        held = self._gates.held.get(conn)
+        if slot is None or held is None:
+            return 0
+        address = ks.GATE_WINDOW + held * PAGE_SIZE
+        frame = ks.map_page(kernel, address, PageFlags(user=True, executable=True))
+        kernel.machine.mem.write(frame, forwarder_code(slot))
+        kernel.machine.code_changed(kernel.machine.kernel_space)
+        self.kernel_forwarders[conn] = address
+        return 1
+
+    def drop_kernel_forwarder(self, kernel: Kernel, conn: Connection) -> int:
+        """Unmap the connection's kernel forwarder, if it has one: the pages unmapped."""
+        address = self.kernel_forwarders.pop(conn, None)
+        if address is None:
+            return 0
+        ks.unmap_and_free(kernel, [address])
+        return 1
+
+    def threads_in_forwarder(self, conn: Connection) -> list[CpuContext] | None:
+        """The contexts of the client's threads inside the connection's kernel forwarder,
+        all at its syscall's return (gate code is never preempted, so a thread can be
+        nowhere else in it unless it faulted); None if one is elsewhere in it."""
+        low = self.kernel_forwarders.get(conn)
+        if low is None:
+            return []
+        inside = [
+            t.context
+            for t in conn.client.threads
+            if t.alive and low <= t.context.rip < low + PAGE_SIZE
+        ]
+        if any(context.rip != low + FORWARDER_RETURN for context in inside):
+            return None
+        return inside
+
+    def finish_forwarder(self, kernel: Kernel, contexts: list[CpuContext]) -> int:
+        """Run the rest of the forwarder for these threads, as the CPU would (its moves,
+        then `ret` from the client's stack, read with its rights), so its page can go:
+        the instructions run. A thread whose stack cannot be read is left (it faults
+        on its own when it runs; the page it returns into is then the gate)."""
+        machine = kernel.machine
+        for context in contexts:
+            try:
+                table = machine.page_table(context.cr3)
+                raw = umem.copy_in(machine, table, context[Reg.RSP], 8, pkru=context.pkru)
+            except SyscallError:
+                continue
+            for target, source in FORWARDER_TAIL:
+                context[target] = context[source]
+            context[Reg.RSP] += 8
+            context.rip = int.from_bytes(raw, "little")
+        return (len(FORWARDER_TAIL) + 1) * len(contexts)
 
     def forget(self, group: CapGroup) -> None:
         """The group ended: its address space (with the pages) is gone already."""

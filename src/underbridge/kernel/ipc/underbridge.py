@@ -184,8 +184,8 @@ class UnderbridgeIpc(PassiveServers):
         if state is not None:
             self._end_call_in_progress(kernel, state)
             self._gates.close(kernel, state, server_gone=server_gone)
-        else:  # both parties in user space now (migrate.py): its held slot goes back
-            self._gates.release_held(conn)
+        elif self.mover is not None:  # its server is in user space now (migrate.py)
+            self.mover.closed_without_gate(kernel, conn)
 
     # -- calls ----------------------------------------------------------------------
 
