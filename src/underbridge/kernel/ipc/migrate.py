@@ -221,7 +221,8 @@ class Migrator:
         space = group.vmspace
         machine = kernel.machine
         for contexts in stranded:  # their next instructions: the kernel runs them
-            events["instructions"] += self._redirects.finish_forwarder(kernel, contexts or [])
+            if contexts:
+                events["instructions"] += self._redirects.finish_forwarder(kernel, contexts)
         dropped = self._redirects.drop_forwarders(kernel, group)
         events["pte_writes"] += dropped
         events["tlb_flushes"] += dropped
