@@ -50,3 +50,18 @@ def test_a_run_without_a_migration_reports_none(plain):
 def test_bad_migration_options_are_user_errors(mode, kwargs, message):
     with pytest.raises(UserError, match=message):
         ycsb.run(mode, RECORDS, OPS, **kwargs)
+
+
+def test_the_cli_reports_the_migration_in_json():
+    import json
+
+    from click.testing import CliRunner
+
+    from underbridge.cli import main
+
+    args = ["bench", "ycsb", "--records", "10", "--ops", "10", "--migrate-at", "5", "--json"]
+    outcome = CliRunner().invoke(main, args)
+    assert outcome.exit_code == 0, outcome.output
+    migration = json.loads(outcome.output)["migration"]
+    assert [m["group"] for m in migration["migrations"]] == ["ramdisk", "fs"]
+    assert {"sim_ops_per_sec_before", "sim_ops_per_sec_after"} <= set(migration)

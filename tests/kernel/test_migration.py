@@ -11,7 +11,7 @@ from tests.kernel.test_ipc import ROUND_TRIP_EVENTS, UNDERBRIDGE_EVENTS
 from underbridge.abi.syscalls import Sys
 from underbridge.fs.storage import FS_BASE, FSTEST_BASE, RAMDISK_BASE, start_storage
 from underbridge.fs.ubfs import Ubfs
-from underbridge.guestbuild.toolchain import build_program, symbol
+from underbridge.guestbuild.toolchain import build_program, guest_root, symbol
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.migrate import region_stack_top
 from underbridge.kernel.kernel import Kernel
@@ -119,6 +119,8 @@ def test_a_migration_is_made_of_charged_events(round_trip):
         assert migration.events["key_retags"] == migration.pages
     assert moved_in.events["gates_generated"] >= 1
     assert "gates_generated" not in moved_out.events
+    # the figures in the README's section "Live migration"
+    assert (moved_in.cycles, moved_out.cycles) == (5_564, 6_056)
 
 
 def test_moving_out_leaves_nothing_of_the_server_in_the_kernel_page_table(round_trip):
@@ -321,3 +323,23 @@ def test_an_in_kernel_client_keeps_its_gate_address_while_echo_moves_out_and_in(
     assert stage.trip(10)[0] == USER_PATH
     # 20 IPC_CALLs through the forwarder (echo moved in after the 20th), then the gate
     assert len(stage.calls) == 20
+
+
+def test_a_binary_admission_refuses_is_not_moved_in_and_nothing_changes():
+    """Admission scans the binary as spawning in kernel space does: one whose code can
+    change PKRU (here the group's binary is swapped for pkru_writer's, linked at echo's
+    base) is refused with the scanner's report, and echo keeps serving from user space."""
+    stage = Stage()
+    stage.run_until_call(3)
+    stage.echo.elf = build_program(
+        guest_root() / "attacks" / "pkru_writer.c", base=ECHO_BASE
+    ).read_bytes()
+
+    def ask() -> object:  # asked during a call: refused once echo is quiescent
+        migration = stage.kernel.migrate(stage.echo, to_kernel=True)
+        stage.kernel.run(until=lambda: migration.state != "pending")
+        return migration
+
+    refused_changes_nothing(stage, ask, "can change PKRU")
+    stage.finish()
+    assert stage.trip(10) == (USER_PATH, 1203)

@@ -7,7 +7,9 @@ generated from bridge/gate.py's template into its key-0 page.
 
 Invariants:
   - A slot is in exactly one of: free (`_slots`), a live gate (`by_conn`), a tombstone
-    (its client's `tombstones`, answering -EPIPE until that client ends).
+    (its client's `tombstones`, answering -EPIPE until that client ends), or held for a
+    connection whose client holds its address while the connection has no gate (`held`:
+    a party moved to user space, migrate.py; it goes back when the connection closes).
   - A connection's pages are made all or nothing (`open`), and unmapped before their
     frames are freed (`close`).
   - A thread's PKRU is always the PKRU of the domain whose code it runs: when a domain's

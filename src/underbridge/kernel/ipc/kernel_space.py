@@ -9,7 +9,8 @@ PKRU governs ring-0 access, bridge/domain.py's rules):
     page in CONTROL_WINDOW (the connection's shared key), and for an application client
     the kernel's save area in KERNEL_SAVE_WINDOW (key 0);
   - the kernel's own pages, mapped once (`KernelPages`): the stack it calls gates on, the
-    page it returns to, the checked port-I/O routines, and the current-thread word.
+    page it returns to, the checked port-I/O routines, and the current-thread word;
+    and, from the first migration on, the syscall shim (redirect.py).
 Gates use absolute 32-bit addresses, so everything they name stays below 2 GiB.
 
 Invariants:
