@@ -343,3 +343,21 @@ def test_a_binary_admission_refuses_is_not_moved_in_and_nothing_changes():
     refused_changes_nothing(stage, ask, "can change PKRU")
     stage.finish()
     assert stage.trip(10) == (USER_PATH, 1203)
+
+
+def test_without_enough_protection_keys_moving_in_is_refused_and_nothing_changes():
+    """echo needs two keys in kernel space (its domain's, its connection's): with one
+    free, the migration is refused, and the free key is still free."""
+    stage = Stage()
+    stage.run_until_call(3)
+    keys = stage.kernel.ipc.keys
+    while keys.available > 1:
+        keys.allocate("test: someone else's")
+
+    def ask() -> object:
+        migration = stage.kernel.migrate(stage.echo, to_kernel=True)
+        stage.kernel.run(until=lambda: migration.state != "pending")
+        return migration
+
+    refused_changes_nothing(stage, ask, "needs 2 protection keys")
+    stage.finish()

@@ -13,11 +13,14 @@ address each (handlers/ipc.py, IPC_WINDOW).
 Moving in runs the admission of a spawn in kernel space (domains.Domains.admit: scan,
 rewrite, verify); it is refused, with the report and nothing changed, if the code can
 change PKRU, if the rewriter would change code that is already running, or if a page lies
-outside the server's region. Each connection to it then gets a gate the kernel calls for
-its client (gate_table.Gates.open with no client domain): a client's next IPC_CALL takes
-the gate. Moving out closes those gates (their keys, slots, pages and the buffers'
-kernel-table mappings), removes every page of the server from the kernel page table,
-releases its key, and its threads wait for calls in REPLY_WAIT again (seL4 path).
+outside the server's region. Each connection to it then gets a gate: one the kernel calls
+for an application (gate_table.Gates.open with no client domain), one made for an
+in-kernel client's domain (its IPC_CALL reaches it through the shim, redirect.py); its own
+connections to in-kernel servers get gates made for it. Moving out closes those gates
+(their keys, pages and the buffers' kernel-table mappings; a slot whose address a client
+holds stays held), removes every page of the server from the kernel page table, releases
+its key, and its threads wait for calls in REPLY_WAIT again (seL4 path).
+Only the kernel runs this, between two kernel events (never while a guest runs).
 
 Invariants:
   - Only a quiescent server moves (`quiescent`): its threads are all waiting for calls
@@ -40,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from underbridge.abi.syscalls import Prot
 from underbridge.elf.image import parse_elf
-from underbridge.errors import UserError
+from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.handlers.ipc import IPC_WINDOW
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.gate_calls import caller_of
@@ -196,17 +199,22 @@ class Migrator:
         design = self._design
         elf, base = group.elf, _base(group)
         assert elf is not None  # check() refused it otherwise
-        stranded = [
-            self._redirects.threads_in_forwarder(c)
-            for s in services_of(group)
-            for c in s.connections
-        ]
+        conns = [c for service in services_of(group) for c in service.connections]
+        stranded = [self._redirects.threads_in_forwarder(c) for c in conns]
         if any(contexts is None for contexts in stranded):
             refuse(migration, "a client thread is stopped inside its forwarder")
             return
+        needed = 1 + len(conns)  # its domain's key, and one per connection to it
+        if design.keys.available < needed:
+            refuse(
+                migration,
+                f"{group.name} needs {needed} protection keys in kernel space "
+                f"(its own and one per connection); {design.keys.available} are free",
+            )
+            return
         try:
             domain, _stack_top, data = design.admit(kernel, group.name, base, elf)
-        except UserError as error:  # unsafe, or its region is taken: nothing changed
+        except (UserError, SyscallError) as error:  # unsafe, region taken: nothing changed
             refuse(migration, str(error))
             return
         if data != elf:
