@@ -108,6 +108,13 @@ OBSERVED.update(
 FASTPATH_OBSERVED = ("weak = -1; deleted = -77; wild = -77; call = 0 mr1 = 8",)
 OBSERVED.update({"fastpath-caps": FASTPATH_OBSERVED, "fastpath-caps-sel4": FASTPATH_OBSERVED})
 FASTPATH_ROWS = {"fastpath-caps": "underbridge", "fastpath-caps-sel4": "sel4"}
+# live migration (migration_rows.py; tests/test_redteam_migration.py disables each defence)
+MIGRATION_ROWS = {
+    "mig-stale-gate": ("first call = 0 mr1 = 7; call = 0 mr1 = 8", ABSENT, "(ring 0"),
+    "mig-old-addresses": ("#PF read of 0x1ffe", ABSENT, "(ring 3", "mig_caller: call = -32"),
+    "mig-race": ("calls = 20 ok", "mig_slow: (silent)"),
+}
+OBSERVED.update(MIGRATION_ROWS)
 DESIGN_ROWS = {
     "sky-no-key": "skybridge",
     "sky-forged-key": "skybridge",
@@ -184,7 +191,7 @@ def test_each_row_runs_under_its_design():
     modes = {spec.id: spec.mode for spec in redteam.ATTACKS}
     others = {i: m for i, m in modes.items() if m != "underbridge"}
     assert others == DESIGN_ROWS | {"fastpath-caps-sel4": "sel4"}
-    assert len(modes) == 56 + len(DESIGN_ROWS) + len(FASTPATH_ROWS)
+    assert len(modes) == 56 + len(DESIGN_ROWS) + len(FASTPATH_ROWS) + len(MIGRATION_ROWS)
 
 
 def test_the_design_rows_stages_place_servers_as_the_design_does(result):

@@ -124,6 +124,16 @@ def bench_ipc(
     callback=output_file,
     help="Copy the database file out of the file system to this host path.",
 )
+@click.option(
+    "--migrate-at",
+    type=click.IntRange(min=0),
+    help="Start fs and ramdisk in user space; move both into kernel space after N operations.",
+)
+@click.option(
+    "--migrate-out-at",
+    type=click.IntRange(min=0),
+    help="Start fs and ramdisk in kernel space; move both out after N operations.",
+)
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
 @trace_options
 @click.option("--json", "as_json", is_flag=True)
@@ -135,6 +145,8 @@ def bench_ycsb(
     seed: int,
     workload: str,
     db_out: Path | None,
+    migrate_at: int | None,
+    migrate_out_at: int | None,
     no_accounting: bool,
     trace_file: Path | None,
     trace_limit: int,
@@ -159,6 +171,8 @@ def bench_ycsb(
             db_out=db_out,
             progress=lambda done, total: bar.update(task, completed=done),
             accounting=not no_accounting,
+            migrate_at=migrate_at,
+            migrate_out_at=migrate_out_at,
         )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

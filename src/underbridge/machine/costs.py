@@ -104,6 +104,12 @@ COSTS: Final = MappingProxyType(
             f"{ZIRCON_LOG}: (RoundTrip_Futex_SingleProcess 1,919 ns - 4 x Syscall/Null "
             "66 ns) / 2 hand-offs, x 2.4",
         ),
+        # One INVLPG: the TLB flush of one page whose mapping changed (live migration).
+        "invlpg": Cost(
+            200,
+            "Linux arch/x86/mm/tlb.c, comment on tlb_single_page_flush_ceiling: "
+            "each single flush is about 100 ns; x 2.0 GHz (NOMINAL_HZ)",
+        ),
         "vm_exit": Cost(
             2000,
             "SplitX, Landau et al., WIOV 2011, section 1: direct cost of an "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from underbridge.machine.oracle import Access, Violation
 from underbridge.redteam.design_rows import DESIGN_ROWS, FASTPATH_ROWS
+from underbridge.redteam.migration_rows import MIGRATION_ROWS
 from underbridge.redteam.spec import AttackSpec, Expect, Partner, absent, pkey_fault
 
 EFAULT = "-14"
@@ -423,3 +424,4 @@ ATTACKS += tuple(
 )
 
 ATTACKS += DESIGN_ROWS + FASTPATH_ROWS  # design_rows.py
+ATTACKS += MIGRATION_ROWS  # migration_rows.py

@@ -21,6 +21,7 @@ from underbridge.kernel.ipc.kernel_space import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import ThreadState
+from underbridge.redteam import migration_rows
 from underbridge.redteam.rows import ATTACKS
 from underbridge.redteam.spec import (
     APP_BASE,
@@ -264,6 +265,8 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
             None,
             targets,
         )
+    if spec.migrate is not None:
+        migration_rows.arm(stage, spec, attacker, partner)
     if spec.partner is not None and partner is None:
         partner = spawn_partner()
 
@@ -295,9 +298,7 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
     matched = (
         not spec.expect.refused_at_load
         and (not spec.expect.stray_vmfunc or bool(stray))
-        and _matches(
-            spec.expect, attacker, reports, targets, cpl=stage.ring if spec.in_kernel else 3
-        )
+        and _matches(spec.expect, attacker, reports, targets, cpl=_ring(spec, stage.ring))
     )
     victim = "; ".join(
         problem
@@ -317,6 +318,13 @@ def run_row(index: int, spec: AttackSpec) -> RowResult:
         targets,
         "" if partner is None else bytes(partner.console).decode(errors="replace"),
     )
+
+
+def _ring(spec: AttackSpec, placed: int) -> int:
+    """The ring the attacker's fault must be in."""
+    if spec.expect.ring is not None:
+        return spec.expect.ring
+    return placed if spec.in_kernel else 3
 
 
 def run(

@@ -44,6 +44,7 @@ class Expect:
     refused_at_load: bool = False  # the kernel must refuse to place the attacker
     finding: tuple[str, bool] | None = None  # and the scan must hold (class, aligned)
     stray_vmfunc: bool = False  # the attacker's code must hold a vmfunc (SkyBridge's scan)
+    ring: int | None = None  # the fault's ring, if not where the attacker was placed (migrated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class AttackSpec:
     partner: Partner | None = None
     symbols: tuple[str, ...] = ()  # the attacker's globals, as targets attacker_<name>
     mode: str = "underbridge"  # the IPC design of the row's stage (stage.py)
+    migrate: str | None = None  # a migration the kernel makes during the row (migration_rows.py)
 
 
 def pkey_fault(access: Access, target: str, text: str) -> Expect:

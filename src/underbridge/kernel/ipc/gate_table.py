@@ -7,7 +7,9 @@ generated from bridge/gate.py's template into its key-0 page.
 
 Invariants:
   - A slot is in exactly one of: free (`_slots`), a live gate (`by_conn`), a tombstone
-    (its client's `tombstones`, answering -EPIPE until that client ends).
+    (its client's `tombstones`, answering -EPIPE until that client ends), or held for a
+    connection whose client holds its address while the connection has no gate (`held`:
+    a party moved to user space, migrate.py; it goes back when the connection closes).
   - A connection's pages are made all or nothing (`open`), and unmapped before their
     frames are freed (`close`).
   - A thread's PKRU is always the PKRU of the domain whose code it runs: when a domain's
@@ -76,7 +78,13 @@ class Gates:
         # application's page table under the shared key (pku-shared), not its own.
         self._map_app_buffer = map_app_buffer
         self.by_conn: dict[Connection, GateState] = {}
+        # Slots of gates whose address an in-kernel client was given (IPC_CONNECT): the
+        # slot stays the connection's while it lives, through migrations (migrate.py).
+        self.held: dict[Connection, int] = {}
         self._slots = ks.Slots()
+        # Gates generated so far, and the 8-byte words of code written (migration costs).
+        self.emitted = 0
+        self.emitted_words = 0
 
     def of(self, conn: Connection) -> GateState | None:
         return self.by_conn.get(conn)
@@ -91,7 +99,8 @@ class Gates:
     ) -> GateState:
         """The gate of a new connection to an in-kernel server, with its key and pages."""
         key = self._domains.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
-        slot = self._slots.take()
+        # A slot whose gate address the client holds stays the connection's (migrate.py).
+        slot = self.held.get(conn) or self._slots.take()
         try:
             # The buffer: once on the kernel page table under the shared key, and in
             # an application client's own page table; neither party can unmap it.
@@ -105,7 +114,8 @@ class Gates:
             state = self._build(kernel, conn, slot, key, client, server)
         except BaseException:
             self._domains.keys.release(key)
-            self._slots.give_back(slot)
+            if conn not in self.held:
+                self._slots.give_back(slot)
             raise
         self.by_conn[conn] = state
         self.share_key(kernel, [client, server], key, add=True)
@@ -204,7 +214,10 @@ class Gates:
             buffer=state.conn.buffer_vaddr,
             current_thread=ks.CURRENT_THREAD_PAGE,
         )
-        self._write_page(kernel, state.address, gates.generate(spec))
+        code = gates.generate(spec)
+        self.emitted += 1
+        self.emitted_words += -(-len(code) // 8)
+        self._write_page(kernel, state.address, code)
 
     def _write_page(self, kernel: Kernel, address: int, code: bytes) -> None:
         frame = kernel.machine.kernel_space.translate(address)
@@ -215,28 +228,42 @@ class Gates:
 
     # -- closing ----------------------------------------------------------------------
 
-    def close(self, kernel: Kernel, state: GateState, *, server_gone: bool) -> None:
+    def close(
+        self, kernel: Kernel, state: GateState, *, server_gone: bool, migrating: bool = False
+    ) -> None:
         """Release a gate's slot, pages and key (its call in progress has ended).
 
         If the server went away under a live client that calls the gate itself (an
         in-kernel one; an application under pku-shared), the gate's page stays,
         rewritten to answer -EPIPE (a tombstone), so the client's later calls fail
         cleanly instead of faulting; the slot is freed when the client ends.
+        migrating: the connection lives on (a party is moving); a held slot stays held.
         """
         del self.by_conn[state.conn]
         pages = state.pages
         keeper = self._tombstones_of(state) if server_gone else None
-        if keeper is not None:
+        if migrating:
+            if state.conn not in self.held:
+                self._slots.give_back(state.slot)
+        elif keeper is not None:
+            self.held.pop(state.conn, None)
             pages = [page for page in pages if page != state.address]
             self._write_page(kernel, state.address, gates.tombstone())
             keeper.append(state.slot)
         else:
+            self.held.pop(state.conn, None)
             self._slots.give_back(state.slot)
         ks.unmap_and_free(kernel, pages)
         for owner, low, count in state.borrowed:
             self._domains.return_pages(kernel, owner, low, count)
         self.share_key(kernel, [state.client, state.server], state.shared_key, add=False)
         self._domains.keys.release(state.shared_key)
+
+    def release_held(self, conn: Connection) -> None:
+        """A connection without a gate closes: the slot it held is free again."""
+        slot = self.held.pop(conn, None)
+        if slot is not None:
+            self._slots.give_back(slot)
 
     def _tombstones_of(self, state: GateState) -> list[int] | None:
         """Where a gate whose server is gone is kept, if its client lives on and calls
