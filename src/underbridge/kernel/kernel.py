@@ -131,8 +131,10 @@ class Kernel:
         rewrite=False places the binary as built, without the rewriter (benchmarks).
         abi: "native", or "linux" for a musl-linked program (kernel/linux_abi.py), which
         runs in user space only.
+        When no protection key is left, the server runs in user space instead and its
+        `placement_note` says why (keys running out never fails a spawn).
         Bad input raises a UserError: ElfError for a binary that cannot be loaded,
-        ResourceExhausted when frames or protection keys run out; nothing is left behind.
+        ResourceExhausted when frames run out; nothing is left behind.
         """
         if if_unsafe not in ("refuse", "user"):
             raise ValueError(f"if_unsafe must be 'refuse' or 'user', not {if_unsafe!r}")
@@ -151,7 +153,7 @@ class Kernel:
         name = name or (elf.stem if isinstance(elf, Path) else "guest")
         with _no_room_is_a_user_error(name):
             image = parse_elf(data, name=name)
-            domain = None
+            domain, placement_note = None, ""
             if in_kernel:
                 try:
                     domain, stack_top, data = self.placement.admit(
@@ -160,6 +162,10 @@ class Kernel:
                 except UserError:
                     if if_unsafe == "refuse":
                         raise
+                except SyscallError as error:  # ENOKEY: keys run out, nothing fails
+                    if error.errno != Errno.ENOKEY:
+                        raise
+                    placement_note = f"{name} runs in user space: {error}"
                 else:
                     image = parse_elf(data, name=name)  # as the loader rewrote it
                     ring, table, pkey, pkru = (
@@ -182,6 +188,7 @@ class Kernel:
                 raise
         group = CapGroup(self._next_pid, name, vmspace)
         group.io_ports = io_ports
+        group.placement_note = placement_note
         if abi == "linux":
             group.linux = linux_abi.LinuxState.after_image(image.end)
         self._next_pid += 1
