@@ -34,6 +34,7 @@ from underbridge.kernel import dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import DomainPlacement, IpcDesign, NoDomains
 from underbridge.kernel.ipc.registry import design_named
+from underbridge.kernel.migration import Migration, Mover, Pending, perform, refuse
 from underbridge.kernel.objects.base import KernelObject
 from underbridge.kernel.objects.capgroup import CapGroup, Ending, GroupState
 from underbridge.kernel.objects.connection import Connection, Service
@@ -97,6 +98,8 @@ class Kernel:
         self._switch_cause = KERNEL_CATEGORY  # what the next address-space switch is for
         self.syscall_observers: list[SyscallObserver] = []  # benchmarks: see each entry
         self.linux_syscall_observers: list[SyscallObserver] = []  # Linux numbers (fuzz)
+        self.migrations: list[Migration] = []  # every migration asked for (migration.py)
+        self._pending = Pending()
 
     # -- creating things -----------------------------------------------------------
 
@@ -189,6 +192,7 @@ class Kernel:
         group = CapGroup(self._next_pid, name, vmspace)
         group.io_ports = io_ports
         group.placement_note = placement_note
+        group.elf = data
         if abi == "linux":
             group.linux = linux_abi.LinuxState.after_image(image.end)
         self._next_pid += 1
@@ -216,12 +220,32 @@ class Kernel:
         self._next_badge += 1
         return badge
 
+    def migrate(self, group: CapGroup, *, to_kernel: bool, reason: str = "requested") -> Migration:
+        """Move a running server into kernel space (to_kernel) or out to user space, live
+        (kernel/migration.py): done now if it is quiescent, else pending until it is;
+        refused, with the report and nothing changed, if it cannot be done."""
+        migration = Migration("in" if to_kernel else "out", group.name, reason, target=group)
+        self.migrations.append(migration)
+        mover: Mover | None = getattr(self.ipc, "mover", None)
+        if mover is None:
+            return refuse(migration, f"the {self.ipc.name} design cannot move servers")
+        problem = mover.check(self, group, to_kernel=to_kernel)
+        if problem:
+            return refuse(migration, problem)
+        if mover.quiescent(self, group):
+            perform(self, mover, migration)
+        else:
+            self._pending.waiting.append(migration)
+        return migration
+
     # -- the run loop --------------------------------------------------------------
 
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
         """Run until no thread is ready, or `until()` holds after a kernel event."""
         while (thread := self.sched.pick()) is not None:
             self._resume(thread)
+            if self._pending:
+                self._pending.poll(self, self.ipc.mover)  # type: ignore[attr-defined]
             if until():
                 return
 

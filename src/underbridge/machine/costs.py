@@ -93,6 +93,12 @@ COSTS: Final = MappingProxyType(
         # zx_object_wait_one on an event already signaled: the wait's own work without
         # blocking (the closest published row to a server's wait for its next message).
         "zircon_object_wait": _zircon_operation("WaitItems/WaitForAlreadySignaledEvent", 426),
+        # One INVLPG: the TLB flush of one page whose mapping changed (live migration).
+        "invlpg": Cost(
+            200,
+            "Linux arch/x86/mm/tlb.c, comment on tlb_single_page_flush_ceiling: "
+            "each single flush is about 100 ns; x 2.0 GHz (NOMINAL_HZ)",
+        ),
         "vm_exit": Cost(
             2000,
             "SplitX, Landau et al., WIOV 2011, section 1: direct cost of an "

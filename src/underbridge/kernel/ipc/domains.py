@@ -27,6 +27,7 @@ from underbridge.bridge.rewrite import check_code_size
 from underbridge.elf.image import parse_elf
 from underbridge.errors import OutOfMemory, SyscallError, UserError
 from underbridge.kernel.ipc import kernel_space as ks
+from underbridge.kernel.objects.vmspace import USER_END, USER_MIN
 from underbridge.machine.paging import PageFlags
 from underbridge.machine.physmem import PAGE_SIZE
 
@@ -154,6 +155,15 @@ class Domains:
             ks.unmap_and_free(kernel, state.pages)  # unmapped before their frames go
             self.keys.release(state.domain.key)
         return state
+
+    def forget(self, kernel: Kernel, group: CapGroup) -> None:
+        """The group leaves kernel space alive (migrate.py moved its own pages off the
+        kernel page table): unmap whatever the kernel allocated in its region, release
+        its key."""
+        state = self._states.pop(group)
+        ks.unmap_and_free(kernel, state.pages)
+        self.keys.release(state.domain.key)
+        group.vmspace.guest_window = (USER_MIN, USER_END)
 
     # -- pages in a region ---------------------------------------------------------------
 

@@ -132,6 +132,9 @@ class Gates:
         self._map_app_buffer = map_app_buffer
         self.by_conn: dict[Connection, GateState] = {}
         self._slots = ks.Slots()
+        # Gates generated so far, and the 8-byte words of code written (migration costs).
+        self.emitted = 0
+        self.emitted_words = 0
 
     def of(self, conn: Connection) -> GateState | None:
         return self.by_conn.get(conn)
@@ -293,7 +296,10 @@ class Gates:
             buffer=state.conn.buffer_vaddr,
             current_thread=ks.CURRENT_THREAD_PAGE,
         )
-        self._write_page(kernel, state.address, gates.generate(spec))
+        code = gates.generate(spec)
+        self.emitted += 1
+        self.emitted_words += -(-len(code) // 8)
+        self._write_page(kernel, state.address, code)
 
     def _write_page(self, kernel: Kernel, address: int, code: bytes) -> None:
         frame = kernel.machine.kernel_space.translate(address)

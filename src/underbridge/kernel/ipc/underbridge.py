@@ -56,6 +56,7 @@ from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.domains import Domains, DomainState
 from underbridge.kernel.ipc.gate_calls import caller_of, clear, culprit, path, unwind
 from underbridge.kernel.ipc.gate_table import Gates, GateState
+from underbridge.kernel.ipc.migrate import Migrator
 from underbridge.kernel.ipc.passive import PassiveServers
 from underbridge.kernel.ipc.sel4 import Sel4Ipc
 from underbridge.kernel.ipc.upcall import KernelCalls
@@ -102,6 +103,8 @@ class UnderbridgeIpc(PassiveServers):
         self._pages = ks.KernelPages(word_flags=word_flags)
         self._calls = KernelCalls(self._pages, self._upcall_culprit, lambda: len(self._domains))
         self._user = Sel4Ipc(kpti=False)  # servers in user space, and calls to them
+        # Live migration (migrate.py) of ring-0 servers; the ring-3 PKU designs have none.
+        self.mover = None if user_thread_word else Migrator(self)
 
     # -- inspectors (for benchmarks, the red team and tests) ------------------------------
 

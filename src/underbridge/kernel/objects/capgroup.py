@@ -61,6 +61,7 @@ class CapGroup(KernelObject):
         self.linux: LinuxState | None = None  # set for a Linux-ABI (musl) program
         # Why it runs where it does, when that is not where it was asked to (no key left)
         self.placement_note = ""
+        self.elf: bytes | None = None  # the binary as mapped (live migration re-admits it)
 
     @property
     def state(self) -> GroupState:
