@@ -20,6 +20,7 @@ from pathlib import Path
 from underbridge.bench.ipc import BenchFailed
 from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.ipc.kernel_space import REGION_SIZE
+from underbridge.kernel.ipc.migrate import region_stack_top
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.machine.cpu import Machine
@@ -65,7 +66,12 @@ def measure(pages: int, connections: int) -> tuple[Move, Move]:
     """One server of `pages` ballast pages with `connections` connections, moved in and
     back out: the two moves."""
     kernel = Kernel(Machine(), ipc="underbridge")
-    server = kernel.spawn(sized_server(pages), ["sized", "sized"], name="sized")
+    server = kernel.spawn(
+        sized_server(pages),
+        ["sized", "sized"],
+        name="sized",
+        stack_top=region_stack_top(SIZED_BASE),
+    )
     holder = kernel.spawn(
         build_program("holder", base=HOLDER_BASE), ["holder", "sized", str(connections)]
     )

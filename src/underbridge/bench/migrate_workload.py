@@ -37,7 +37,7 @@ from underbridge.kernel.placement.engine import PlacementEngine
 from underbridge.machine.costs import NOMINAL_HZ
 from underbridge.machine.cpu import Machine
 
-PLACEMENTS = ("sel4", *POLICIES, "oracle")
+PLACEMENTS = ("sel4", *POLICIES, "oracle")  # cli/measure.py lists the same
 ROUTER_BASE = 0x40_0000
 
 

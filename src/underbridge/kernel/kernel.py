@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from underbridge.abi.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.elf.image import parse_elf
@@ -33,6 +34,7 @@ from underbridge.errors import OutOfMemory, ResourceExhausted, SyscallError, Use
 from underbridge.kernel import dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import DomainPlacement, IpcDesign, NoDomains
+from underbridge.kernel.ipc.migrate import region_stack_top
 from underbridge.kernel.ipc.registry import design_named
 from underbridge.kernel.migration import Migration, Mover, Pending, perform, refuse
 from underbridge.kernel.objects.base import KernelObject
@@ -48,6 +50,9 @@ from underbridge.machine.costs import COSTS
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import Fault
 from underbridge.machine.paging import PageTable
+
+if TYPE_CHECKING:
+    from underbridge.bridge.domain import Domain
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
@@ -98,6 +103,9 @@ class Kernel:
         self._switch_cause = KERNEL_CATEGORY  # what the next address-space switch is for
         self.syscall_observers: list[SyscallObserver] = []  # benchmarks: see each entry
         self.linux_syscall_observers: list[SyscallObserver] = []  # Linux numbers (fuzz)
+        # Asked when a protection key is needed and none is left (set by a placement
+        # policy's engine, kernel/placement/engine.py): True if it moved a server out.
+        self.make_room: Callable[[str], bool] | None = None
         self.migrations: list[Migration] = []  # every migration asked for (migration.py)
         self._pending = Pending()
 
@@ -158,18 +166,11 @@ class Kernel:
             image = parse_elf(data, name=name)
             domain, placement_note = None, ""
             if in_kernel:
-                try:
-                    domain, stack_top, data = self.placement.admit(
-                        self, name, image.segments[0].vaddr, data, rewrite=rewrite
-                    )
-                except UserError:
-                    if if_unsafe == "refuse":
-                        raise
-                except SyscallError as error:  # ENOKEY: keys run out, nothing fails
-                    if error.errno != Errno.ENOKEY:
-                        raise
-                    placement_note = f"{name} runs in user space: {error}"
-                else:
+                admitted, placement_note = self._admit(
+                    name, image.segments[0].vaddr, data, rewrite=rewrite, if_unsafe=if_unsafe
+                )
+                if admitted is not None:
+                    domain, stack_top, data = admitted
                     image = parse_elf(data, name=name)  # as the loader rewrote it
                     ring, table, pkey, pkru = (
                         self.placement.ring,
@@ -177,6 +178,9 @@ class Kernel:
                         domain.key,
                         domain.pkru,
                     )
+                elif placement_note and stack_top == USER_STACK_TOP:
+                    # where it would have been in kernel space: it can move in later
+                    stack_top = region_stack_top(image.segments[0].vaddr)
             vmspace = None
             try:
                 vmspace = VmSpace(self.machine, table=table, pkey=pkey)
@@ -201,6 +205,28 @@ class Kernel:
             self.placement.adopt(group, domain, image.segments[0].vaddr)
         self.add_thread(group, ring=ring, rip=entry, rsp=rsp, pkru=pkru)
         return group
+
+    def _admit(
+        self, name: str, base: int, data: bytes, *, rewrite: bool, if_unsafe: str
+    ) -> tuple[tuple[Domain, int, bytes] | None, str]:
+        """Place a new server in kernel space: (its domain, stack top, binary), or None
+        and why it runs in user space instead. With no key left, `make_room` (a
+        placement policy's) may move another server out first; if it does not, the
+        server runs in user space and the note says why: keys running out fail nothing."""
+        for attempt in range(2):
+            try:
+                return self.placement.admit(self, name, base, data, rewrite=rewrite), ""
+            except UserError:
+                if if_unsafe == "refuse":
+                    raise
+                return None, ""
+            except SyscallError as error:
+                if error.errno != Errno.ENOKEY:
+                    raise
+                wanted = f"{name} is spawned in kernel space"
+                if attempt or self.make_room is None or not self.make_room(wanted):
+                    return None, f"{name} runs in user space: {error}"
+        raise AssertionError("unreachable")
 
     def add_thread(
         self, group: CapGroup, *, ring: int, rip: int, rsp: int, pkru: int = 0, arg: int = 0

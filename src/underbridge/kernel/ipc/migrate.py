@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from underbridge.abi.syscalls import Prot
 from underbridge.elf.image import parse_elf
-from underbridge.errors import UserError
+from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.handlers.ipc import IPC_WINDOW
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.gate_calls import caller_of
@@ -178,7 +178,7 @@ class Migrator:
         assert elf is not None  # check() refused it otherwise
         try:
             domain, _stack_top, data = design.admit(kernel, group.name, base, elf)
-        except UserError as error:  # unsafe, or its region is taken: nothing changed
+        except (UserError, SyscallError) as error:  # unsafe, region taken, no key left
             refuse(migration, str(error))
             return
         if data != elf:

@@ -160,7 +160,12 @@ class UnderbridgeIpc(PassiveServers):
     # -- connections ------------------------------------------------------------------
 
     def connect(self, kernel: Kernel, conn: Connection) -> int:
+        """The connection's gate (0 for an application, which the kernel calls for).
+        A new pair of in-kernel servers needs a key: with none left, the placement
+        policy may move a server out first (Kernel.make_room); else ENOKEY."""
         server = self._domains.of(conn.service.server)
+        if server is not None and self._wants_room(kernel, conn, server):
+            server = self._domains.of(conn.service.server)  # it may have moved out
         if server is None:
             return self._user.connect(kernel, conn)
         ks.check_handler(conn.service.name, conn.service.handler, server.base)
@@ -170,6 +175,14 @@ class UnderbridgeIpc(PassiveServers):
         # Only an in-kernel client may call the gate itself: an application's page table
         # does not map it, and the kernel calls it on the application's behalf.
         return state.address if client is not None else 0
+
+    def _wants_room(self, kernel: Kernel, conn: Connection, server: DomainState) -> bool:
+        """Ask for a key to be freed if this connection needs one and none is left."""
+        client = self._domains.of(conn.client)
+        if self.keys.available or not self._gates.needs_key(client, server):
+            return False
+        wanted = f"a connection from {conn.client.name} to {conn.service.name}"
+        return kernel.make_room is not None and kernel.make_room(wanted)
 
     def closed(self, kernel: Kernel, conn: Connection, *, server_gone: bool = False) -> None:
         """Release a connection's gate, keys and pages; a call still in progress on it

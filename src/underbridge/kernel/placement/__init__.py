@@ -4,8 +4,10 @@ A policy sees the calls the kernel carries to servers (an application's IPC_CALL
 one event every placement makes the kernel see) and answers with `Decision`s: move
 this server into kernel space, or out, and why. It never moves anything itself: the
 engine (engine.py) carries its decisions out with Kernel.migrate, and logs each
-migration with its reason and simulated cost. One module per policy, behind one small
-interface (`Policy`); `policy_named` is the one list of them (`--policy`).
+migration with its reason and simulated cost. When a key is wanted and none is left,
+the engine asks the policy which server to move out (`evict_order`). One module per
+policy, behind one small interface (`Policy`); `policy_named` is the one list of them
+(`--policy`).
 
 Invariants every policy keeps (tests/kernel/test_placement.py checks each):
   - it never asks for more servers in kernel space than `View.capacity` (at most 15:
@@ -47,6 +49,11 @@ class Policy(Protocol):
     def on_call(self, server: str, view: View) -> list[Decision]:
         """One call to `server` is about to be carried; the moves to make first (moves
         out before moves in), or none."""
+
+    def evict_order(self, view: View) -> list[str]:
+        """A key is wanted and none is left (a server spawned in kernel space, a new
+        connection between two servers there): the servers in kernel space it would
+        move out to free one, best first; none if it keeps them all."""
 
 
 def policy_named(name: str) -> Policy:

@@ -9,6 +9,9 @@ its own list of the migrations it asked for (`migrations`).
 What it cannot see: a call an in-kernel client makes through a gate never enters the
 kernel, so server-to-server calls between servers in kernel space are not counted.
 
+When a key is wanted and none is left (Kernel.make_room, which the engine provides), it
+moves out the first server of the policy's `evict_order` that can move at once.
+
 Invariants:
   - Only cap groups that serve (hold a service) and are running are moved.
   - A server with a migration still pending is not moved again until it completes.
@@ -40,9 +43,37 @@ class PlacementEngine:
         self.migrations: list[Migration] = []
         self._servers: dict[str, CapGroup] = {}  # by name, as the policy knows them
         kernel.syscall_observers.append(self._observe)
+        kernel.make_room = self.make_room
 
     def detach(self) -> None:
         self.kernel.syscall_observers.remove(self._observe)
+        self.kernel.make_room = None
+
+    def make_room(self, wanted: str) -> bool:
+        """A key is wanted for `wanted` and none is left: move out the first server of
+        the policy's `evict_order` that can move now (quiescent, and movable: the
+        mover's check). True if a key was freed."""
+        mover = getattr(self.kernel.ipc, "mover", None)
+        if mover is None:
+            return False
+        for name in self.policy.evict_order(self.view()):
+            group = self._placed_group(name)
+            if group is None or mover.check(self.kernel, group, to_kernel=False):
+                continue
+            if not mover.quiescent(self.kernel, group):
+                continue
+            reason = f"{self.policy.name}: making room, {wanted}"
+            migration = self.kernel.migrate(group, to_kernel=False, reason=reason)
+            self.migrations.append(migration)
+            if migration.state == "done":
+                return True
+        return False
+
+    def _placed_group(self, name: str) -> CapGroup | None:
+        return next(
+            (g for g in self.kernel.placement.placed_groups() if g.name == name and g.running),
+            None,
+        )
 
     def view(self) -> View:
         placed = frozenset(g.name for g in self.kernel.placement.placed_groups() if g.running)
@@ -62,7 +93,7 @@ class PlacementEngine:
             self._carry_out(decision)
 
     def _carry_out(self, decision: Decision) -> None:
-        group = self._servers.get(decision.server)
+        group = self._servers.get(decision.server) or self._placed_group(decision.server)
         if group is None or not group.running or self._pending(group):
             return
         reason = f"{self.policy.name}: {decision.reason}"

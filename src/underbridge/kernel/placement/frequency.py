@@ -45,6 +45,12 @@ class FrequencyPolicy:
             return []
         return self._rebalance(view)
 
+    def evict_order(self, view: View) -> list[str]:
+        """The cold servers in kernel space (fewer than MIN_CALLS calls in the window),
+        coldest first: a hot one is never moved out for a newcomer."""
+        cold = [s for s in view.placed if self._counts[s] < MIN_CALLS]
+        return sorted(cold, key=lambda s: (self._counts[s], s))
+
     def _rebalance(self, view: View) -> list[Decision]:
         counts = self._counts
         hot = sorted(

@@ -49,3 +49,7 @@ class LruPolicy:
             Decision(victim, False, f"least recently called ({idle} calls ago), for {server}"),
             Decision(server, True, f"{reason}, in place of {victim}"),
         ]
+
+    def evict_order(self, view: View) -> list[str]:
+        """Least recently called first."""
+        return sorted(view.placed, key=lambda s: (self._last_call.get(s, 0), s))

@@ -18,3 +18,6 @@ class StaticPolicy:
         if server in view.placed or len(view.placed) >= view.capacity:
             return []
         return [Decision(server, True, "first come, a key is free")]
+
+    def evict_order(self, view: View) -> list[str]:
+        return []  # first come stays: a latecomer runs in user space
