@@ -75,6 +75,7 @@ class PlacementRun:
             "migration_cycles": self.migration_cycles,
             "refused": self.refused,
             "wall_s": round(self.wall_s, 2),
+            "log": list(self.log),  # every migration: what, its cost, and why
         }
 
 
