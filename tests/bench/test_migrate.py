@@ -21,13 +21,18 @@ def runs():
     return {p: migrate_workload.run(p, SMALL) for p in migrate_workload.PLACEMENTS}
 
 
-def test_a_migration_costs_more_with_more_pages_and_connections():
+def test_a_migration_is_made_of_more_events_with_more_pages_and_connections():
     (in_small, out_small), (in_big, _out_big) = measure(0, 1), measure(64, 8)
     assert (in_small.direction, out_small.direction) == ("in", "out")
     assert in_small.pages == out_small.pages and in_small.connections == 1
     assert in_big.pages == in_small.pages + 64 and in_big.connections == 8
-    assert in_big.cycles > in_small.cycles > 0 and out_small.cycles > 0
-    assert in_small.events["gates_generated"] == 1 and "gates_generated" not in out_small.events
+    assert in_small.cycles > 0 and out_small.cycles > 0 and in_big.cycles > 0
+    # the events grow with pages and connections (cycles need not: above 33 pages one
+    # full TLB flush replaces the INVLPGs, kernel/migration.py)
+    for event in ("key_retags", "pte_writes", "gate_words", "context_writes"):
+        assert in_big.events[event] > in_small.events[event], event
+    assert in_small.events["gates_generated"] == 1 and in_big.events["gates_generated"] == 8
+    assert "gates_generated" not in out_small.events
     assert measure(0, 1)[0].cycles == in_small.cycles  # deterministic
 
 

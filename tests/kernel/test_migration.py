@@ -9,7 +9,9 @@ import pytest
 
 from tests.kernel.test_ipc import ROUND_TRIP_EVENTS, UNDERBRIDGE_EVENTS
 from underbridge.abi.syscalls import Sys
-from underbridge.guestbuild.toolchain import build_program
+from underbridge.fs.storage import FS_BASE, FSTEST_BASE, RAMDISK_BASE, start_storage
+from underbridge.fs.ubfs import Ubfs
+from underbridge.guestbuild.toolchain import build_program, symbol
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.migrate import region_stack_top
 from underbridge.kernel.kernel import Kernel
@@ -29,7 +31,9 @@ ROUNDS = 40
 class Stage:
     """echo and a pingpong client; `trip(i)` is the events and cycles of round trip i."""
 
-    def __init__(self, *, in_kernel: bool = False, migratable: bool = True) -> None:
+    def __init__(
+        self, *, in_kernel: bool = False, migratable: bool = True, client_in_kernel: bool = False
+    ) -> None:
         self.machine = Machine()
         self.kernel = Kernel(self.machine, ipc="underbridge")
         stack = {"stack_top": region_stack_top(ECHO_BASE)} if migratable else {}
@@ -38,8 +42,11 @@ class Stage:
         )
         self.kernel.run(until=self._serving)
         self.client = self.kernel.spawn(
-            build_program("pingpong", base=PINGPONG_BASE), ["pingpong", str(ROUNDS), "echo"]
+            build_program("pingpong", base=PINGPONG_BASE),
+            ["pingpong", str(ROUNDS), "echo"],
+            in_kernel=client_in_kernel,
         )
+        self.marks = 0  # pingpong's markers (zero-length writes) so far
         self.calls: list = []  # the tally at each of the client's IPC_CALLs
         self.kernel.syscall_observers.append(self._note)
 
@@ -49,6 +56,8 @@ class Stage:
     def _note(self, thread, number: int, _args) -> None:
         if number == Sys.IPC_CALL and thread.group is self.client:
             self.calls.append(self.machine.tally())
+        if number == Sys.WRITE and _args[1] == 0 and thread.group is self.client:
+            self.marks += 1
 
     def run_until_call(self, count: int) -> None:
         self.kernel.run(until=lambda: len(self.calls) >= count)
@@ -213,3 +222,102 @@ def test_a_group_that_ended_is_refused():
     stage.kernel.kill(stage.echo)
     migration = stage.kernel.migrate(stage.echo, to_kernel=True)
     assert migration.report == "echo has ended"
+
+
+# -- a server that is a client too: fs calls ramdisk ------------------------------------
+
+
+class StorageStage:
+    """ramdisk and fs (migratable), and fstest's suite as their application."""
+
+    def __init__(self, *, in_kernel: bool) -> None:
+        self.machine = Machine()
+        self.kernel = Kernel(self.machine, ipc="underbridge")
+        self.storage = start_storage(self.kernel, in_kernel=in_kernel, migratable=True)
+        self.app = self.kernel.spawn(build_program("fstest", base=FSTEST_BASE), ["fstest", "suite"])
+        self.calls = 0  # the application's IPC_CALLs (each one fs request)
+        self.kernel.syscall_observers.append(self._note)
+
+    def _note(self, thread, number: int, _args) -> None:
+        if number == Sys.IPC_CALL and thread.group is self.app:
+            self.calls += 1
+
+    def move_both(self, *, to_kernel: bool) -> list:
+        """ramdisk then fs in (fs calls ramdisk, so ramdisk goes first); fs then ramdisk out."""
+        fs, ramdisk = self.storage.fs, self.storage.ramdisk
+        done = []
+        for group in (ramdisk, fs) if to_kernel else (fs, ramdisk):
+            migration = self.kernel.migrate(group, to_kernel=to_kernel, reason="test")
+            self.kernel.run(until=lambda m=migration: m.state != "pending")
+            assert migration.state == "done", migration.report
+            done.append(migration)
+        return done
+
+    def served(self, group) -> int:
+        address = symbol(build_program(group.name, base=group_base(group)), "ub_calls_served")[0]
+        raw = self.machine.read_virtual(group.vmspace.table, address, 8)
+        return int.from_bytes(raw, "little")
+
+    def finish(self) -> None:
+        self.kernel.run(until=lambda: not self.app.running)
+        assert self.app.exit_status == 0, bytes(self.app.console)
+        assert bytes(self.app.console) == b"fstest: ok\n"
+        assert Ubfs(self.storage.disk_image()).check() == []
+
+
+def group_base(group) -> int:
+    return {"fs": FS_BASE, "ramdisk": RAMDISK_BASE}[group.name]
+
+
+@pytest.mark.parametrize("in_kernel", [False, True])
+def test_fs_and_ramdisk_round_trip_under_a_running_fs_client(in_kernel):
+    """In the middle of fstest's suite (its open handles included), both servers move
+    and back; every request is served once: fs's own counter, in its memory, agrees."""
+    stage = StorageStage(in_kernel=in_kernel)
+    served_before = stage.served(stage.storage.fs)
+    stage.kernel.run(until=lambda: stage.calls >= 40)
+    there = stage.move_both(to_kernel=not in_kernel)
+    stage.kernel.run(until=lambda: stage.calls >= 80)
+    back = stage.move_both(to_kernel=in_kernel)
+    stage.finish()
+    assert stage.served(stage.storage.fs) - served_before == stage.calls
+    placement = stage.kernel.placement
+    for group in (stage.storage.fs, stage.storage.ramdisk):
+        assert (placement.domain_of(group) is not None) == in_kernel
+    assert [m.state for m in there + back] == ["done"] * 4
+
+
+def test_fs_cannot_move_in_before_the_ramdisk_it_calls():
+    stage = StorageStage(in_kernel=False)
+    migration = stage.kernel.migrate(stage.storage.fs, to_kernel=True)
+    assert migration.state == "refused"
+    assert migration.report.startswith("fs calls ramdisk, in user space")
+    stage.finish()
+
+
+def test_ramdisk_cannot_move_out_under_fs_in_kernel_space():
+    stage = StorageStage(in_kernel=True)
+    migration = stage.kernel.migrate(stage.storage.ramdisk, to_kernel=False)
+    assert migration.state == "refused"
+    assert migration.report.startswith("fs, in kernel space, call ramdisk")
+    stage.finish()
+
+
+def test_an_in_kernel_client_keeps_its_gate_address_while_echo_moves_out_and_in():
+    """pingpong, in kernel space, calls echo's gate itself; while echo is out, the same
+    address holds the kernel's forwarder (an IPC_CALL on the kernel's path to a server
+    in user space), and the gate again once echo is back: no IPC_CALL after that."""
+    stage = Stage(in_kernel=True, client_in_kernel=True)
+    kernel = stage.kernel
+    kernel.run(until=lambda: stage.marks >= 1)  # pingpong's marker before its loop
+    (gate_at,) = [g.address for g in kernel.ipc.gates()]
+    out = kernel.migrate(stage.echo, to_kernel=False)
+    stage.run_until_call(20)
+    back = kernel.migrate(stage.echo, to_kernel=True)
+    kernel.run(until=lambda: back.state != "pending")
+    assert [g.address for g in kernel.ipc.gates()] == [gate_at]
+    stage.finish()
+    assert (out.state, back.state) == ("done", "done")
+    assert stage.trip(10)[0] == USER_PATH
+    # 20 IPC_CALLs through the forwarder (echo moved in after the 20th), then the gate
+    assert len(stage.calls) == 20

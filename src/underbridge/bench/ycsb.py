@@ -38,14 +38,16 @@ from rich.table import Table
 
 from underbridge.bench.markers import MarkRecorder
 from underbridge.bench.ycsb_core import DEFAULT_WORKLOAD, workload_named
+from underbridge.bench.ycsb_migrate import MigrationPlan, migration_rows
 from underbridge.bench.ycsb_native import YcsbSummary, run_native
 from underbridge.elf.image import parse_elf
+from underbridge.errors import UserError
 from underbridge.fs.storage import FS_BASE, RAMDISK_BASE, Storage, start_storage
 from underbridge.fs.ubfs import Ubfs
 from underbridge.guestbuild.sqlite_source import amalgamation_dir, sqlite_object
 from underbridge.guestbuild.toolchain import build_program, guest_root, symbol
 from underbridge.kernel.ipc.kernel_space import CONTROL_WINDOW, GATE_WINDOW, REGION_SIZE
-from underbridge.kernel.ipc.registry import DESIGNS
+from underbridge.kernel.ipc.registry import DESIGNS, design_named
 from underbridge.kernel.kernel import IPC_CATEGORY, Kernel
 from underbridge.kernel.objects.capgroup import CapGroup, GroupState
 from underbridge.kernel.objects.thread import Thread
@@ -82,6 +84,7 @@ class YcsbResult:
     wall_seconds: float  # the whole run: load, operations and checks
     summary: str  # the guest's summary line, equal to the native run's
     fs_check: list[str] = field(default_factory=list)  # ubfs problems (none expected)
+    migration: dict[str, object] | None = None  # --migrate-at/--migrate-out-at (ycsb_migrate.py)
 
     def to_json(self) -> dict[str, object]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -145,7 +148,9 @@ class _Run:
         workload: str,
         *,
         accounting: bool = True,
+        migrate: tuple[int, bool] | None = None,
     ) -> None:
+        """migrate: (N, to_kernel) moves the storage servers after N operations."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if records < 1 or ops < 1:
@@ -153,9 +158,15 @@ class _Run:
         self.mode, self.records, self.ops, self.seed = mode, records, ops, seed
         self.machine = Machine(accounting=accounting)
         self.kernel = Kernel(self.machine, ipc=mode)
+        in_kernel = self.kernel.ipc.traits.servers_in_kernel if migrate is None else not migrate[1]
         self.storage: Storage = start_storage(
-            self.kernel, in_kernel=self.kernel.ipc.traits.servers_in_kernel
+            self.kernel, in_kernel=in_kernel, migratable=migrate is not None
         )
+        self.plan: MigrationPlan | None = None
+        if migrate is not None:
+            at, to_kernel = migrate
+            order = [self.storage.ramdisk, self.storage.fs]  # fs calls ramdisk
+            self.plan = MigrationPlan(at, to_kernel, order if to_kernel else order[::-1], records)
         self.elf = build_ycsb()
         _attribute_image(self.machine, self.elf, APP)
         for server in SERVERS:  # the whole region: in kernel space the rewriter may add code
@@ -191,6 +202,8 @@ class _Run:
 
         def finished() -> bool:
             nonlocal next_report
+            if self.plan is not None:
+                self.plan.poll(self.kernel, self.progress_counter.read())
             if progress is not None and time.perf_counter() >= next_report:
                 next_report = time.perf_counter() + PROGRESS_EVERY_S
                 progress(min(self.progress_counter.read(), total), total)
@@ -239,14 +252,19 @@ def run(
     progress: Progress | None = None,
     db_out: Path | None = None,
     accounting: bool = True,
+    migrate_at: int | None = None,
+    migrate_out_at: int | None = None,
 ) -> YcsbResult:
     """Load `records` records and run `ops` operations of YCSB `workload` (a..f) under
     `mode`; check, report.
 
-    accounting=False: wall time only, no simulated figures (what accounting costs)."""
+    accounting=False: wall time only, no simulated figures (what accounting costs).
+    migrate_at / migrate_out_at: move the storage servers into / out of kernel space
+    after that many operations (bench/ycsb_migrate.py)."""
     started = time.perf_counter()
     workload = workload_named(workload).name
-    bench = _Run(mode, records, ops, seed, workload, accounting=accounting)
+    migrate = _migration_asked(mode, ops, migrate_at, migrate_out_at)
+    bench = _Run(mode, records, ops, seed, workload, accounting=accounting, migrate=migrate)
     bench.execute(progress)
     console = bench.console()
     if bench.app.state is not GroupState.EXITED or bench.app.exit_status != 0:
@@ -267,6 +285,9 @@ def run(
         db_out.write_bytes(disk.read(DB_NAME))
     cycles, breakdown, calls, load_cycles = _per_op(bench)
     marks = bench.recorder.marks
+    migration = None
+    if bench.plan is not None:
+        migration = bench.plan.report(marks[1], marks[2], marks[3].cycles - marks[2].cycles, ops)
     wall_ops = marks[2].wall - marks[1].wall
     # Without accounting, the simulated figures are None (wall time only).
     return YcsbResult(
@@ -285,7 +306,25 @@ def run(
         wall_seconds=time.perf_counter() - started,
         summary=guest.line(),
         fs_check=problems,
+        migration=migration,
     )
+
+
+def _migration_asked(
+    mode: str, ops: int, migrate_at: int | None, migrate_out_at: int | None
+) -> tuple[int, bool] | None:
+    """(N, to_kernel) from the options, or None; UserError names a bad combination."""
+    if migrate_at is None and migrate_out_at is None:
+        return None
+    if migrate_at is not None and migrate_out_at is not None:
+        raise UserError("--migrate-at and --migrate-out-at exclude each other")
+    at = migrate_at if migrate_at is not None else migrate_out_at
+    assert at is not None
+    if not 0 <= at < ops:
+        raise UserError(f"the migration must come after 0 to {ops - 1} operations, not {at}")
+    if getattr(design_named(mode), "mover", None) is None:
+        raise UserError(f"the {mode} design cannot move servers", hint="use --mode underbridge")
+    return at, migrate_at is not None
 
 
 def result_table(result: YcsbResult) -> Table:
@@ -311,6 +350,8 @@ def result_table(result: YcsbResult) -> Table:
         table.add_row("load: simulated cycles", f"{result.load_sim_cycles:,}")
     else:
         table.add_row("simulated cycles", "not counted (--no-accounting)")
+    if result.migration is not None:
+        migration_rows(table, result.migration)
     table.add_row("results equal the native run's", "yes")
     table.add_row(
         "file system consistent",

@@ -114,6 +114,16 @@ def bench_ipc(mode: str, rounds: int, no_accounting: bool, as_json: bool) -> Non
     callback=output_file,
     help="Copy the database file out of the file system to this host path.",
 )
+@click.option(
+    "--migrate-at",
+    type=click.IntRange(min=0),
+    help="Start fs and ramdisk in user space; move both into kernel space after N operations.",
+)
+@click.option(
+    "--migrate-out-at",
+    type=click.IntRange(min=0),
+    help="Start fs and ramdisk in kernel space; move both out after N operations.",
+)
 @click.option("--no-accounting", is_flag=True, help=NO_ACCOUNTING_HELP)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
@@ -124,6 +134,8 @@ def bench_ycsb(
     seed: int,
     workload: str,
     db_out: Path | None,
+    migrate_at: int | None,
+    migrate_out_at: int | None,
     no_accounting: bool,
     as_json: bool,
 ) -> None:
@@ -143,6 +155,8 @@ def bench_ycsb(
             db_out=db_out,
             progress=lambda done, total: bar.update(task, completed=done),
             accounting=not no_accounting,
+            migrate_at=migrate_at,
+            migrate_out_at=migrate_out_at,
         )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

@@ -27,8 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from underbridge.elf.image import parse_elf
 from underbridge.errors import UnderbridgeError
 from underbridge.guestbuild.toolchain import build_program, symbol
+from underbridge.kernel.ipc.migrate import region_stack_top
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.thread import ThreadState
@@ -61,10 +63,21 @@ def serving(kernel: Kernel, group: CapGroup, service: str) -> bool:
 
 
 def spawn_server(
-    kernel: Kernel, elf: Path, argv: list[str], service: str, *, in_kernel: bool
+    kernel: Kernel,
+    elf: Path,
+    argv: list[str],
+    service: str,
+    *,
+    in_kernel: bool,
+    migratable: bool = False,
 ) -> CapGroup:
-    """Spawn a server and run the kernel until it serves `service`, or raise."""
-    group = kernel.spawn(elf, argv, in_kernel=in_kernel)
+    """Spawn a server and run the kernel until it serves `service`, or raise.
+    migratable: in user space, its stack where it would be in kernel space, so it can
+    migrate (kernel/ipc/migrate.py)."""
+    stack = {}
+    if migratable and not in_kernel:
+        stack["stack_top"] = region_stack_top(parse_elf(elf.read_bytes()).segments[0].vaddr)
+    group = kernel.spawn(elf, argv, in_kernel=in_kernel, **stack)
     kernel.run(until=lambda: serving(kernel, group, service) or not group.running)
     if not serving(kernel, group, service):
         how = (
@@ -109,19 +122,22 @@ class Storage:
         return client
 
 
-def start_fs(kernel: Kernel, *, in_kernel: bool) -> CapGroup:
+def start_fs(kernel: Kernel, *, in_kernel: bool, migratable: bool = False) -> CapGroup:
     """Spawn the fs server (it mounts "blk", which must be served) and wait until it
     serves "fs"."""
+    fs_elf = build_program("fs", base=FS_BASE)
     return spawn_server(
-        kernel, build_program("fs", base=FS_BASE), ["fs"], FS_SERVICE, in_kernel=in_kernel
+        kernel, fs_elf, ["fs"], FS_SERVICE, in_kernel=in_kernel, migratable=migratable
     )
 
 
-def start_storage(kernel: Kernel, *, in_kernel: bool) -> Storage:
+def start_storage(kernel: Kernel, *, in_kernel: bool, migratable: bool = False) -> Storage:
     """Start ramdisk and fs on `kernel` (in kernel space if in_kernel, which needs the
-    underbridge IPC design) and return them serving."""
+    underbridge IPC design) and return them serving (migratable: see spawn_server)."""
     ramdisk_elf = build_program("ramdisk", base=RAMDISK_BASE)
     disk_at, disk_size = symbol(ramdisk_elf, DISK_SYMBOL)
-    ramdisk = spawn_server(kernel, ramdisk_elf, ["ramdisk"], BLK_SERVICE, in_kernel=in_kernel)
-    fs = start_fs(kernel, in_kernel=in_kernel)
+    ramdisk = spawn_server(
+        kernel, ramdisk_elf, ["ramdisk"], BLK_SERVICE, in_kernel=in_kernel, migratable=migratable
+    )
+    fs = start_fs(kernel, in_kernel=in_kernel, migratable=migratable)
     return Storage(kernel, in_kernel, ramdisk, fs, disk_at, disk_size)

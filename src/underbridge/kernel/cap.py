@@ -99,5 +99,9 @@ class CapTable:
         self.get(slot)
         self._slots[slot] = None
 
+    def slot_of(self, obj: KernelObject) -> int | None:
+        """The first slot holding a cap to `obj`, if any."""
+        return next((i for i, cap in enumerate(self._slots) if cap and cap.obj is obj), None)
+
     def objects(self) -> list[KernelObject]:
         return [cap.obj for cap in self._slots if cap is not None and cap.obj.alive]

@@ -31,16 +31,24 @@ if TYPE_CHECKING:
     from underbridge.kernel.objects.capgroup import CapGroup
 
 # Where each counted event is charged (costs.py rows): a PTE or saved-register write is
-# one store instruction; a changed mapping's TLB entry costs one INVLPG; generating a
-# gate writes its code, one 8-byte store per word (counted in `gate_words`).
+# one store instruction; a changed mapping's TLB entry costs one INVLPG, or, past
+# Linux's ceiling, the migration flushes the whole TLB once; generating a gate writes
+# its code, one 8-byte store per word (`gate_words`; `gates_generated` counts gates).
+# `pages_flushed` (the pages a full flush covered) is charged nothing.
 EVENT_ROWS = {
     "pte_writes": "instruction",
     "key_retags": "instruction",
     "tlb_flushes": "invlpg",
+    # Linux's flush of the local TLB: a CR3 write (native_flush_tlb_local)
+    "tlb_full_flushes": "cr3_write",
     "gate_words": "instruction",
     "context_writes": "instruction",
+    "instructions": "instruction",  # a forwarder's last instructions, run by the kernel
 }
 MIGRATION_CATEGORY = "migration"  # where a migration's cycles are attributed
+# Linux arch/x86/mm/tlb.c (tlb_single_page_flush_ceiling): above 33 pages, one full TLB
+# flush instead of one INVLPG per page (each about 100 ns, costs.py "invlpg").
+TLB_SINGLE_PAGE_FLUSH_CEILING = 33
 
 
 @dataclass(eq=False)
@@ -130,6 +138,9 @@ def perform(kernel: Kernel, mover: Mover, migration: Migration) -> None:
     mover.move(kernel, group, migration)
     if migration.state == "refused":
         return
+    if migration.events["tlb_flushes"] > TLB_SINGLE_PAGE_FLUSH_CEILING:
+        migration.events["pages_flushed"] = migration.events.pop("tlb_flushes")
+        migration.events["tlb_full_flushes"] = 1
     charges = migration.charges()
     kernel.machine.charge_in(MIGRATION_CATEGORY, charges)
     migration.cycles = charges.cycles

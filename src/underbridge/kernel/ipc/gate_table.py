@@ -131,6 +131,9 @@ class Gates:
         # application's page table under the shared key (pku-shared), not its own.
         self._map_app_buffer = map_app_buffer
         self.by_conn: dict[Connection, GateState] = {}
+        # Slots of gates whose address an in-kernel client was given (IPC_CONNECT): the
+        # slot stays the connection's while it lives, through migrations (migrate.py).
+        self.held: dict[Connection, int] = {}
         self._slots = ks.Slots()
         # Gates generated so far, and the 8-byte words of code written (migration costs).
         self.emitted = 0
@@ -151,7 +154,8 @@ class Gates:
         ENOKEY (before any work) if it needs a key and none is left."""
         key, fresh = self._key_for(conn, client, server)
         try:
-            slot = self._slots.take()
+            # A slot whose gate address the client holds stays the connection's (migrate.py).
+            slot = self.held.get(conn) or self._slots.take()
         except SyscallError:
             if fresh:
                 self._domains.keys.release(key)
@@ -170,7 +174,8 @@ class Gates:
         except BaseException:
             if fresh:
                 self._domains.keys.release(key)
-            self._slots.give_back(slot)
+            if conn not in self.held:
+                self._slots.give_back(slot)
             raise
         state.own_key = client is None and self._app_key_per_connection
         self.by_conn[conn] = state
@@ -310,22 +315,30 @@ class Gates:
 
     # -- closing ----------------------------------------------------------------------
 
-    def close(self, kernel: Kernel, state: GateState, *, server_gone: bool) -> None:
+    def close(
+        self, kernel: Kernel, state: GateState, *, server_gone: bool, migrating: bool = False
+    ) -> None:
         """Release a gate's slot, pages and key (its call in progress has ended).
 
         If the server went away under a live client that calls the gate itself (an
         in-kernel one; an application under pku-shared), the gate's page stays,
         rewritten to answer -EPIPE (a tombstone), so the client's later calls fail
         cleanly instead of faulting; the slot is freed when the client ends.
+        migrating: the connection lives on (a party is moving); a held slot stays held.
         """
         del self.by_conn[state.conn]
         pages = state.pages
         keeper = self._tombstones_of(state) if server_gone else None
-        if keeper is not None:
+        if migrating:
+            if state.conn not in self.held:
+                self._slots.give_back(state.slot)
+        elif keeper is not None:
+            self.held.pop(state.conn, None)
             pages = [page for page in pages if page != state.address]
             self._write_page(kernel, state.address, gates.tombstone())
             keeper.append(state.slot)
         else:
+            self.held.pop(state.conn, None)
             self._slots.give_back(state.slot)
         ks.unmap_and_free(kernel, pages)
         for owner, low, count in state.borrowed:
@@ -334,6 +347,12 @@ class Gates:
         if state.own_key or (pair is not None and self.pair_keys.drop(pair)):
             self.share_key(kernel, [state.client, state.server], state.shared_key, add=False)
             self._domains.keys.release(state.shared_key)
+
+    def release_held(self, conn: Connection) -> None:
+        """A connection without a gate closes: the slot it held is free again."""
+        slot = self.held.pop(conn, None)
+        if slot is not None:
+            self._slots.give_back(slot)
 
     def _tombstones_of(self, state: GateState) -> list[int] | None:
         """Where a gate whose server is gone is kept, if its client lives on and calls

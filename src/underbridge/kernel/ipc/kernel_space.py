@@ -44,6 +44,8 @@ IO_ROUTINES_PAGE = 0x7F00_0000  # key 0, r-x: the checked port-I/O routines (bri
 # A supervisor page (U=0), read-only, not executable: every ring-0 server can read it,
 # none can write it (CR0.WP=1; the monitor traps `mov cr0`). It holds nothing secret.
 CURRENT_THREAD_PAGE = 0x7F00_1000
+# key 0, r-x: where the kernel sends an in-kernel client's IPC_CALL to its gate (migrate.py)
+SYSCALL_SHIM_PAGE = 0x7F00_2000
 MAX_GATES = (IO_ROUTINES_PAGE - KERNEL_SAVE_WINDOW) // PAGE_SIZE  # gate slots (the smallest window)
 LOW_LIMIT = GATE_WINDOW  # in-kernel server regions end below this
 KERNEL_CALL_STACK = 0x6300_0000_0000  # key 0: the stack the kernel calls gates on

@@ -27,10 +27,11 @@ Invariants:
     the one check that needs the key, gives the key back when it refuses.
   - After moving out, the kernel page table maps nothing of the server: not its image,
     not its stacks, not a gate, a control page or a buffer of its connections.
-  - What this version refuses (with the reason): a server that is itself a client of
-    another server (a handler in kernel space cannot make kernel IPC calls, and its
-    library kept the gate address it was given at connect time), and a server whose
-    in-kernel clients call its gates directly (their code holds the gate's address).
+  - A handler in kernel space cannot make kernel IPC calls (upcall.py), so a server that
+    calls a server in user space is not moved in (move that one in first), and a server
+    with an in-kernel client that serves too is not moved out (move the client out
+    first). An in-kernel client that serves nothing keeps calling from its own threads:
+    its gate address then holds a kernel forwarder (redirect.py).
 """
 
 from __future__ import annotations
@@ -43,16 +44,18 @@ from underbridge.errors import SyscallError, UserError
 from underbridge.kernel.handlers.ipc import IPC_WINDOW
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.gate_calls import caller_of
+from underbridge.kernel.ipc.redirect import Redirects
 from underbridge.kernel.migration import Migration, refuse
 from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.objects.vmspace import USER_END, USER_MIN, VmSpace
-from underbridge.machine.context import Reg
+from underbridge.machine.context import CpuContext, Reg
 from underbridge.machine.paging import PageFlags, PageTable
 from underbridge.machine.physmem import PAGE_SIZE
 
 if TYPE_CHECKING:
     from underbridge.kernel.ipc.domains import DomainState
+    from underbridge.kernel.ipc.gate_table import GateState
     from underbridge.kernel.ipc.underbridge import UnderbridgeIpc
     from underbridge.kernel.kernel import Kernel
     from underbridge.kernel.objects.capgroup import CapGroup
@@ -86,6 +89,20 @@ class Migrator:
 
     def __init__(self, design: UnderbridgeIpc) -> None:
         self._design = design
+        self._redirects = Redirects(design._domains, design._gates)
+
+    def redirect(self, kernel: Kernel, context: CpuContext) -> bool:
+        """redirect.Redirects.redirect: an in-kernel client's IPC_CALL to its gate."""
+        return self._redirects.redirect(kernel, context)
+
+    def ended(self, group: CapGroup) -> None:
+        self._redirects.forget(group)
+
+    def closed_without_gate(self, kernel: Kernel, conn: Connection) -> None:
+        """A connection with no gate (its server is in user space) closes: the kernel
+        forwarder and the slot it held are free again."""
+        self._redirects.drop_kernel_forwarder(kernel, conn)
+        self._design._gates.release_held(conn)
 
     # -- when ----------------------------------------------------------------------
 
@@ -116,42 +133,45 @@ class Migrator:
             return f"{group.name} is a Linux-ABI program, which runs in user space only"
         if not services_of(group):
             return f"{group.name} serves no service"
-        clients = [c.service.name for c in client_connections(group)]
-        if clients:
-            return (
-                f"{group.name} is a client of {', '.join(clients)}: a handler in kernel "
-                "space cannot make kernel IPC calls, and its gate addresses were fixed "
-                "at connect time"
-            )
         state = self._design._domains.of(group)
         if to_kernel:
             if state is not None:
                 return f"{group.name} is in kernel space already"
-            inside = [
-                c.client.name
-                for s in services_of(group)
-                for c in s.connections
-                if self._design.domain_of(c.client) is not None
+            outside = [
+                c.service.server.name
+                for c in client_connections(group)
+                if self._design.domain_of(c.service.server) is None
             ]
-            if inside:
-                return f"{', '.join(inside)}, in kernel space, would call {group.name}'s gates"
+            if outside:
+                return (
+                    f"{group.name} calls {', '.join(outside)}, in user space: a handler "
+                    "in kernel space cannot make kernel IPC calls (move it in first)"
+                )
             if group.elf is None:
                 return f"{group.name}'s binary is not known"
             return self._layout_problem(group, _base(group))
         if state is None:
             return f"{group.name} is in user space already"
         gates = self._design.gates()
-        direct = [g.conn.client.name for g in gates if g.server is state and g.client]
-        if direct:
-            return f"{', '.join(direct)} call {group.name}'s gates directly, from kernel space"
+        serving = [
+            g.conn.client.name
+            for g in gates
+            if g.server is state and g.client and services_of(g.client.group)
+        ]
+        if serving:
+            return (
+                f"{', '.join(serving)}, in kernel space, call {group.name}: a handler in "
+                "kernel space cannot make kernel IPC calls (move them out first)"
+            )
         return ""
 
     def _layout_problem(self, group: CapGroup, base: int) -> str:
         """A page of the group outside its region, if any (it could not keep its
         address in kernel space)."""
         space = group.vmspace
+        forwarders = self._redirects.forwarders.get(group, [])
         for vaddr in [*space.private_pages, *space.anon_frames]:
-            if not base <= vaddr < base + ks.REGION_SIZE:
+            if vaddr not in forwarders and not base <= vaddr < base + ks.REGION_SIZE:
                 return (
                     f"{group.name}'s page at {vaddr:#x} lies outside its region "
                     f"[{base:#x}, {base + ks.REGION_SIZE:#x}) (spawn it with "
@@ -176,6 +196,14 @@ class Migrator:
         design = self._design
         elf, base = group.elf, _base(group)
         assert elf is not None  # check() refused it otherwise
+        stranded = [
+            self._redirects.threads_in_forwarder(c)
+            for s in services_of(group)
+            for c in s.connections
+        ]
+        if any(contexts is None for contexts in stranded):
+            refuse(migration, "a client thread is stopped inside its forwarder")
+            return
         try:
             domain, _stack_top, data = design.admit(kernel, group.name, base, elf)
         except (UserError, SyscallError) as error:  # unsafe, region taken, no key left
@@ -192,6 +220,12 @@ class Migrator:
         events = migration.events
         space = group.vmspace
         machine = kernel.machine
+        for contexts in stranded:  # their next instructions: the kernel runs them
+            events["instructions"] += self._redirects.finish_forwarder(kernel, contexts or [])
+        dropped = self._redirects.drop_forwarders(kernel, group)
+        events["pte_writes"] += dropped
+        events["tlb_flushes"] += dropped
+        events["pte_writes"] += self._redirects.ensure_shim(kernel)
         for vaddr in [v for v, m in space.pmo_mappings.items() if m.pinned]:
             self._unmap_buffer(space, vaddr, migration)
         old = space.table
@@ -216,24 +250,59 @@ class Migrator:
         emitted, words = design._gates.emitted, design._gates.emitted_words
         for service in services_of(group):
             for conn in list(service.connections):
-                self._open_gate(kernel, conn, state, migration)
+                events["pte_writes"] += self._redirects.drop_kernel_forwarder(kernel, conn)
+                client = design._domains.of(conn.client)
+                self._open_gate(kernel, conn, client, state, migration)
+        for conn in client_connections(group):  # its own calls: a gate made for it
+            self._reopen(kernel, conn, state, migration)
         events["gates_generated"] += design._gates.emitted - emitted
         events["gate_words"] += design._gates.emitted_words - words
 
     def _open_gate(
-        self, kernel: Kernel, conn: Connection, server: DomainState, migration: Migration
+        self,
+        kernel: Kernel,
+        conn: Connection,
+        client: DomainState | None,
+        server: DomainState,
+        migration: Migration,
     ) -> None:
-        """The connection's next call takes a gate, which the kernel calls for the client."""
+        """The connection's next call takes a gate: one the kernel calls for its client
+        (client None), or one made for an in-kernel client (which IPC_CALL reaches
+        through the shim, or which it calls itself if it holds its address)."""
         client_space = conn.client.vmspace
-        if conn.buffer_vaddr in client_space.pmo_mappings:  # mapped again, by the gate
+        if conn.buffer_vaddr in client_space.pmo_mappings:  # the gate maps it again
             self._unmap_buffer(client_space, conn.buffer_vaddr, migration)
-        gate = self._design._gates.open(kernel, conn, None, server)
-        buffer_pages = len(conn.buffer.frames)
+        gate = self._design._gates.open(kernel, conn, client, server)
+        buffer_pages = len(conn.buffer.frames) * (2 if client is None else 1)
         migration.events["pte_writes"] += (
-            len(gate.pages) + sum(count for _, _, count in gate.borrowed) + 2 * buffer_pages
+            len(gate.pages) + sum(count for _, _, count in gate.borrowed) + buffer_pages
         )
-        migration.events["context_writes"] += len([t for t in server.group.threads if t.alive])
+        parties = [p for p in (client, server) if p is not None]
+        migration.events["context_writes"] += sum(
+            1 for p in parties for t in p.group.threads if t.alive
+        )
         migration.connections += 1
+
+    def _reopen(
+        self, kernel: Kernel, conn: Connection, client: DomainState | None, migration: Migration
+    ) -> None:
+        """A connection of the moving group as a client, to an in-kernel server: its gate
+        is made again, for the client's new placement."""
+        server = self._design._domains.of(conn.service.server)
+        assert server is not None  # check(): an in-kernel client's servers are in kernel
+        old = self._design._gates.of(conn)
+        if old is not None:
+            self._close_gate(kernel, old, migration)
+        self._open_gate(kernel, conn, client, server, migration)
+
+    def _close_gate(self, kernel: Kernel, gate: GateState, migration: Migration) -> None:
+        """Close a gate of a living connection: its pages, key, and the buffer's
+        kernel-table mapping (a held slot stays held)."""
+        freed = len(gate.pages) + sum(count for _, _, count in gate.borrowed)
+        self._design._gates.close(kernel, gate, server_gone=False, migrating=True)
+        self._unmap_buffer(gate.server.group.vmspace, gate.conn.buffer_vaddr, migration)
+        migration.events["pte_writes"] += freed
+        migration.events["tlb_flushes"] += freed
 
     def _move_out(self, kernel: Kernel, group: CapGroup, migration: Migration) -> None:
         design = self._design
@@ -242,14 +311,17 @@ class Migrator:
         assert state is not None
         events = migration.events
         space = group.vmspace
+        in_kernel_clients = []
         for gate in [g for g in design.gates() if g.server is state]:
-            conn = gate.conn
-            freed = len(gate.pages) + sum(count for _, _, count in gate.borrowed)
-            design._gates.close(kernel, gate, server_gone=False)
-            self._unmap_buffer(space, conn.buffer_vaddr, migration)
-            events["pte_writes"] += freed
-            events["tlb_flushes"] += freed
+            self._close_gate(kernel, gate, migration)
             migration.connections += 1
+            if gate.client is not None:
+                in_kernel_clients.append(gate.conn)
+        outgoing = [c for c in client_connections(group) if design._gates.of(c) is not None]
+        for conn in outgoing:
+            gate = design._gates.of(conn)
+            assert gate is not None
+            self._close_gate(kernel, gate, migration)
         design._gates.release_tombstones(kernel, state.tombstones)
         table = machine.new_page_table()
         pages = self._move_pages(space, machine.kernel_space, table, 0)
@@ -263,6 +335,14 @@ class Migrator:
             for conn in service.connections:  # the seL4 path: the buffer in both tables
                 space.map_pmo(conn.buffer, conn.buffer_vaddr, _RW, pinned=True)
                 events["pte_writes"] += len(conn.buffer.frames)
+        for conn in in_kernel_clients:  # kernel IPC from their own threads, under their keys
+            conn.client.vmspace.map_pmo(conn.buffer, conn.buffer_vaddr, _RW, pinned=True)
+            events["pte_writes"] += len(conn.buffer.frames)
+            events["pte_writes"] += self._redirects.add_kernel_forwarder(kernel, conn)
+        for conn in outgoing:  # the kernel calls its gates for it now
+            self._reopen(kernel, conn, None, migration)
+            self._redirects.add_forwarder(kernel, group, conn)
+            events["pte_writes"] += 1 if conn in design._gates.held else 0
         design._domains.forget(kernel, group)  # its key, and any page of its region left
         for thread in group.threads:
             if thread.alive:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from underbridge.abi.syscalls import Sys
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.domains import Domains, DomainState
 from underbridge.kernel.ipc.gate_calls import caller_of, clear, culprit, path, unwind
@@ -101,7 +102,9 @@ class UnderbridgeIpc(PassiveServers):
             self._domains.readable = (self.public_key,)
             word_flags = PageFlags(user=True, pkey=self.public_key)
         self._pages = ks.KernelPages(word_flags=word_flags)
-        self._calls = KernelCalls(self._pages, self._upcall_culprit, lambda: len(self._domains))
+        self._calls = KernelCalls(
+            self._pages, self._upcall_culprit, lambda: len(self._domains), self._redirect
+        )
         self._user = Sel4Ipc(kpti=False)  # servers in user space, and calls to them
         # Live migration (migrate.py) of ring-0 servers; the ring-3 PKU designs have none.
         self.mover = None if user_thread_word else Migrator(self)
@@ -141,6 +144,8 @@ class UnderbridgeIpc(PassiveServers):
         self._domains.adopt(group, domain, base)
 
     def ended(self, kernel: Kernel, group: CapGroup) -> None:
+        if self.mover is not None:
+            self.mover.ended(group)
         state = self._domains.of(group)
         if state is not None:
             self._gates.release_tombstones(kernel, state.tombstones)
@@ -174,7 +179,10 @@ class UnderbridgeIpc(PassiveServers):
         state = self._gates.open(kernel, conn, client, server)
         # Only an in-kernel client may call the gate itself: an application's page table
         # does not map it, and the kernel calls it on the application's behalf.
-        return state.address if client is not None else 0
+        if client is None:
+            return 0
+        self._gates.held[conn] = state.slot  # its code holds the address from now on
+        return state.address
 
     def _wants_room(self, kernel: Kernel, conn: Connection, server: DomainState) -> bool:
         """Ask for a key to be freed if this connection needs one and none is left."""
@@ -191,8 +199,25 @@ class UnderbridgeIpc(PassiveServers):
         if state is not None:
             self._end_call_in_progress(kernel, state)
             self._gates.close(kernel, state, server_gone=server_gone)
+        elif self.mover is not None:  # its server is in user space now (migrate.py)
+            self.mover.closed_without_gate(kernel, conn)
 
     # -- calls ----------------------------------------------------------------------
+
+    def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]) -> bool:
+        """An in-kernel client that connected while a party was in user space calls with
+        IPC_CALL: the kernel sends it on to its gate (migrate.py); else passive.py."""
+        if (
+            number == Sys.IPC_CALL
+            and self.mover is not None
+            and thread.group in self._domains
+            and self.mover.redirect(kernel, thread.context)
+        ):
+            return True
+        return super().fastpath(kernel, thread, number, args)
+
+    def _redirect(self, kernel: Kernel, context: CpuContext) -> bool:
+        return self.mover is not None and self.mover.redirect(kernel, context)
 
     def _entry_of(self, conn: Connection) -> GateState | None:
         return self._gates.of(conn)

@@ -10,7 +10,9 @@ Invariants:
   - One gate call at a time (`current`), run to completion before any other thread
     runs, in one CPU context reused for every call and reset each time to what
     `Machine.new_context` would make: nothing of one call reaches the next.
-  - A syscall from inside the call gets -EDEADLK (the handler runs for another thread).
+  - A syscall from inside the call gets -EDEADLK (the handler runs for another thread),
+    except an in-kernel server's IPC_CALL on a connection with a gate for it, which the
+    design sends on to that gate (`redirect`, migrate.py): what a gate call would do.
   - A fault ends the domain to blame (the design's `culprit`), which ends its calls in
     progress: the kernel's own call returns -EPIPE, or a server further out carries on.
     A handler that runs MAX_SLICES slices without returning is killed, and so is
@@ -46,6 +48,12 @@ _EDEADLK = -Errno.EDEADLK & 0xFFFF_FFFF_FFFF_FFFF
 Culprit = Callable[["Kernel", int, CpuContext], "CapGroup | None"]
 
 
+#: The design's answer to a syscall made inside the call (in `context`): True if it sent
+#: the thread on (an in-kernel client's IPC_CALL to its own gate, migrate.py), False for
+#: -EDEADLK.
+Redirect = Callable[["Kernel", CpuContext], bool]
+
+
 class Entry(Protocol):
     """What the kernel calls: machine code at `address`, entered with `caller_pkru`."""
 
@@ -67,9 +75,14 @@ class KernelCalls:
     """The kernel's gate calls, one at a time."""
 
     def __init__(
-        self, pages: ks.KernelPages, culprit: Culprit, domain_count: Callable[[], int]
+        self,
+        pages: ks.KernelPages,
+        culprit: Culprit,
+        domain_count: Callable[[], int],
+        redirect: Redirect | None = None,
     ) -> None:
         self._pages = pages
+        self._redirect = redirect
         self._culprit = culprit
         self._domain_count = domain_count
         self.current: Upcall | None = None
@@ -125,7 +138,8 @@ class KernelCalls:
     def _slice(self, kernel: Kernel, context: CpuContext) -> None:
         result = kernel.machine.run(context, budget=kernel.sched.quantum, stop_at=ks.KERNEL_RETURN)
         if result.kind is ExitKind.SYSCALL:
-            context[Reg.RAX] = _EDEADLK
+            if self._redirect is None or not self._redirect(kernel, context):
+                context[Reg.RAX] = _EDEADLK
         elif result.kind in (ExitKind.FAULT, ExitKind.HALTED):
             fault = result.fault or kernel.machine.halt_fault(context)
             self._end_innermost(kernel, context, fault)
