@@ -75,3 +75,28 @@ def test_without_a_policy_a_new_server_pair_with_no_key_is_enokey():
     kernel, _echoes = kernel_with_echoes(14, None)
     relay = run_relay(kernel)
     assert relay.exit_status == 1 and b"-126" in bytes(relay.console)  # -ENOKEY, told
+
+
+def test_a_move_in_that_needs_more_keys_than_are_left_is_refused_up_front():
+    """Moving in a server connected to an in-kernel one takes two keys (its domain and
+    their pair's); with one left it is refused before anything changes."""
+    from underbridge.kernel.ipc.migrate import region_stack_top
+
+    kernel, echoes = kernel_with_echoes(14, None)
+    base = REGION_SIZE * 20
+    relay = kernel.spawn(
+        build_program("pingpong", base=base),
+        ["pingpong", "100000000", "s00", "--as-server"],
+        stack_top=region_stack_top(base),
+    )
+    kernel.run(until=lambda: any(c.client is relay for c in kernel.services["s00"].connections))
+    assert kernel.ipc.keys.available == 1
+    migration = kernel.migrate(relay, to_kernel=True, reason="test")
+    assert migration.state == "refused"
+    assert migration.report == (
+        "no protection key left for pingpong: it needs 2 (its domain and one per "
+        "in-kernel server it is connected to), 1 free"
+    )
+    assert kernel.ipc.keys.available == 1 and kernel.placement.domain_of(relay) is None
+    kernel.kill(echoes[5])  # a key comes back: now it moves in
+    assert kernel.migrate(relay, to_kernel=True, reason="test").state in ("done", "pending")

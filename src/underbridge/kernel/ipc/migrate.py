@@ -149,7 +149,7 @@ class Migrator:
                 )
             if group.elf is None:
                 return f"{group.name}'s binary is not known"
-            return self._layout_problem(group, _base(group))
+            return self._keys_problem(group) or self._layout_problem(group, _base(group))
         if state is None:
             return f"{group.name} is in user space already"
         gates = self._design.gates()
@@ -164,6 +164,22 @@ class Migrator:
                 "kernel space cannot make kernel IPC calls (move them out first)"
             )
         return ""
+
+    def _keys_problem(self, group: CapGroup) -> str:
+        """Too few keys to move in: its domain takes one, and so does each in-kernel
+        server it will share connections with (one key per pair, gate_table.py); an
+        application's connection takes none. Checked first, so a move never stops
+        half-way for want of a key."""
+        peers = {c.client for s in services_of(group) for c in s.connections}
+        peers |= {c.service.server for c in client_connections(group)}
+        placed = [p for p in peers if p is not group and self._design.domain_of(p) is not None]
+        needed, free = 1 + len(placed), self._design.keys.available
+        if needed <= free:
+            return ""
+        return (
+            f"no protection key left for {group.name}: it needs {needed} (its domain and "
+            f"one per in-kernel server it is connected to), {free} free"
+        )
 
     def _layout_problem(self, group: CapGroup, base: int) -> str:
         """A page of the group outside its region, if any (it could not keep its
