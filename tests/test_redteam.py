@@ -52,6 +52,11 @@ OBSERVED: dict[str, tuple[str, ...]] = {
     "boot-stub-wrpkru": ("#PF fetch of 0xffffffff80001005", ABSENT, "ring 0"),
     "gate-return-page": ("#UD invalid opcode at rip 0x630000010800", "ring 0"),
     "app-read-server": ("#PF read of 0x", ABSENT, "ring 3"),
+    "key-hoarding": (
+        "40 connections to echo held",
+        "the partner connected meanwhile",
+        "key_witness: echo answered",
+    ),
     "deputy-register": (
         "register(own memory) ok",
         "register(name in echo's stack) = -14",
@@ -191,7 +196,7 @@ def test_each_row_runs_under_its_design():
     modes = {spec.id: spec.mode for spec in redteam.ATTACKS}
     others = {i: m for i, m in modes.items() if m != "underbridge"}
     assert others == DESIGN_ROWS | {"fastpath-caps-sel4": "sel4"}
-    assert len(modes) == 56 + len(DESIGN_ROWS) + len(FASTPATH_ROWS) + len(MIGRATION_ROWS)
+    assert len(modes) == 57 + len(DESIGN_ROWS) + len(FASTPATH_ROWS) + len(MIGRATION_ROWS)
 
 
 def test_the_design_rows_stages_place_servers_as_the_design_does(result):
@@ -275,3 +280,21 @@ def test_cli_json_of_chosen_rows():
 def test_cli_refuses_an_unknown_row():
     outcome = CliRunner().invoke(main, ["redteam", "--only", "no-such-row"])
     assert outcome.exit_code == 2 and "no red-team row 'no-such-row'" in outcome.output
+
+
+def test_the_key_hoarding_row_fails_when_each_connection_takes_a_key(monkeypatch):
+    """The kernel before the key economy: every application connection got a key of its
+    own (as pku-shared's still do); the attacker runs out of keys and so does V."""
+    from underbridge.kernel.ipc.gate_table import Gates
+
+    naive = Gates.__init__
+
+    def key_per_connection(self, domains, **kwargs):
+        naive(self, domains, **{**kwargs, "app_key_per_connection": True})
+
+    monkeypatch.setattr(Gates, "__init__", key_per_connection)
+    spec = next(s for s in redteam.ATTACKS if s.id == "key-hoarding")
+    row = redteam.run_row(0, spec)
+    assert row.verdict == redteam.FAIL
+    assert "to echo: -126" in row.observed  # -ENOKEY, for the attacker and for V
+    assert "key_witness: connect or call to echo: -126" in row.observed

@@ -67,7 +67,7 @@ def test_an_in_kernel_server_at_an_unaligned_base_is_an_elf_error(hello_elf):
     assert kernel.groups == {}
 
 
-def test_no_protection_key_left_is_a_user_error_and_leaks_nothing():
+def test_no_protection_key_left_runs_the_server_in_user_space_and_says_why():
     kernel = Kernel(Machine(accounting=False), ipc="underbridge")
     servers = [
         kernel.spawn(build_program("hello", base=REGION_SIZE * index), in_kernel=True)
@@ -75,11 +75,11 @@ def test_no_protection_key_left_is_a_user_error_and_leaks_nothing():
     ]
     assert len(servers) == 15 and kernel.ipc.keys.available == 0
     one_more = build_program("hello", base=REGION_SIZE * 16)
-    frames = kernel.machine.frames.free_frames
-    with pytest.raises(ResourceExhausted, match="no protection key left for hello") as caught:
-        kernel.spawn(one_more, in_kernel=True)
-    assert one_line(caught.value) and caught.value.errno == Errno.ENOKEY
-    assert kernel.machine.frames.free_frames == frames
-    assert len(kernel.groups) == 15
-    kernel.kill(servers[0])  # a key comes back, and the same spawn now works
-    assert kernel.spawn(one_more, in_kernel=True).running
+    fallback = kernel.spawn(one_more, in_kernel=True)  # nothing fails (issue 14 item 2)
+    assert kernel.placement.domain_of(fallback) is None
+    assert fallback.placement_note.startswith("hello runs in user space: no protection key left")
+    kernel.run(until=lambda: not fallback.running)
+    assert fallback.exit_status == 0 and bytes(fallback.console).startswith(b"Hello from ring 3")
+    kernel.kill(servers[0])  # a key comes back, and the same spawn now places it
+    placed = kernel.spawn(one_more, in_kernel=True)
+    assert kernel.placement.domain_of(placed) is not None and placed.placement_note == ""

@@ -18,15 +18,18 @@ mappings made in kernel/ipc/underbridge.py):
      not writable: a server can call into them but neither read nor write them.
   4. Each in-kernel server has a private key for its code, data, stacks, heap and the
      gate save areas of the calls it makes. Only its own PKRU opens that key.
-  5. Each connection to an in-kernel server has a shared key for its argument buffer and
-     gate control page, opened by exactly its two parties' PKRUs (the kernel stands in
-     for an application client).
+  5. A connection's argument buffer and gate control page carry a key opened by exactly
+     its two parties' PKRUs (the kernel stands in for an application client):
+     between two in-kernel servers, the one key of that pair (all their connections
+     share it); from an application, the server's own key (the application reaches the
+     buffer through its own page table, so only the server and the kernel need it).
   6. Page tables and all other kernel state live outside every virtual address space
      (the Python kernel reaches physical memory directly): absent, not just protected.
   7. A PKRU changes only by a gate's checked `wrpkru` or by the kernel; that servers
      cannot execute `wrpkru` themselves is the scanner's job (privilege deprivation).
 
-Keys are scarce: 15 for domains and connections together (key 0 is the kernel's).
+Keys are scarce: 15 for domains and pairs of connected domains together (key 0 is the
+kernel's); an application's connections take none (kernel/ipc/gate_table.py).
 """
 
 from __future__ import annotations

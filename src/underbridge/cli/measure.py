@@ -25,6 +25,9 @@ from underbridge.cli.common import (
 )
 from underbridge.cli.tracing import trace_options, traced
 from underbridge.kernel.ipc.registry import DESIGNS
+from underbridge.kernel.placement import POLICIES
+
+PLACEMENTS = ("sel4", *POLICIES, "oracle")  # bench/migrate_workload.py's, without its imports
 
 
 @click.group()
@@ -222,6 +225,48 @@ def bench_pku_shared(apps: int, as_json: bool) -> None:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         console.print(pku_shared.report_table(report))
+
+
+@bench.command("migrate")
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    type=click.Choice(PLACEMENTS),
+    help="A placement to run the workload under (repeatable; default: every one).",
+)
+@click.option("--servers", type=click.IntRange(min=16, max=64), default=24, show_default=True)
+@click.option("--phases", type=click.IntRange(min=1, max=64), default=4, show_default=True)
+@click.option(
+    "--calls",
+    type=click.IntRange(min=16, max=MAX_COUNT),
+    default=4_000,
+    show_default=True,
+    help="Calls per phase.",
+)
+@click.option("--quick", is_flag=True, help="One size and one connection count for part (a).")
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def bench_migrate(
+    policies: tuple[str, ...], servers: int, phases: int, calls: int, quick: bool, as_json: bool
+) -> None:
+    """Live migration: its cost each way, and placement policies on a shifting workload."""
+    from underbridge.bench import migrate as migrate_bench
+    from underbridge.bench.migrate_workload import Workload
+
+    with console.status("measuring ...", spinner="dots") as status:
+        result = migrate_bench.run(
+            sizes=(0,) if quick else migrate_bench.SIZES,
+            connections=(1,) if quick else migrate_bench.CONNECTIONS,
+            placements=policies or PLACEMENTS,
+            workload=Workload(servers, phases, calls),
+            progress=lambda what: status.update(f"measuring {what} ..."),
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    for table in migrate_bench.report_tables(result):
+        console.print(table)
 
 
 @bench.command("machine")

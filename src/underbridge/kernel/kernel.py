@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from underbridge.abi.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.elf.image import parse_elf
@@ -33,6 +34,7 @@ from underbridge.errors import OutOfMemory, ResourceExhausted, SyscallError, Use
 from underbridge.kernel import dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import DomainPlacement, IpcDesign, NoDomains
+from underbridge.kernel.ipc.migrate import region_stack_top
 from underbridge.kernel.ipc.registry import design_named
 from underbridge.kernel.migration import Migration, Mover, Pending, perform, refuse
 from underbridge.kernel.objects.base import KernelObject
@@ -49,6 +51,9 @@ from underbridge.machine.costs import COSTS
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import Fault
 from underbridge.machine.paging import PageTable
+
+if TYPE_CHECKING:
+    from underbridge.bridge.domain import Domain
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
@@ -103,6 +108,9 @@ class Kernel:
         # it once per kernel entry, and it is also the hook for events the run loop does
         # not see: `if kernel.tracer: kernel.tracer.lifecycle("migrate", group, to=...)`.
         self.tracer = tracer_for(self)
+        # Asked when a protection key is needed and none is left (set by a placement
+        # policy's engine, kernel/placement/engine.py): True if it moved a server out.
+        self.make_room: Callable[[str], bool] | None = None
         self.migrations: list[Migration] = []  # every migration asked for (migration.py)
         self._pending = Pending()
 
@@ -139,8 +147,10 @@ class Kernel:
         rewrite=False places the binary as built, without the rewriter (benchmarks).
         abi: "native", or "linux" for a musl-linked program (kernel/linux_abi.py), which
         runs in user space only.
+        When no protection key is left, the server runs in user space instead and its
+        `placement_note` says why (keys running out never fails a spawn).
         Bad input raises a UserError: ElfError for a binary that cannot be loaded,
-        ResourceExhausted when frames or protection keys run out; nothing is left behind.
+        ResourceExhausted when frames run out; nothing is left behind.
         """
         if if_unsafe not in ("refuse", "user"):
             raise ValueError(f"if_unsafe must be 'refuse' or 'user', not {if_unsafe!r}")
@@ -159,16 +169,13 @@ class Kernel:
         name = name or (elf.stem if isinstance(elf, Path) else "guest")
         with _no_room_is_a_user_error(name):
             image = parse_elf(data, name=name)
-            domain = None
+            domain, placement_note = None, ""
             if in_kernel:
-                try:
-                    domain, stack_top, data = self.placement.admit(
-                        self, name, image.segments[0].vaddr, data, rewrite=rewrite
-                    )
-                except UserError:
-                    if if_unsafe == "refuse":
-                        raise
-                else:
+                admitted, placement_note = self._admit(
+                    name, image.segments[0].vaddr, data, rewrite=rewrite, if_unsafe=if_unsafe
+                )
+                if admitted is not None:
+                    domain, stack_top, data = admitted
                     image = parse_elf(data, name=name)  # as the loader rewrote it
                     ring, table, pkey, pkru = (
                         self.placement.ring,
@@ -176,6 +183,9 @@ class Kernel:
                         domain.key,
                         domain.pkru,
                     )
+                elif placement_note and stack_top == USER_STACK_TOP:
+                    # where it would have been in kernel space: it can move in later
+                    stack_top = region_stack_top(image.segments[0].vaddr)
             vmspace = None
             try:
                 vmspace = VmSpace(self.machine, table=table, pkey=pkey)
@@ -190,6 +200,7 @@ class Kernel:
                 raise
         group = CapGroup(self._next_pid, name, vmspace)
         group.io_ports = io_ports
+        group.placement_note = placement_note
         group.elf = data
         if abi == "linux":
             group.linux = linux_abi.LinuxState.after_image(image.end)
@@ -199,6 +210,28 @@ class Kernel:
             self.placement.adopt(group, domain, image.segments[0].vaddr)
         self.add_thread(group, ring=ring, rip=entry, rsp=rsp, pkru=pkru)
         return group
+
+    def _admit(
+        self, name: str, base: int, data: bytes, *, rewrite: bool, if_unsafe: str
+    ) -> tuple[tuple[Domain, int, bytes] | None, str]:
+        """Place a new server in kernel space: (its domain, stack top, binary), or None
+        and why it runs in user space instead. With no key left, `make_room` (a
+        placement policy's) may move another server out first; if it does not, the
+        server runs in user space and the note says why: keys running out fail nothing."""
+        for attempt in range(2):
+            try:
+                return self.placement.admit(self, name, base, data, rewrite=rewrite), ""
+            except UserError:
+                if if_unsafe == "refuse":
+                    raise
+                return None, ""
+            except SyscallError as error:
+                if error.errno != Errno.ENOKEY:
+                    raise
+                wanted = f"{name} is spawned in kernel space"
+                if attempt or self.make_room is None or not self.make_room(wanted):
+                    return None, f"{name} runs in user space: {error}"
+        raise AssertionError("unreachable")
 
     def add_thread(
         self, group: CapGroup, *, ring: int, rip: int, rsp: int, pkru: int = 0, arg: int = 0

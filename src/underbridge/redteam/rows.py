@@ -424,4 +424,22 @@ ATTACKS += tuple(
 )
 
 ATTACKS += DESIGN_ROWS + FASTPATH_ROWS  # design_rows.py
+
+# Denial of service on the protection keys (issue 14): an application's connections take
+# no key, so hoarding them leaves keys for everyone else (kernel/ipc/gate_table.py).
+ATTACKS += (
+    AttackSpec(
+        "key-hoarding",
+        "application opens 40 connections to in-kernel echo and holds them, to use up the "
+        "15 protection keys; meanwhile an in-kernel server V connects to echo",
+        "key_hoard",
+        (),
+        Expect(
+            "no key is taken: all 40 connections work, and V connects and calls echo",
+            reports=("40 connections to echo held", "the partner connected meanwhile"),
+        ),
+        in_kernel=False,
+        partner=Partner("key_witness", before=True, lines=("echo answered",)),
+    ),
+)
 ATTACKS += MIGRATION_ROWS  # migration_rows.py

@@ -1,9 +1,19 @@
 """The gates of connections to in-kernel servers: their slots, pages, keys and code.
 
 A connection to an in-kernel server gets a gate slot (kernel_space.py's windows), a
-shared key for its buffer and control page, a save area in the client's domain (the
-kernel's, for an application), a server stack in the server's domain, and a gate
-generated from bridge/gate.py's template into its key-0 page.
+key for its buffer and control page, a save area in the client's domain (the kernel's,
+for an application), a server stack in the server's domain, and a gate generated from
+bridge/gate.py's template into its key-0 page.
+
+The key economy (keys are spent only where isolation needs them; 15 in all):
+  - an application's connection uses the SERVER's own key: the application reaches its
+    buffer through its own page table, and on the kernel page table only the server (and
+    the kernel, calling the gate for the application) may open it, which the server's
+    key already says. No key is spent, so no application can exhaust the keys;
+  - connections between the same two in-kernel servers share ONE key (`PairKeys`),
+    opened by exactly those two PKRUs, released with the pair's last connection;
+  - a design whose applications open a connection's key themselves (pku-shared:
+    `app_key_per_connection`) gives each application connection a key of its own.
 
 Invariants:
   - A slot is in exactly one of: free (`_slots`), a live gate (`by_conn`), a tombstone
@@ -12,6 +22,8 @@ Invariants:
     a party moved to user space, migrate.py; it goes back when the connection closes).
   - A connection's pages are made all or nothing (`open`), and unmapped before their
     frames are freed (`close`).
+  - A pair key is held by its live gates (`PairKeys` counts them): allocated, and
+    opened in both parties' PKRUs, with the first; closed and released with the last.
   - A thread's PKRU is always the PKRU of the domain whose code it runs: when a domain's
     keys change (`share_key`), its threads at home and threads inside its handler
     follow, and every gate naming the domain is generated again.
@@ -42,7 +54,7 @@ if TYPE_CHECKING:
 class GateState:
     conn: Connection
     slot: int  # its pages: GATE_WINDOW, CONTROL_WINDOW (, KERNEL_SAVE_WINDOW) + slot pages
-    shared_key: int
+    shared_key: int  # the key of its buffer and control page
     address: int
     control: int
     save_area: int
@@ -52,12 +64,50 @@ class GateState:
     pages: list[int] = field(default_factory=list)  # kernel_space pages to unmap
     borrowed: list[tuple[DomainState, int, int]] = field(default_factory=list)
     app_pkru: int | None = None  # an application calling the gate itself (pku-shared)
+    own_key: bool = False  # its key is its own (pku-shared's applications), not shared
+
+    @property
+    def pair(self) -> frozenset[DomainState] | None:
+        """The two in-kernel servers whose pair key it holds (None: not a pair key)."""
+        if self.client is None or self.client is self.server:
+            return None
+        return frozenset((self.client, self.server))
 
     @property
     def caller_pkru(self) -> int:
         if self.client is not None:
             return self.client.pkru
         return kernel_call_pkru(self.shared_key) if self.app_pkru is None else self.app_pkru
+
+
+class PairKeys:
+    """The one key of each pair of in-kernel servers with connections between them, and
+    how many live gates hold it."""
+
+    def __init__(self) -> None:
+        self._held: dict[frozenset[DomainState], list[int]] = {}  # pair -> [key, gates]
+
+    def of(self, pair: frozenset[DomainState]) -> int | None:
+        held = self._held.get(pair)
+        return None if held is None else held[0]
+
+    def hold(self, pair: frozenset[DomainState], key: int) -> bool:
+        """One more gate holds the pair's key: True if it is the first."""
+        held = self._held.setdefault(pair, [key, 0])
+        held[1] += 1
+        return held[1] == 1
+
+    def drop(self, pair: frozenset[DomainState]) -> bool:
+        """One gate fewer holds the pair's key: True if it was the last."""
+        held = self._held[pair]
+        held[1] -= 1
+        if held[1]:
+            return False
+        del self._held[pair]
+        return True
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 class Gates:
@@ -69,8 +119,13 @@ class Gates:
         *,
         map_app_buffer: bool = True,
         app_tombstones: Callable[[CapGroup], list[int] | None] | None = None,
+        app_key_per_connection: bool = False,
     ) -> None:
         self._domains = domains
+        # True: an application's connection gets a key of its own, because the
+        # application opens it itself (pku-shared); False: the server's key serves.
+        self._app_key_per_connection = app_key_per_connection
+        self.pair_keys = PairKeys()
         # Where an application's tombstones are kept, if it calls gates itself
         # (pku-shared): None for an application that does not.
         self._app_tombstones = app_tombstones
@@ -97,10 +152,16 @@ class Gates:
     def open(
         self, kernel: Kernel, conn: Connection, client: DomainState | None, server: DomainState
     ) -> GateState:
-        """The gate of a new connection to an in-kernel server, with its key and pages."""
-        key = self._domains.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
-        # A slot whose gate address the client holds stays the connection's (migrate.py).
-        slot = self.held.get(conn) or self._slots.take()
+        """The gate of a new connection to an in-kernel server, with its key and pages.
+        ENOKEY (before any work) if it needs a key and none is left."""
+        key, fresh = self._key_for(conn, client, server)
+        try:
+            # A slot whose gate address the client holds stays the connection's (migrate.py).
+            slot = self.held.get(conn) or self._slots.take()
+        except SyscallError:
+            if fresh:
+                self._domains.keys.release(key)
+            raise
         try:
             # The buffer: once on the kernel page table under the shared key, and in
             # an application client's own page table; neither party can unmap it.
@@ -113,14 +174,42 @@ class Gates:
                 )
             state = self._build(kernel, conn, slot, key, client, server)
         except BaseException:
-            self._domains.keys.release(key)
+            if fresh:
+                self._domains.keys.release(key)
             if conn not in self.held:
                 self._slots.give_back(slot)
             raise
+        state.own_key = client is None and self._app_key_per_connection
         self.by_conn[conn] = state
-        self.share_key(kernel, [client, server], key, add=True)
+        pair = state.pair
+        if state.own_key or (pair is not None and self.pair_keys.hold(pair, key)):
+            self.share_key(kernel, [client, server], key, add=True)
         self._emit(kernel, state)
         return state
+
+    def _key_for(
+        self, conn: Connection, client: DomainState | None, server: DomainState
+    ) -> tuple[int, bool]:
+        """The key of a new connection's buffer and control page, and whether it was
+        allocated just now (the key economy, in the module docstring)."""
+        if client is None and self._app_key_per_connection:
+            key = self._domains.keys.allocate(f"connection {conn.badge} to {conn.service.name}")
+            return key, True
+        if client is None or client is server:
+            return server.domain.key, False
+        pair = frozenset((client, server))
+        key = self.pair_keys.of(pair)
+        if key is not None:
+            return key, False
+        names = " and ".join(sorted((client.domain.name, server.domain.name)))
+        return self._domains.keys.allocate(f"connections between {names}"), True
+
+    def needs_key(self, client: DomainState | None, server: DomainState) -> bool:
+        """Would a new connection between these parties take a key?"""
+        if client is None:
+            return self._app_key_per_connection
+        pair = frozenset((client, server))
+        return client is not server and self.pair_keys.of(pair) is None
 
     def _build(
         self,
@@ -256,8 +345,10 @@ class Gates:
         ks.unmap_and_free(kernel, pages)
         for owner, low, count in state.borrowed:
             self._domains.return_pages(kernel, owner, low, count)
-        self.share_key(kernel, [state.client, state.server], state.shared_key, add=False)
-        self._domains.keys.release(state.shared_key)
+        pair = state.pair
+        if state.own_key or (pair is not None and self.pair_keys.drop(pair)):
+            self.share_key(kernel, [state.client, state.server], state.shared_key, add=False)
+            self._domains.keys.release(state.shared_key)
 
     def release_held(self, conn: Connection) -> None:
         """A connection without a gate closes: the slot it held is free again."""

@@ -152,7 +152,7 @@ class Migrator:
                 )
             if group.elf is None:
                 return f"{group.name}'s binary is not known"
-            return self._layout_problem(group, _base(group))
+            return self._keys_problem(group) or self._layout_problem(group, _base(group))
         if state is None:
             return f"{group.name} is in user space already"
         gates = self._design.gates()
@@ -167,6 +167,22 @@ class Migrator:
                 "kernel space cannot make kernel IPC calls (move them out first)"
             )
         return ""
+
+    def _keys_problem(self, group: CapGroup) -> str:
+        """Too few keys to move in: its domain takes one, and so does each in-kernel
+        server it will share connections with (one key per pair, gate_table.py); an
+        application's connection takes none. Checked first, so a move never stops
+        half-way for want of a key."""
+        peers = {c.client for s in services_of(group) for c in s.connections}
+        peers |= {c.service.server for c in client_connections(group)}
+        placed = [p for p in peers if p is not group and self._design.domain_of(p) is not None]
+        needed, free = 1 + len(placed), self._design.keys.available
+        if needed <= free:
+            return ""
+        return (
+            f"no protection key left for {group.name}: it needs {needed} (its domain and "
+            f"one per in-kernel server it is connected to), {free} free"
+        )
 
     def _layout_problem(self, group: CapGroup, base: int) -> str:
         """A page of the group outside its region, if any (it could not keep its
@@ -204,17 +220,9 @@ class Migrator:
         if any(contexts is None for contexts in stranded):
             refuse(migration, "a client thread is stopped inside its forwarder")
             return
-        needed = 1 + len(conns)  # its domain's key, and one per connection to it
-        if design.keys.available < needed:
-            refuse(
-                migration,
-                f"{group.name} needs {needed} protection keys in kernel space "
-                f"(its own and one per connection); {design.keys.available} are free",
-            )
-            return
         try:
             domain, _stack_top, data = design.admit(kernel, group.name, base, elf)
-        except (UserError, SyscallError) as error:  # unsafe, region taken: nothing changed
+        except (UserError, SyscallError) as error:  # unsafe, region taken, no key left
             refuse(migration, str(error))
             return
         if data != elf:

@@ -62,6 +62,7 @@ class PkuSharedIpc(UnderbridgeIpc):
         self._gates = Gates(
             self._domains,
             map_app_buffer=False,
+            app_key_per_connection=True,  # the application opens its connection's key
             app_tombstones=lambda group: (
                 None if self.view is None else self.view.tombstones_of(group)
             ),

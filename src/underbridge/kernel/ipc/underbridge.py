@@ -5,9 +5,11 @@ states the isolation rules) and runs in ring 0 on the kernel page table in its o
 16 MiB virtual-address region. Its service is passive: its main thread's REPLY_WAIT
 blocks for good, and callers' threads run its handler through gates (thread migration).
 
-A connection to an in-kernel server gets a shared key for its buffer and control page,
-a save area in the client's domain, a server stack in the server's domain, and a gate
-(bridge/gate.py) in key-0 pages. IPC_CONNECT returns the gate's address:
+A connection to an in-kernel server gets a key for its buffer and control page (the
+server's own for an application's connection, one per pair of in-kernel servers
+otherwise: gate_table.py's key economy), a save area in the client's domain, a server
+stack in the server's domain, and a gate (bridge/gate.py) in key-0 pages. IPC_CONNECT
+returns the gate's address:
   - an in-kernel client calls the gate directly: a round trip is the gate's machine
     code and the handler's, never Python;
   - an application calls IPC_CALL: the kernel switches to the kernel page table and
@@ -39,7 +41,7 @@ Where the kernel writes a ring-0 thread's PKRU, RSP or RIP, and why each is safe
     (upcall.py), to completion, before any other thread runs.
 
 The parts, one module each: domains.py (admission, regions, keys), gate_table.py (each
-connection's gate, slot, pages and shared key), upcall.py (the kernel's gate calls for
+connection's gate, slot, pages and key), upcall.py (the kernel's gate calls for
 applications), gate_calls.py (calls in progress, from the gates' records),
 kernel_space.py (the windows and the kernel's own pages). This module routes each
 operation by where the server runs (its calls: passive.py, shared with the monolithic
@@ -163,7 +165,12 @@ class UnderbridgeIpc(PassiveServers):
     # -- connections ------------------------------------------------------------------
 
     def connect(self, kernel: Kernel, conn: Connection) -> int:
+        """The connection's gate (0 for an application, which the kernel calls for).
+        A new pair of in-kernel servers needs a key: with none left, the placement
+        policy may move a server out first (Kernel.make_room); else ENOKEY."""
         server = self._domains.of(conn.service.server)
+        if server is not None and self._wants_room(kernel, conn, server):
+            server = self._domains.of(conn.service.server)  # it may have moved out
         if server is None:
             return self._user.connect(kernel, conn)
         ks.check_handler(conn.service.name, conn.service.handler, server.base)
@@ -176,6 +183,14 @@ class UnderbridgeIpc(PassiveServers):
             return 0
         self._gates.held[conn] = state.slot  # its code holds the address from now on
         return state.address
+
+    def _wants_room(self, kernel: Kernel, conn: Connection, server: DomainState) -> bool:
+        """Ask for a key to be freed if this connection needs one and none is left."""
+        client = self._domains.of(conn.client)
+        if self.keys.available or not self._gates.needs_key(client, server):
+            return False
+        wanted = f"a connection from {conn.client.name} to {conn.service.name}"
+        return kernel.make_room is not None and kernel.make_room(wanted)
 
     def closed(self, kernel: Kernel, conn: Connection, *, server_gone: bool = False) -> None:
         """Release a connection's gate, keys and pages; a call still in progress on it

@@ -59,6 +59,8 @@ class CapGroup(KernelObject):
         self.io_ports: range = range(0)  # the I/O ports it may use (drivers)
         self.port_writes: list[tuple[int, int]] = []  # (port, byte): there are no devices
         self.linux: LinuxState | None = None  # set for a Linux-ABI (musl) program
+        # Why it runs where it does, when that is not where it was asked to (no key left)
+        self.placement_note = ""
         self.elf: bytes | None = None  # the binary as mapped (live migration re-admits it)
 
     @property
