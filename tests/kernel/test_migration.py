@@ -346,12 +346,12 @@ def test_a_binary_admission_refuses_is_not_moved_in_and_nothing_changes():
 
 
 def test_without_enough_protection_keys_moving_in_is_refused_and_nothing_changes():
-    """echo needs two keys in kernel space (its domain's, its connection's): with one
-    free, the migration is refused, and the free key is still free."""
+    """echo needs one key in kernel space (its domain's; its application's connection
+    takes none, the key economy): with none free, the migration is refused."""
     stage = Stage()
     stage.run_until_call(3)
     keys = stage.kernel.ipc.keys
-    while keys.available > 1:
+    while keys.available > 0:
         keys.allocate("test: someone else's")
 
     def ask() -> object:
@@ -359,5 +359,37 @@ def test_without_enough_protection_keys_moving_in_is_refused_and_nothing_changes
         stage.kernel.run(until=lambda: migration.state != "pending")
         return migration
 
-    refused_changes_nothing(stage, ask, "needs 2 protection keys")
+    refused_changes_nothing(stage, ask, "no protection key left for echo: it needs 1")
     stage.finish()
+
+
+def test_a_traced_migration_is_marked_in_the_trace_and_costs_the_same(tmp_path, round_trip):
+    from tests.kernel.test_trace import check_chrome_trace, traced
+
+    stages: list[Stage] = []
+
+    def run() -> None:
+        stage = Stage()
+        stage.run_until_call(10)
+        stage.kernel.migrate(stage.echo, to_kernel=True, reason="traced in")
+        stage.run_until_call(25)
+        stage.kernel.migrate(stage.echo, to_kernel=False, reason="traced out")
+        stage.finish()
+        stages.append(stage)
+
+    doc, _session = traced(run, tmp_path)
+    check_chrome_trace(doc)
+    marks = [e for e in doc["traceEvents"] if e.get("cat") == "lifecycle"]
+    assert [(m["name"], m["args"]["to"], m["args"]["reason"]) for m in marks] == [
+        ("migrate echo", "kernel space", "traced in"),
+        ("migrate echo", "user space", "traced out"),
+    ]
+    (stage,) = stages
+    assert [m.cycles for m in stage.kernel.migrations] == [
+        round_trip.moved_in.cycles,
+        round_trip.moved_out.cycles,
+    ]
+    assert [int(m["args"]["cycles"]) for m in marks] == [
+        round_trip.moved_in.cycles,
+        round_trip.moved_out.cycles,
+    ]

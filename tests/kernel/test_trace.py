@@ -250,7 +250,7 @@ def test_one_round_trip_per_design_as_reproduce_writes_it(tmp_path):
 
 
 def test_the_lifecycle_hook_marks_a_process(tmp_path):
-    """The one call `bench migrate` and a restarter make (there is no migration yet)."""
+    """The one call a migration (kernel/migration.py) and a restarter make."""
     from underbridge.guestbuild.toolchain import build_program
     from underbridge.kernel.kernel import Kernel
     from underbridge.machine.cpu import Machine
