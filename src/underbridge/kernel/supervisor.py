@@ -171,8 +171,13 @@ class Supervisor:
     # -- fault injection ---------------------------------------------------------------
 
     def kill_now(self, name: str) -> None:
-        """End the server at once (from Python, between runs): it will be restarted."""
-        self.kernel.kill(self._server(name).group)
+        """End the server at once (from Python, between runs), or, if a thread is in
+        gate or trampoline code just now, at the next kernel event after it leaves."""
+        server = self._server(name)
+        if self._safe():
+            self.kernel.kill(server.group)
+        else:
+            self.kill_at(name, 0)
 
     def kill_at(self, name: str, instant: int) -> None:
         """End the server once the simulated clock reaches `instant` (0: at the next
