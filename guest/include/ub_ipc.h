@@ -26,7 +26,8 @@ typedef void (*ub_ipc_handler)(struct ub_msg *msg);
  * mr[0] == UB_IPC_CLOSED, buf == NULL and badge == the connection that closed (its
  * client closed it or ended). Release what the server held for that badge; the reply is
  * discarded. Real calls always have a buffer; a client sending UB_IPC_CLOSED itself
- * names only its own badge. No protocol may use this value as an operation. */
+ * names only its own badge. No protocol may use this value as an operation, and every
+ * handler must expect it (one that holds nothing per client just ignores it). */
 #define UB_IPC_CLOSED (-1L)
 
 /* Offer a service under `name` (the handler's address is recorded by the kernel).
