@@ -127,14 +127,13 @@ RELAY_BASE = 0x0300_0000
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("mode", DESIGNS)
-def test_a_server_killed_while_its_handler_is_in_a_call_of_its_own(mode, path):
+def test_a_server_killed_while_its_handler_is_in_a_call_of_its_own(mode, path, monkeypatch):
     """The relay forwards the client's call to the stuck server, whose handler spins; the
     relay is killed meanwhile (in kernel space: a gate call running inside the dead
     server's handler, on the client's thread). The client's call returns -EPIPE, and
     the stuck server, which did nothing wrong, lives on."""
     kernel, supervisor, stuck, _ = setup(mode, SPIN, path, client_args=None)
-    if kernel_calls_for_applications(kernel, path):
-        pytest.skip("the kernel's gate call runs to completion (the budget test covers it)")
+    monkeypatch.setattr(upcall, "MAX_SLICES", 3)  # monolithic: the budget ends it
     if (mode, path) == ("monolithic", "server-server"):
         pytest.skip(
             "no containment: nothing records the call; the thread goes on in the stuck handler"
@@ -148,11 +147,30 @@ def test_a_server_killed_while_its_handler_is_in_a_call_of_its_own(mode, path):
     )
     client = spawn_client(kernel, SPIN, path, "relay")
     kernel.run(until=lambda: "first = 0 0" in lines(client))
-    start = kernel.machine.clock()
-    kernel.run(until=lambda: kernel.machine.clock() > start + 100_000)
-    assert lines(client) == ["first = 0 0"] and client.running
-    supervisor.kill_now("relay")
+    instant = kernel.machine.clock() + 100_000  # the second call is spinning by then
+    supervisor.kill_at("relay", instant)
     kernel.run(until=lambda: not client.running)
+    assert instant <= supervisor.restarts[0].died_at < instant + 1_000
     assert not relay.running and client.state is GroupState.EXITED, client.fault
     assert lines(client) == ["first = 0 0", *EXPECTED[1:]]
+    if mode == "monolithic":
+        # Nothing recorded the call: the kernel's call went on in stuck's handler until
+        # its budget was spent, and stuck, whose code it was, was ended for it.
+        assert stuck.state is GroupState.EXITED and stuck.exit_status == -9
+        return
     assert stuck.running and "stuck" in kernel.services
+
+
+@pytest.mark.parametrize("mode", ["underbridge", "monolithic"])
+def test_a_kill_at_an_instant_lands_inside_the_kernels_gate_call(mode):
+    """The kernel runs an application's call to an in-kernel server to its end, but a
+    supervisor's kill_at still lands inside it, at its instant (not after the kernel's
+    budget for the handler), and the call returns -EPIPE."""
+    kernel, supervisor, server, client = setup(mode, SPIN, "app-server")
+    kernel.run(until=lambda: "first = 0 7" in lines(client))
+    instant = kernel.machine.clock() + 100_000
+    supervisor.kill_at("stuck_server", instant)
+    kernel.run(until=lambda: not client.running)
+    assert_clean(kernel, server, client)
+    [restart] = supervisor.restarts
+    assert instant <= restart.died_at < instant + 1_000  # the handler was spinning then

@@ -248,7 +248,7 @@ class Kernel:
         self.placement.about_to_run(self, thread.tid)  # ring-3 gates too (the PKU designs)
         budget = self.sched.quantum
         if self.supervisor is not None:  # stop in time for a kill or restart that is due
-            budget = self.supervisor.budget(budget)
+            budget = self.supervisor.budget(budget, context.rip)
         result = self.machine.run(context, budget=budget)
         kind = result.kind
         if kind is ExitKind.SYSCALL:

@@ -22,9 +22,9 @@ Fault injection (for tests and `bench crash`): `kill_at` ends a server at a simu
 instant (the run loop cuts its run budget so the CPU stops there, inside a request or
 a gate call if that is where it is), `kill_when` at the first kernel event where a
 predicate holds (call it from any hook: the kill waits for the event to finish), and
-`kill_now` at once, from Python between runs. The kernel's own gate calls for
-applications (upcall.py) run to completion, so a kill that falls inside one lands when
-it returns.
+`kill_now` at once, from Python between runs. `kill_at` lands inside the kernel's
+own gate calls for applications too (upcall.py asks between its slices); `kill_when`
+is checked between kernel events only.
 
 Memory that survives a restart: `keep` names a range of the server's image (the
 ramdisk's disk array). As the server ends, before its address space is torn down, the
@@ -193,19 +193,29 @@ class Supervisor:
 
     # -- the kernel's calls (kernel.py) ------------------------------------------------
 
-    def budget(self, quantum: int) -> int:
+    def budget(self, quantum: int, rip: int) -> int:
         """The run budget (instructions) that stops the CPU in time for the next kill or
         restart: each instruction costs at least one cycle, so `due - now` instructions
-        reach the instant. A kill that is due but waits for the running thread to leave
-        gate or trampoline code steps it a few instructions at a time."""
+        reach the instant. A kill that is due but waits for the code about to run (at
+        rip) to leave gate or trampoline code steps it a few instructions at a time."""
         deadline = self._next_deadline()
         if deadline is None:
             return quantum
         left = deadline - self.kernel.machine.clock()
         if left > 0:
             return min(quantum, left)
-        current = self.kernel.sched.current
-        return _STEP if current is not None and self._in_call_code(current.context.rip) else quantum
+        return _STEP if self._in_call_code(rip) else quantum
+
+    def in_kernel_call(self, rip: int) -> None:
+        """Between slices of the kernel's own gate call for an application (upcall.py),
+        whose code is at rip: due kills only (a restart waits for the call to end). A
+        kill of a server on the call's path unwinds the call, which returns -EPIPE."""
+        now = self.kernel.machine.clock()
+        if not self._kills or self._kills[0][0] > now or self._in_call_code(rip):
+            return
+        while self._kills and self._kills[0][0] <= now and self._safe():
+            _, name = self._kills.pop(0)
+            self.kernel.kill(self.servers[name].group)
 
     def after_event(self) -> None:
         """Between kernel events: due kills, then due restarts, then who serves again.
