@@ -3,6 +3,10 @@
 The run loop asks the scheduler for a thread, resumes it on the machine, and handles
 the exit: a syscall goes to the dispatch table, a fault ends only the faulting cap
 group (reported with the decoded fault), a spent budget rotates the ready queue.
+With a supervisor attached (supervisor.py), its kills and restarts run between kernel
+events and it may cut a run short to stop at a kill's instant (such a run keeps the
+CPU). A client's closing of a connection is told to its server (closes.py); if the
+server goes first, the client keeps the connection, broken (Connection.break_off).
 
 Attribution (for breakdowns): the cycles of IPC_CALL and IPC_REPLY_WAIT, their
 `syscall` instruction included, are counted as "ipc", and so is the address-space
