@@ -15,11 +15,28 @@
 struct ub_conn blk;
 int io_failed;
 
+/* After a failed block call: if the block server is gone (-UB_EPIPE; its supervisor
+ * restarts it, with the disk), stop with a fault, so the supervisor restarts this
+ * server too; the new one connects to the device in main and mounts it. Reconnecting
+ * in place is not possible in kernel space (a handler running on its caller's thread
+ * makes no syscall: -UB_EDEADLK), and retrying here would cost every block call the
+ * registers to keep its request in: this branch is the only cost, off the fast path.
+ * The caller of the request in progress gets -EPIPE; the fs server keeps nothing the
+ * device has not got but that request's dirty blocks. */
+__attribute__((noinline, cold)) static void blk_failed(long r)
+{
+    if (r == -UB_EPIPE)
+        __builtin_trap();
+}
+
 int blk_call(long op, uint32_t lba, uint32_t count)
 {
     long mr[4] = {op, lba, count, 0};
+    long r = ub_ipc_call(&blk, mr);
 
-    if (ub_ipc_call(&blk, mr) < 0 || mr[0] != 0) {
+    if (r < 0)
+        blk_failed(r);
+    if (r < 0 || mr[0] != 0) {
         io_failed = 1;
         return -1;
     }

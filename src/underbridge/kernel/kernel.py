@@ -3,6 +3,10 @@
 The run loop asks the scheduler for a thread, resumes it on the machine, and handles
 the exit: a syscall goes to the dispatch table, a fault ends only the faulting cap
 group (reported with the decoded fault), a spent budget rotates the ready queue.
+With a supervisor attached (supervisor.py), its kills and restarts run between kernel
+events and it may cut a run short to stop at a kill's instant (such a run keeps the
+CPU). A client's closing of a connection is told to its server (closes.py); if the
+server goes first, the client keeps the connection, broken (Connection.break_off).
 
 Attribution (for breakdowns): the cycles of IPC_CALL and IPC_REPLY_WAIT, their
 `syscall` instruction included, are counted as "ipc", and so is the address-space
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING
 from underbridge.abi.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.elf.image import parse_elf
 from underbridge.errors import OutOfMemory, ResourceExhausted, SyscallError, UserError
-from underbridge.kernel import dispatch, linux_abi
+from underbridge.kernel import closes, dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import DomainPlacement, IpcDesign, NoDomains
 from underbridge.kernel.ipc.migrate import region_stack_top
@@ -54,6 +58,7 @@ from underbridge.machine.paging import PageTable
 
 if TYPE_CHECKING:
     from underbridge.bridge.domain import Domain
+    from underbridge.kernel.supervisor import Supervisor
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
@@ -113,6 +118,10 @@ class Kernel:
         self.make_room: Callable[[str], bool] | None = None
         self.migrations: list[Migration] = []  # every migration asked for (migration.py)
         self._pending = Pending()
+        # The restart service (kernel/supervisor.py) attaches itself here; None: no one
+        # restarts servers, and the run loop pays one attribute test per kernel event.
+        self.supervisor: Supervisor | None = None
+        self.closing: set[Service] = set()  # services with close notifications to tell
 
     # -- creating things -----------------------------------------------------------
 
@@ -272,11 +281,21 @@ class Kernel:
     # -- the run loop --------------------------------------------------------------
 
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
-        """Run until no thread is ready, or `until()` holds after a kernel event."""
-        while (thread := self.sched.pick()) is not None:
+        """Run until no thread is ready, or `until()` holds after a kernel event.
+
+        With a supervisor, its kills and restarts happen between kernel events, and an
+        idle CPU lets a pending restart happen at once (idle time is not simulated)."""
+        while True:
+            thread = self.sched.pick()
+            if thread is None:
+                if self.supervisor is None or not self.supervisor.idle():
+                    return
+                continue
             self._resume(thread)
             if self._pending:
                 self._pending.poll(self, self.ipc.mover)  # type: ignore[attr-defined]
+            if self.supervisor is not None:
+                self.supervisor.after_event()
             if until():
                 return
 
@@ -293,7 +312,10 @@ class Kernel:
         self._switch_cause = KERNEL_CATEGORY
         context = thread.context
         self.placement.about_to_run(self, thread.tid)  # ring-3 gates too (the PKU designs)
-        result = self.machine.run(context, budget=self.sched.quantum)
+        budget = self.sched.quantum
+        if self.supervisor is not None:  # stop in time for a kill or restart that is due
+            budget = self.supervisor.budget(budget, context.rip)
+        result = self.machine.run(context, budget=budget)
         if tracer is not None:
             tracer.ran(thread, result)
         kind = result.kind
@@ -304,7 +326,9 @@ class Kernel:
             if not portio.emulate_trapped_io(self, thread, result.fault):
                 self._fault(thread, result.fault)
         elif kind is ExitKind.PREEMPTED:
-            if not self.placement.in_gate(context.rip):  # gates run "with interrupts off"
+            # Gates run "with interrupts off"; a run cut short for the supervisor keeps
+            # the CPU (its slice goes on after the supervisor's work).
+            if budget == self.sched.quantum and not self.placement.in_gate(context.rip):
                 self.sched.preempt()
         else:  # HALTED: guest code executed hlt in ring 0
             self._fault(thread, self.machine.halt_fault(context))
@@ -359,6 +383,8 @@ class Kernel:
         finally:
             machine.charge_to(previous)
         self._switch_cause = IPC_CATEGORY  # the switch to the other side is IPC's
+        if self.closing and number == Sys.IPC_REPLY_WAIT:
+            closes.deliver_pending(self, thread)
 
     def _linux_syscall(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
         self.charge_entry_and_exit()
@@ -379,6 +405,8 @@ class Kernel:
         for thread in group.threads:
             self.sched.remove(thread)
             thread.mark_destroyed()
+        if self.supervisor is not None:  # before teardown: it may keep memory (a disk)
+            self.supervisor.ending(group)
         for obj in reversed(list(group.owned)):  # closing a connection edits `owned`
             self.destroy_object(obj)
         group.vmspace.destroy()
@@ -407,13 +435,23 @@ class Kernel:
         server_gone: the server's side is going away, not the client's.
 
         A closed connection leaves its service's and its client's lists, or a client
-        that connects and closes forever would grow them forever.
+        that connects and closes forever would grow them forever. If the server goes
+        first, a live client keeps the connection, broken, with its buffer still
+        mapped (calls on it fail with -EPIPE) until it closes it or ends. A client's
+        close is told to the server (closes.py).
         """
-        if conn.alive:
+        if not conn.alive:
+            return
+        if not conn.broken:
             self.ipc.closed(self, conn, server_gone=server_gone)
-            conn.close()
             conn.service.connections.remove(conn)
-            conn.client.owned.remove(conn)
+            if server_gone and conn.client.running:
+                conn.break_off()
+                return
+            if not server_gone:
+                closes.notify(self, conn.service, conn.badge)
+        conn.close()
+        conn.client.owned.remove(conn)
 
     def thread_exit(self, thread: Thread) -> None:
         self.sched.remove(thread)

@@ -145,6 +145,8 @@ def perform(kernel: Kernel, mover: Mover, migration: Migration) -> None:
     kernel.machine.charge_in(MIGRATION_CATEGORY, charges)
     migration.cycles = charges.cycles
     migration.state = "done"
+    if kernel.supervisor is not None:
+        kernel.supervisor.moved(group, to_kernel=migration.direction == "in")
     if kernel.tracer is not None:
         where = "kernel space" if migration.direction == "in" else "user space"
         kernel.tracer.lifecycle(

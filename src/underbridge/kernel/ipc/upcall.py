@@ -136,13 +136,19 @@ class KernelCalls:
         )
 
     def _slice(self, kernel: Kernel, context: CpuContext) -> None:
-        result = kernel.machine.run(context, budget=kernel.sched.quantum, stop_at=ks.KERNEL_RETURN)
+        supervisor = kernel.supervisor  # its kills land inside this call too
+        budget = kernel.sched.quantum
+        if supervisor is not None:
+            budget = supervisor.budget(budget, context.rip)
+        result = kernel.machine.run(context, budget=budget, stop_at=ks.KERNEL_RETURN)
         if result.kind is ExitKind.SYSCALL:
             if self._redirect is None or not self._redirect(kernel, context):
                 context[Reg.RAX] = _EDEADLK
         elif result.kind in (ExitKind.FAULT, ExitKind.HALTED):
             fault = result.fault or kernel.machine.halt_fault(context)
             self._end_innermost(kernel, context, fault)
+        if supervisor is not None and context.rip != ks.KERNEL_RETURN:
+            supervisor.in_kernel_call(context.rip)
 
     def _end_innermost(self, kernel: Kernel, context: CpuContext, fault: Fault | None) -> None:
         """End the domain to blame for the kernel's gate call being stuck or faulting."""
