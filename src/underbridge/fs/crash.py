@@ -50,7 +50,9 @@ class BlockRecorder:
     """Records the fs server's BLK_WRITE calls while installed (a context manager)."""
 
     storage: Storage
+    note: Callable[[], int] | None = None  # read at each write: e.g. an app's progress
     writes: list[BlockWrite] = field(default_factory=list)
+    notes: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.storage.in_kernel:
@@ -76,6 +78,8 @@ class BlockRecorder:
         buffer = int.from_bytes(raw[8:16], "little")
         data = kernel.machine.read_virtual(table, buffer, regs[3] * BLOCK_SIZE)
         self.writes.append(BlockWrite(regs[2], bytes(data)))
+        if self.note is not None:
+            self.notes.append(self.note())
 
 
 def apply(image: bytearray, write: BlockWrite, length: int | None = None) -> None:
