@@ -7,13 +7,14 @@ it runs, so `underbridge --help` loads no emulator and no plotting (tests/test_s
   guests.py   run, demo, scan
   measure.py  bench ipc/ycsb/deprivilege/machine, reproduce
   attack.py   redteam, fuzz
+  crash.py    bench crash (registers itself on measure.bench)
 """
 
 from __future__ import annotations
 
 import click
 
-from underbridge.cli import attack, guests, measure
+from underbridge.cli import attack, crash, guests, measure
 
 
 @click.group()
@@ -21,6 +22,8 @@ from underbridge.cli import attack, guests, measure
 def main() -> None:
     """UnderBridge: a microkernel with servers in kernel space, isolated by protection keys."""
 
+
+assert crash.bench_crash.name in measure.bench.commands  # registered on import
 
 for _command in (
     guests.run,
