@@ -36,6 +36,7 @@ struct ub_conn {
     void *buf;              /* the shared buffer */
     unsigned long buf_size; /* its size in bytes */
     unsigned long gate;     /* the kernel-generated gate to call, or 0: use IPC_CALL */
+    const char *name;       /* the service's name (ub_ipc_reconnect); must outlive conn */
 };
 
 /* Connect to the service called `name`; fills *conn. Returns 0, or -UB_Exxx
@@ -45,6 +46,16 @@ long ub_ipc_connect(const char *name, struct ub_conn *conn);
 /* Like ub_ipc_connect, but yields and tries again while no service has that name yet
  * (its server is still starting). */
 long ub_ipc_connect_when_up(const char *name, struct ub_conn *conn);
+
+/* After -UB_EPIPE (the server is gone; a supervisor may be restarting it): connect to
+ * the same service name again, waiting while no server has it, copy the old buffer's
+ * contents into the new one (the old buffer stays mapped until its connection is
+ * closed), then close the old connection. Returns 0 with *conn updated (its buf moves),
+ * or -UB_Exxx with *conn unchanged. */
+long ub_ipc_reconnect(struct ub_conn *conn);
+
+/* How many times ub_ipc_call_retry reconnects for one request. */
+#define UB_IPC_RETRIES 8
 
 /* Send mr[0..3] and block for the reply. Returns 0 with the reply in mr[0..3], or
  * -UB_Exxx with mr[] untouched (-UB_EPIPE if the server is gone).
@@ -90,6 +101,23 @@ static inline long ub_ipc_call(const struct ub_conn *conn, long mr[4])
     mr[2] = r10;
     mr[3] = r8;
     return 0;
+}
+
+/* After ub_ipc_call returned `r` < 0: if r is -UB_EPIPE, reconnect and send the same
+ * request again (at most UB_IPC_RETRIES times); the final status. Out of line. */
+long ub_ipc_retry(struct ub_conn *conn, long mr[4], long r);
+
+/* ub_ipc_call, and on -UB_EPIPE reconnect and send the same request again. Only for
+ * requests the protocol declares retriable: executing one twice has the effect of
+ * executing it once (idempotent), and the server does not change the request's data
+ * in the buffer before it replies. Costs a successful call nothing beyond ub_ipc_call:
+ * the retry is behind the error branch every caller has anyway. */
+static inline long ub_ipc_call_retry(struct ub_conn *conn, long mr[4])
+{
+    long r = ub_ipc_call(conn, mr);
+    if (r < 0)
+        r = ub_ipc_retry(conn, mr, r);
+    return r;
 }
 
 #endif

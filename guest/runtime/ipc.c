@@ -92,6 +92,7 @@ long ub_ipc_connect(const char *name, struct ub_conn *conn)
     conn->buf = buf;
     conn->buf_size = size;
     conn->gate = gate;
+    conn->name = name;
     return 0;
 }
 
@@ -100,5 +101,31 @@ long ub_ipc_connect_when_up(const char *name, struct ub_conn *conn)
     long r;
     while ((r = ub_ipc_connect(name, conn)) == -UB_ESRCH)
         ub_yield();
+    return r;
+}
+
+/* ---- recovery (off the fast path: only after a call returned an error) --------------- */
+
+long ub_ipc_reconnect(struct ub_conn *conn)
+{
+    struct ub_conn fresh;
+    long r = ub_ipc_connect_when_up(conn->name, &fresh);
+    if (r < 0)
+        return r;
+    unsigned long n = conn->buf_size < fresh.buf_size ? conn->buf_size : fresh.buf_size;
+    memcpy(fresh.buf, conn->buf, n); /* the request's data, if it has any */
+    ub_cap_delete(conn->slot);       /* closes the old connection, unmapping its buffer */
+    *conn = fresh;
+    return 0;
+}
+
+long ub_ipc_retry(struct ub_conn *conn, long mr[4], long r)
+{
+    for (int tries = 0; r == -UB_EPIPE && tries < UB_IPC_RETRIES; tries++) {
+        r = ub_ipc_reconnect(conn);
+        if (r < 0)
+            return r;
+        r = ub_ipc_call(conn, mr);
+    }
     return r;
 }

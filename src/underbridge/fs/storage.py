@@ -6,14 +6,21 @@ kernel until each server has registered its service and blocked serving it, so t
 caller finds both ready; a server that dies on the way raises StorageError with its
 console output.
 
+Both servers run under the kernel's supervisor (kernel/supervisor.py), which restarts
+either when it crashes or is killed, in the same placement.
+
 Ownership and invariants:
-  - The disk is the ramdisk's `ub_ramdisk` array, in the ramdisk's memory only. The fs
-    server keeps nothing across requests that the device does not have (ubfs.h), so
-    `restart_fs` may end the fs group at any point between requests: the new one
-    mounts the same device and sees every completed change.
-  - `Storage.fs` is always the group currently serving "fs"; a restart ends the old
-    group first, which closes its connection to "blk" and removes its service (and
-    every client connection to it, whose handles die with it).
+  - The disk is the ramdisk's `ub_ramdisk` array, in the ramdisk's memory only; its
+    pages are the memory the supervisor keeps when the ramdisk dies and hands to the
+    restarted one, so the disk survives a block-server restart, as a disk would.
+  - The fs server keeps nothing across requests that the device does not have (ubfs.h),
+    so it may end at any point between requests: the new one mounts the same device
+    and sees every completed change. It reconnects to a restarted ramdisk by itself
+    (guest/servers/fs/bio.c, blk_lost).
+  - `Storage.fs` and `Storage.ramdisk` are always the groups currently running as those
+    servers (the supervisor's); a restart ends the old group first, which closes its
+    connections and removes its service (client connections to it break: calls on them
+    return -EPIPE, and their handles are gone with the old server).
   - `disk_image` reads the array out of emulated memory through the ramdisk's page
     table, at the address its ELF symbol table gives; it copies, so later writes do
     not change an image already taken.
@@ -32,6 +39,7 @@ from underbridge.guestbuild.toolchain import build_program, symbol
 from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.objects.thread import ThreadState
+from underbridge.kernel.supervisor import Policy, Supervisor
 
 RAMDISK_BASE = 0x0300_0000
 FS_BASE = 0x0400_0000
@@ -60,11 +68,8 @@ def serving(kernel: Kernel, group: CapGroup, service: str) -> bool:
     )
 
 
-def spawn_server(
-    kernel: Kernel, elf: Path, argv: list[str], service: str, *, in_kernel: bool
-) -> CapGroup:
-    """Spawn a server and run the kernel until it serves `service`, or raise."""
-    group = kernel.spawn(elf, argv, in_kernel=in_kernel)
+def wait_until_serving(kernel: Kernel, group: CapGroup, service: str) -> CapGroup:
+    """Run the kernel until `group` serves `service`, or raise."""
     kernel.run(until=lambda: serving(kernel, group, service) or not group.running)
     if not serving(kernel, group, service):
         how = (
@@ -72,24 +77,58 @@ def spawn_server(
             if not group.running
             else "is not serving (nothing left to run)"
         )
-        raise StorageError(f"{argv[0]} {how}: {console_text(group)!r}")
+        raise StorageError(f"{group.name} {how}: {console_text(group)!r}")
     return group
+
+
+def spawn_server(
+    kernel: Kernel,
+    elf: Path,
+    argv: list[str],
+    service: str,
+    *,
+    in_kernel: bool,
+    keep: tuple[int, int] | None = None,
+) -> CapGroup:
+    """Start a server under the kernel's supervisor (made if it has none) and run the
+    kernel until it serves `service`, or raise."""
+    supervisor = kernel.supervisor or Supervisor(kernel)
+    group = supervisor.start(
+        elf, argv, service=service, in_kernel=in_kernel, keep=keep, policy=STORAGE_POLICY
+    )
+    return wait_until_serving(kernel, group, service)
+
+
+STORAGE_POLICY = Policy()  # restart on any crash, with the supervisor's default backoff
 
 
 @dataclass(eq=False)
 class Storage:
     kernel: Kernel
     in_kernel: bool
-    ramdisk: CapGroup
-    fs: CapGroup
     disk_at: int  # where ub_ramdisk is in the ramdisk's address space
     disk_size: int
 
+    @property
+    def supervisor(self) -> Supervisor:
+        assert self.kernel.supervisor is not None
+        return self.kernel.supervisor
+
+    @property
+    def ramdisk(self) -> CapGroup:
+        return self.supervisor.group("ramdisk")
+
+    @property
+    def fs(self) -> CapGroup:
+        return self.supervisor.group("fs")
+
     def restart_fs(self) -> CapGroup:
-        """End the fs server and start a new one on the same device; return it."""
-        self.kernel.kill(self.fs)
-        self.fs = start_fs(self.kernel, in_kernel=self.in_kernel)
-        return self.fs
+        """Kill the fs server now; its supervisor starts a new one on the same device.
+        Runs the kernel until the new one serves, and returns it."""
+        old = self.fs
+        self.supervisor.kill_now("fs")
+        self.kernel.run(until=lambda: self.fs is not old)
+        return wait_until_serving(self.kernel, self.fs, FS_SERVICE)
 
     def disk_image(self) -> bytes:
         """A copy of the whole disk as the ramdisk holds it now."""
@@ -118,10 +157,17 @@ def start_fs(kernel: Kernel, *, in_kernel: bool) -> CapGroup:
 
 
 def start_storage(kernel: Kernel, *, in_kernel: bool) -> Storage:
-    """Start ramdisk and fs on `kernel` (in kernel space if in_kernel, which needs the
-    underbridge IPC design) and return them serving."""
+    """Start ramdisk and fs on `kernel` under its supervisor (in kernel space if
+    in_kernel, which needs a design with domains) and return them serving."""
     ramdisk_elf = build_program("ramdisk", base=RAMDISK_BASE)
     disk_at, disk_size = symbol(ramdisk_elf, DISK_SYMBOL)
-    ramdisk = spawn_server(kernel, ramdisk_elf, ["ramdisk"], BLK_SERVICE, in_kernel=in_kernel)
-    fs = start_fs(kernel, in_kernel=in_kernel)
-    return Storage(kernel, in_kernel, ramdisk, fs, disk_at, disk_size)
+    spawn_server(
+        kernel,
+        ramdisk_elf,
+        ["ramdisk"],
+        BLK_SERVICE,
+        in_kernel=in_kernel,
+        keep=(disk_at, disk_size),
+    )
+    start_fs(kernel, in_kernel=in_kernel)
+    return Storage(kernel, in_kernel, disk_at, disk_size)

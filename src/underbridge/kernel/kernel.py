@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from underbridge.abi.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.elf.image import parse_elf
@@ -47,6 +48,9 @@ from underbridge.machine.costs import COSTS
 from underbridge.machine.cpu import ExitKind, Machine
 from underbridge.machine.faults import Fault
 from underbridge.machine.paging import PageTable
+
+if TYPE_CHECKING:
+    from underbridge.kernel.supervisor import Supervisor
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
 FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design charges these
@@ -97,6 +101,9 @@ class Kernel:
         self._switch_cause = KERNEL_CATEGORY  # what the next address-space switch is for
         self.syscall_observers: list[SyscallObserver] = []  # benchmarks: see each entry
         self.linux_syscall_observers: list[SyscallObserver] = []  # Linux numbers (fuzz)
+        # The restart service (kernel/supervisor.py) attaches itself here; None: no one
+        # restarts servers, and the run loop pays one attribute test per kernel event.
+        self.supervisor: Supervisor | None = None
 
     # -- creating things -----------------------------------------------------------
 
@@ -212,9 +219,19 @@ class Kernel:
     # -- the run loop --------------------------------------------------------------
 
     def run(self, until: Callable[[], bool] = lambda: False) -> None:
-        """Run until no thread is ready, or `until()` holds after a kernel event."""
-        while (thread := self.sched.pick()) is not None:
+        """Run until no thread is ready, or `until()` holds after a kernel event.
+
+        With a supervisor, its kills and restarts happen between kernel events, and an
+        idle CPU lets a pending restart happen at once (idle time is not simulated)."""
+        while True:
+            thread = self.sched.pick()
+            if thread is None:
+                if self.supervisor is None or not self.supervisor.idle():
+                    return
+                continue
             self._resume(thread)
+            if self.supervisor is not None:
+                self.supervisor.after_event()
             if until():
                 return
 
@@ -228,7 +245,10 @@ class Kernel:
         self._switch_cause = KERNEL_CATEGORY
         context = thread.context
         self.placement.about_to_run(self, thread.tid)  # ring-3 gates too (the PKU designs)
-        result = self.machine.run(context, budget=self.sched.quantum)
+        budget = self.sched.quantum
+        if self.supervisor is not None:  # stop in time for a kill or restart that is due
+            budget = self.supervisor.budget(budget)
+        result = self.machine.run(context, budget=budget)
         kind = result.kind
         if kind is ExitKind.SYSCALL:
             self._syscall(thread)
@@ -237,7 +257,9 @@ class Kernel:
             if not portio.emulate_trapped_io(self, thread, result.fault):
                 self._fault(thread, result.fault)
         elif kind is ExitKind.PREEMPTED:
-            if not self.placement.in_gate(context.rip):  # gates run "with interrupts off"
+            # Gates run "with interrupts off"; a run cut short for the supervisor keeps
+            # the CPU (its slice goes on after the supervisor's work).
+            if budget == self.sched.quantum and not self.placement.in_gate(context.rip):
                 self.sched.preempt()
         else:  # HALTED: guest code executed hlt in ring 0
             self._fault(thread, self.machine.halt_fault(context))
@@ -310,6 +332,8 @@ class Kernel:
         for thread in group.threads:
             self.sched.remove(thread)
             thread.mark_destroyed()
+        if self.supervisor is not None:  # before teardown: it may keep memory (a disk)
+            self.supervisor.ending(group)
         for obj in reversed(list(group.owned)):  # closing a connection edits `owned`
             self.destroy_object(obj)
         group.vmspace.destroy()
@@ -338,13 +362,20 @@ class Kernel:
         server_gone: the server's side is going away, not the client's.
 
         A closed connection leaves its service's and its client's lists, or a client
-        that connects and closes forever would grow them forever.
+        that connects and closes forever would grow them forever. If the server goes
+        first, a live client keeps the connection, broken, with its buffer still
+        mapped (calls on it fail with -EPIPE) until it closes it or ends.
         """
-        if conn.alive:
+        if not conn.alive:
+            return
+        if not conn.broken:
             self.ipc.closed(self, conn, server_gone=server_gone)
-            conn.close()
             conn.service.connections.remove(conn)
-            conn.client.owned.remove(conn)
+            if server_gone and conn.client.running:
+                conn.break_off()
+                return
+        conn.close()
+        conn.client.owned.remove(conn)
 
     def thread_exit(self, thread: Thread) -> None:
         self.sched.remove(thread)

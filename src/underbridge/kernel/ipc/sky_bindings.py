@@ -56,6 +56,12 @@ MAX_SLOTS = ((1 << 31) - SERVER_WINDOW) // SERVER_SLOT
 # ABI has no field for it, so it is one constant for every server.
 MAX_CONCURRENCY = 64
 
+
+def in_trampoline(rip: int) -> bool:
+    """Is rip in trampoline code (where tearing a binding down would strand a thread)?"""
+    return TRAMPOLINE_WINDOW <= rip < TRAMPOLINE_WINDOW + MAX_SLOTS * PAGE_SIZE
+
+
 # What a trampoline becomes once its server is gone: `mov rax, -EPIPE; ret`.
 _TOMBSTONE = bytes.fromhex("48c7c0e0ffffff") + b"\xc3"
 _CODE = PageFlags(user=True, executable=True)

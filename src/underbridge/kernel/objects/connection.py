@@ -10,6 +10,11 @@ Invariants:
     server that receives it.
   - The shared buffer is mapped into exactly the two cap groups of its connection;
     closing the connection destroys the buffer, unmapping it from both.
+  - When the server goes first, the connection is `broken`: the buffer leaves every
+    address space but the client's (where it stays, under the client's own key, until
+    the client closes the connection or ends), the connection leaves its service, and
+    every call on it fails with -EPIPE. A broken connection is never repaired: the
+    client connects again (to a restarted server) and gets a new one.
   - `pending` holds callers blocked because no server thread was receiving, oldest first.
   - `Service.connections` holds the service's open connections only: closing one
     (Kernel.close_connection) removes it, and from its client's `owned` too.
@@ -20,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from underbridge.abi.syscalls import ObjType
+from underbridge.abi.syscalls import ObjType, Prot
 from underbridge.kernel.objects.base import KernelObject
 from underbridge.kernel.objects.pmo import Pmo
 
@@ -56,6 +61,19 @@ class Connection(KernelObject):
         self.badge = badge
         self.buffer = buffer
         self.buffer_vaddr = buffer_vaddr
+        self.broken = False  # its server is gone; the client still holds it
+
+    def break_off(self) -> None:
+        """The server is gone (the design has released its side): keep the buffer for
+        the client only, in the client's address space under the client's own key (a
+        key the connection shared with the server may be given to someone else now)."""
+        self.broken = True
+        client = self.client.vmspace
+        for space, vaddr in list(self.buffer.mappings):
+            if space is not client:
+                space.unmap_pmo(vaddr)
+        if not any(space is client for space, _ in self.buffer.mappings):
+            client.map_pmo(self.buffer, self.buffer_vaddr, Prot.READ | Prot.WRITE, pinned=True)
 
     def close(self) -> None:
         if self.alive:

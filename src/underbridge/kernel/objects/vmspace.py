@@ -70,6 +70,35 @@ class VmSpace:
         self.table.map(vaddr, frame, PageFlags(flags.writable, True, flags.executable, self.pkey))
         self.private_pages.append(vaddr)
 
+    def release_private(self, vaddr: int, pages: int) -> list[PhysAddr]:
+        """Unmap `pages` private pages from vaddr and hand their frames to the caller,
+        who owns them from now on (the supervisor keeps a server's disk this way)."""
+        frames = []
+        for index in range(pages):
+            page = vaddr + index * PAGE_SIZE
+            mapping = self.table.lookup(page)
+            if mapping is None or page not in self.private_pages:
+                raise SyscallError(Errno.EINVAL, f"{page:#x} is not a private page")
+            self.table.unmap(page)
+            self.private_pages.remove(page)
+            self.private_frames.remove(mapping.frame)
+            frames.append(mapping.frame)
+        return frames
+
+    def replace_private(self, vaddr: int, frames: list[PhysAddr]) -> None:
+        """Map `frames` (now this space's) over the private pages from vaddr, with their
+        flags; the frames they replace are freed."""
+        for index, frame in enumerate(frames):
+            page = vaddr + index * PAGE_SIZE
+            mapping = self.table.lookup(page)
+            if mapping is None or page not in self.private_pages:
+                raise SyscallError(Errno.EINVAL, f"{page:#x} is not a private page")
+            self.table.unmap(page)
+            self.private_frames.remove(mapping.frame)
+            self.machine.frames.free(mapping.frame)
+            self.private_frames.append(frame)
+            self.table.map(page, frame, mapping.flags)
+
     def code_runs(self, owner: str) -> list[tuple[int, bytes]]:
         """This space's executable private pages, joined into runs of adjacent pages
         (scanners look at every byte offset, across page boundaries too): (start,
