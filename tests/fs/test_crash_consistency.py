@@ -5,8 +5,9 @@ ubfs checker passes, with every file the crash did not touch intact.
 A crash's disk is the disk before plus a prefix of the fs server's block writes
 (underbridge.fs.crash), so the first test checks every instant of a workload by
 checking every prefix; the suite's 1,200 writes are sampled (seeded), torn writes too
-(a ramdisk killed inside one); and real kills at seeded simulated instants, in user
-space (sel4) and in kernel space (underbridge), check the same end to end."""
+(a ramdisk killed inside one); and real kills at seeded simulated instants (the
+supervisor's kill_at), in user space (sel4) and in kernel space (underbridge), check
+the same end to end."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import random
 import pytest
 
 from underbridge.fs import crash
-from underbridge.fs.storage import FSTEST_BASE, Storage, start_storage
+from underbridge.fs.storage import FSTEST_BASE, Storage, console_text, start_storage
 from underbridge.fs.ubfs import BLOCK_SIZE, INODE, INODE_SIZE, Ubfs
 from underbridge.guestbuild.toolchain import build_program
 from underbridge.kernel.kernel import Kernel
@@ -119,12 +120,12 @@ def test_a_torn_block_write_recovers(suite_run):
 
 @pytest.mark.parametrize("mode", ["sel4", "underbridge"])
 def test_the_fs_server_killed_at_seeded_instants_recovers(mode):
-    """Kill the fs server at seeded simulated instants inside a run of WORKLOAD's
-    writes (a gate call in kernel space, a request or the block server's work in user
-    space), let the client end, start a new fs server: the disk checks clean and the
-    file written before the run is whole."""
+    """Kill the fs server at seeded simulated instants of a `fstest suite` run (the
+    supervisor stops the CPU there: inside a request, a block call, a gate call in
+    kernel space); the disk the restarted server leaves once it serves again checks
+    clean, and the file written before is whole."""
     storage = new_storage(mode)
-    kernel = storage.kernel
+    kernel, supervisor = storage.kernel, storage.supervisor
     write(storage, "keep", 20_000, 9)
     keep = Ubfs(storage.disk_image()).read("keep")
     start = kernel.machine.clock()
@@ -133,15 +134,17 @@ def test_the_fs_server_killed_at_seeded_instants_recovers(mode):
     span = kernel.machine.clock() - start
     rng = random.Random(17)
     for _ in range(4):
-        instant = kernel.machine.clock() + rng.randrange(span)
         client = kernel.spawn(build_program("fstest", base=FSTEST_BASE), ["fstest", "suite"])
-        assert crash.run_to_instant(kernel, instant, lambda c=client: not c.running)
-        kernel.kill(storage.fs)
+        restarts = len(supervisor.restarts)
+        supervisor.kill_at("fs", kernel.machine.clock() + rng.randrange(span))
+        kernel.run(until=lambda n=restarts: len(supervisor.restarts) > n)
+        restart = supervisor.restarts[-1]
+        assert restart.ending == "exited -9" and len(supervisor.restarts) == restarts + 1
+        kernel.run(until=lambda r=restart: r.serving_at is not None)
+        disk = Ubfs(storage.disk_image())  # as the new server's mount left it
+        assert disk.check() == [], console_text(storage.fs)
+        assert disk.read("keep") == keep
         kernel.run(until=lambda c=client: not c.running)
-        assert not client.running
-        result = crash.remount(storage)
-        assert result.problems == [], result.console
-        assert Ubfs(result.image).read("keep") == keep
 
 
 # ---- what recovery does to each kind of damage a crash leaves ----------------------------

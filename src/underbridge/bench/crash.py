@@ -8,8 +8,9 @@ ledger: it prints every UPDATE that failed and reopens the database after a fail
 `injections` times, the target server (fs, ramdisk, or each in turn for "both") is
 killed at an instant drawn from `seed`: the next one lies a uniform draw in [1, gap]
 cycles after the first operation that succeeded after the previous kill, where gap is
-a reference run's operation phase divided among the injections, so the kills spread
-over the first half of the operations (the rest is room for what failed ones cost)
+a reference run's operation phase divided among twice the injections, so the kills
+spread over about the first quarter of the operations' cycles (the rest is room for
+the operations that fail and are followed by a reopen)
 and land wherever the CPU is: inside requests, inside in-kernel gate calls, in the
 application. `landed` counts where (whose code the CPU ran as the kill fell).
 After each kill the run goes on until the application's next operation succeeds: that
@@ -33,6 +34,7 @@ import random
 import re
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,7 +104,8 @@ class CrashResult:
     records: int
     ops: int
     injections: int  # kills made
-    restarts: int  # restarts the supervisor made
+    restarts: int  # restarts the supervisor made (a kill can cause more than one)
+    restart_causes: dict[str, int]  # "server: how it ended" -> count
     committed_ops: int  # operations that returned success (reads and updates)
     committed_updates: int
     failed_updates: int
@@ -197,6 +200,14 @@ def compare(
     return lost, present
 
 
+def _code_at(rip: int) -> str:
+    """Whose code lies at `rip`: a server's region, or the application's."""
+    for name, base in (("fs", FS_BASE), ("ramdisk", RAMDISK_BASE)):
+        if base <= rip < base + REGION_SIZE:
+            return name
+    return "app"
+
+
 class _Run:
     """One bench run: the stack under its supervisor, the app, the kill loop."""
 
@@ -215,14 +226,24 @@ class _Run:
         self.progress = _Counter(self.kernel, self.app, symbol(elf, "ycsb_progress")[0])
         self.succeeded = _Counter(self.kernel, self.app, symbol(elf, "ycsb_succeeded")[0])
         self.records = records
-        self._where: tuple[str, bool] = ("idle", False)
-        kernel_after_event = self.supervisor.after_event
+        self._where: tuple[str, bool] = ("idle", False)  # where the last kill fell
+        restarts = self.supervisor.restarts
+        kernel_after_event, kernel_kill_due = self.supervisor.after_event, self.supervisor.kill_due
 
-        def after_event() -> None:  # note where the CPU is, in case a kill lands now
-            self._where = self._cpu_at()
+        def after_event() -> None:  # between kernel events
+            where, before = self._cpu_at(), len(restarts)
             kernel_after_event()
+            if len(restarts) > before:
+                self._where = where
+
+        def kill_due(rip: int) -> None:  # inside the kernel's gate call for the app
+            where, before = (_code_at(rip), True), len(restarts)
+            kernel_kill_due(rip)
+            if len(restarts) > before:
+                self._where = where
 
         self.supervisor.after_event = after_event  # type: ignore[method-assign]
+        self.supervisor.kill_due = kill_due  # type: ignore[method-assign]
 
     def _cpu_at(self) -> tuple[str, bool]:
         """Whose code the current thread runs, and whether it is another group's thread
@@ -230,11 +251,8 @@ class _Run:
         thread = self.kernel.sched.current
         if thread is None or not thread.alive:
             return ("idle", False)
-        rip = thread.context.rip
-        for name, base in (("fs", FS_BASE), ("ramdisk", RAMDISK_BASE)):
-            if base <= rip < base + REGION_SIZE:
-                return (name, thread.group.name != name)
-        return ("app", False)
+        code = _code_at(thread.context.rip)
+        return (code, code != "app" and thread.group.name != code)
 
     def run_until(self, done: Callable[[], bool]) -> None:
         self.kernel.run(until=lambda: done() or not self.app.running)
@@ -284,7 +302,7 @@ def run_crash(
     if injections < 0 or records < 1 or ops < 1:
         raise ValueError("injections must be >= 0, records and ops >= 1")
     wall = time.perf_counter()
-    gap = ops_span(mode, records, ops, seed) // (injections + 1) + 1
+    gap = ops_span(mode, records, ops, seed) // (2 * injections + 2) + 1
     rng = random.Random(seed)
     run = _Run(mode, target, seed, records, ops)
     run.load()
@@ -327,6 +345,9 @@ def _check(run: _Run, spec: CrashSpec, recoveries: list[Recovery], wall_s: float
         ops=ops,
         injections=len(recoveries),
         restarts=len(run.supervisor.restarts),
+        restart_causes=dict(
+            Counter(f"{r.name}: {r.ending.split(',')[0]}" for r in run.supervisor.restarts)
+        ),
         committed_ops=run.succeeded.read(),
         committed_updates=updates - len(failed),
         failed_updates=len(failed),

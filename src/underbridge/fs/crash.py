@@ -1,20 +1,16 @@
 """Crashing the storage stack on purpose, and looking at what a crash leaves on the disk.
 
-Two ways to crash, for the tests of crash consistency (guest/servers/fs/recover.c) and
-for `bench crash`:
+For the tests of crash consistency (guest/servers/fs/recover.c), a crash by block
+writes (a crash at a simulated instant is the supervisor's kill_at):
 
-  - By block writes. `BlockRecorder` records every BLK_WRITE the fs server makes (its
-    block number and the bytes, read out of the fs server's block buffer as it makes the
-    call). The device changes only by those writes, each done whole by the ramdisk, so
-    the disk an fs crash at ANY instruction leaves is the disk before the run plus a
-    prefix of them (`crash_image`): checking every prefix checks every instant. A
-    ramdisk killed inside a write leaves a prefix of that write's bytes too (`torn`).
-    Recording needs the fs server's block calls to be syscalls the kernel sees, that
-    is, user-space servers; the writes are the fs binary's, the same in every placement.
-  - By instants. `run_to_instant` runs a kernel until its clock (simulated cycles)
-    reaches a chosen value: the kernel's slice is cut so that a thread stops there
-    (the first kernel event at or after it; gates run with interrupts off, so a slice
-    ending inside one ends at the gate's end). The caller then kills what it likes.
+`BlockRecorder` records every BLK_WRITE the fs server makes (its block number and the
+bytes, read out of the fs server's block buffer as it makes the call). The device
+changes only by those writes, each done whole by the ramdisk, so the disk an fs crash
+at ANY instruction leaves is the disk before the run plus a prefix of them
+(`crash_image`): checking every prefix checks every instant. A ramdisk killed inside a
+write leaves a prefix of that write's bytes too (`torn`). Recording needs the fs
+server's block calls to be syscalls the kernel sees, that is, user-space servers; the
+writes are the fs binary's, the same in every placement.
 
 `load_image` puts a disk image back into the ramdisk's memory behind the servers'
 backs (only between requests: nothing may be in flight), and `remount` restarts the
@@ -30,7 +26,6 @@ from underbridge.abi.syscalls import Sys
 from underbridge.fs.storage import FS_BASE, Storage, StorageError, console_text
 from underbridge.fs.ubfs import BLOCK_SIZE, Ubfs
 from underbridge.guestbuild.toolchain import build_program, symbol
-from underbridge.kernel.kernel import Kernel
 from underbridge.kernel.objects.thread import Thread
 
 BLK_WRITE = 3  # ub_blk.h
@@ -131,27 +126,7 @@ def remount(storage: Storage, image: bytes | None = None) -> Remount:
     """Restart the fs server (on `image`, if given); check the disk it leaves."""
     if image is not None:
         storage.kernel.kill(storage.fs)  # nothing may write the disk while it changes
-        load_image(storage, image)
+        load_image(storage, image)  # before its supervisor starts the next one
     fs = storage.restart_fs()
     after = storage.disk_image()
     return Remount(console_text(fs), Ubfs(after).check(), after)
-
-
-def run_to_instant(kernel: Kernel, instant: int, done: Callable[[], bool]) -> bool:
-    """Run `kernel` until its clock reaches `instant` (True), or until done() holds or
-    no thread is ready (False). The kernel's slice is restored on return."""
-    machine, sched = kernel.machine, kernel.sched
-    slice_ = sched.quantum
-
-    def stop() -> bool:
-        now = machine.clock()
-        sched.quantum = max(1, min(slice_, instant - now))
-        return now >= instant or done()
-
-    try:
-        if stop():
-            return machine.clock() >= instant
-        kernel.run(until=stop)
-    finally:
-        sched.quantum = slice_
-    return machine.clock() >= instant and not done()

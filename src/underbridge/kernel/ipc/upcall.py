@@ -14,7 +14,9 @@ Invariants:
   - A fault ends the domain to blame (the design's `culprit`), which ends its calls in
     progress: the kernel's own call returns -EPIPE, or a server further out carries on.
     A handler that runs MAX_SLICES slices without returning is killed, and so is
-    every domain still on the call's path, innermost first.
+    every domain still on the call's path, innermost first. A supervisor's kill that
+    falls due inside a call lands between slices (its budget cuts a slice there) and
+    unwinds the call the same way.
 """
 
 from __future__ import annotations
@@ -123,12 +125,18 @@ class KernelCalls:
         )
 
     def _slice(self, kernel: Kernel, context: CpuContext) -> None:
-        result = kernel.machine.run(context, budget=kernel.sched.quantum, stop_at=ks.KERNEL_RETURN)
+        supervisor = kernel.supervisor  # it may stop the call at a kill's instant
+        budget = kernel.sched.quantum
+        if supervisor is not None:
+            budget = supervisor.budget(budget, context.rip)
+        result = kernel.machine.run(context, budget=budget, stop_at=ks.KERNEL_RETURN)
         if result.kind is ExitKind.SYSCALL:
             context[Reg.RAX] = _EDEADLK
         elif result.kind in (ExitKind.FAULT, ExitKind.HALTED):
             fault = result.fault or kernel.machine.halt_fault(context)
             self._end_innermost(kernel, context, fault)
+        if supervisor is not None and context.rip != ks.KERNEL_RETURN:
+            supervisor.kill_due(context.rip)
 
     def _end_innermost(self, kernel: Kernel, context: CpuContext, fault: Fault | None) -> None:
         """End the domain to blame for the kernel's gate call being stuck or faulting."""
