@@ -200,6 +200,12 @@ def compare(
     return lost, present
 
 
+def _cause(name: str, ending: str) -> str:
+    """A restart's cause without its addresses: "ramdisk: faulted: #PF read: page not
+    present" for every such fault."""
+    return f"{name}: " + re.sub(r" (of|at) 0x[0-9a-f]+", "", ending.split(",")[0])
+
+
 def _code_at(rip: int) -> str:
     """Whose code lies at `rip`: a server's region, or the application's."""
     for name, base in (("fs", FS_BASE), ("ramdisk", RAMDISK_BASE)):
@@ -345,9 +351,7 @@ def _check(run: _Run, spec: CrashSpec, recoveries: list[Recovery], wall_s: float
         ops=ops,
         injections=len(recoveries),
         restarts=len(run.supervisor.restarts),
-        restart_causes=dict(
-            Counter(f"{r.name}: {r.ending.split(',')[0]}" for r in run.supervisor.restarts)
-        ),
+        restart_causes=dict(Counter(_cause(r.name, r.ending) for r in run.supervisor.restarts)),
         committed_ops=run.succeeded.read(),
         committed_updates=updates - len(failed),
         failed_updates=len(failed),
