@@ -17,6 +17,8 @@
 
 static void forge(struct ub_msg *msg)
 {
+    if (msg->mr[0] == UB_IPC_CLOSED && msg->buf == 0)
+        return; /* a close notification (ub_ipc.h): no trampoline to forge a return to */
     const unsigned char *t = (const unsigned char *)msg->mr[0];
     unsigned long at = 0;
     for (int seen = 0; seen < 2; at++)

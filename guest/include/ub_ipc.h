@@ -22,6 +22,14 @@ struct ub_msg {
 
 typedef void (*ub_ipc_handler)(struct ub_msg *msg);
 
+/* A close notification (abi/message.py CLOSED_OP): the handler is called with
+ * mr[0] == UB_IPC_CLOSED, buf == NULL and badge == the connection that closed (its
+ * client closed it or ended). Release what the server held for that badge; the reply is
+ * discarded. Real calls always have a buffer; a client sending UB_IPC_CLOSED itself
+ * names only its own badge. No protocol may use this value as an operation, and every
+ * handler must expect it (one that holds nothing per client just ignores it). */
+#define UB_IPC_CLOSED (-1L)
+
 /* Offer a service under `name` (the handler's address is recorded by the kernel).
  * Returns the service slot (RECV), or -UB_Exxx (-UB_EEXIST if the name is taken). */
 long ub_ipc_register(const char *name, ub_ipc_handler handler);

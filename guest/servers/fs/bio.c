@@ -15,20 +15,18 @@
 struct ub_conn blk;
 int io_failed;
 
-/* The block server is gone (-UB_EPIPE; its supervisor restarts it). Block requests
- * are retriable (reading or writing whole blocks twice is doing it once, and the device
- * never changes the buffer before it replies), so reconnect and send it again. Inside
- * a gate call (the fs server in kernel space, running on its caller's thread) no
- * syscall is possible (-UB_EDEADLK), so it cannot reconnect in place: it stops itself
- * with a fault, and its supervisor restarts it; the new one connects to the device in
- * main. It keeps nothing the device has not got but the dirty blocks of the request in
- * progress, whose caller gets -EPIPE. Out of line: only after a failed call. */
-__attribute__((noinline, cold)) static long blk_lost(long mr[4], long r)
+/* After a failed block call: if the block server is gone (-UB_EPIPE; its supervisor
+ * restarts it, with the disk), stop with a fault, so the supervisor restarts this
+ * server too; the new one connects to the device in main and mounts it. Reconnecting
+ * in place is not possible in kernel space (a handler running on its caller's thread
+ * makes no syscall: -UB_EDEADLK), and retrying here would cost every block call the
+ * registers to keep its request in: this branch is the only cost, off the fast path.
+ * The caller of the request in progress gets -EPIPE; the fs server keeps nothing the
+ * device has not got but that request's dirty blocks. */
+__attribute__((noinline, cold)) static void blk_failed(long r)
 {
-    r = ub_ipc_retry(&blk, mr, r);
-    if (r == -UB_EDEADLK)
+    if (r == -UB_EPIPE)
         __builtin_trap();
-    return r;
 }
 
 int blk_call(long op, uint32_t lba, uint32_t count)
@@ -37,7 +35,7 @@ int blk_call(long op, uint32_t lba, uint32_t count)
     long r = ub_ipc_call(&blk, mr);
 
     if (r < 0)
-        r = blk_lost(mr, r);
+        blk_failed(r);
     if (r < 0 || mr[0] != 0) {
         io_failed = 1;
         return -1;

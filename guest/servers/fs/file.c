@@ -1,7 +1,8 @@
 /* file.c: the fs server's open-file table. A handle is an index into `files` plus one,
  * valid only for the connection (badge) that opened it. The lock state of a file is
- * derived from the levels of its open handles (lock.c). The server hears nothing when a
- * connection closes, so a dead client's handles (and locks) stay until it restarts.
+ * derived from the levels of its open handles (lock.c). When a connection closes (its
+ * client closed it or ended), the kernel tells the server (ub_ipc.h UB_IPC_CLOSED) and
+ * the connection's handles, and so its locks, are dropped (requests.c, not_a_request).
  */
 #include "fs.h"
 

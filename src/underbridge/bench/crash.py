@@ -234,7 +234,10 @@ class _Run:
         self.records = records
         self._where: tuple[str, bool] = ("idle", False)  # where the last kill fell
         restarts = self.supervisor.restarts
-        kernel_after_event, kernel_kill_due = self.supervisor.after_event, self.supervisor.kill_due
+        kernel_after_event, kernel_in_call = (
+            self.supervisor.after_event,
+            self.supervisor.in_kernel_call,
+        )
 
         def after_event() -> None:  # between kernel events
             where, before = self._cpu_at(), len(restarts)
@@ -242,14 +245,14 @@ class _Run:
             if len(restarts) > before:
                 self._where = where
 
-        def kill_due(rip: int) -> None:  # inside the kernel's gate call for the app
+        def in_kernel_call(rip: int) -> None:  # inside the kernel's gate call for the app
             where, before = (_code_at(rip), True), len(restarts)
-            kernel_kill_due(rip)
+            kernel_in_call(rip)
             if len(restarts) > before:
                 self._where = where
 
         self.supervisor.after_event = after_event  # type: ignore[method-assign]
-        self.supervisor.kill_due = kill_due  # type: ignore[method-assign]
+        self.supervisor.in_kernel_call = in_kernel_call  # type: ignore[method-assign]
 
     def _cpu_at(self) -> tuple[str, bool]:
         """Whose code the current thread runs, and whether it is another group's thread

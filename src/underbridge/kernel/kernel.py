@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from underbridge.abi.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.elf.image import parse_elf
 from underbridge.errors import OutOfMemory, ResourceExhausted, SyscallError, UserError
-from underbridge.kernel import dispatch, linux_abi
+from underbridge.kernel import closes, dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import DomainPlacement, IpcDesign, NoDomains
 from underbridge.kernel.ipc.registry import design_named
@@ -104,6 +104,7 @@ class Kernel:
         # The restart service (kernel/supervisor.py) attaches itself here; None: no one
         # restarts servers, and the run loop pays one attribute test per kernel event.
         self.supervisor: Supervisor | None = None
+        self.closing: set[Service] = set()  # services with close notifications to tell
 
     # -- creating things -----------------------------------------------------------
 
@@ -247,7 +248,7 @@ class Kernel:
         self.placement.about_to_run(self, thread.tid)  # ring-3 gates too (the PKU designs)
         budget = self.sched.quantum
         if self.supervisor is not None:  # stop in time for a kill or restart that is due
-            budget = self.supervisor.budget(budget)
+            budget = self.supervisor.budget(budget, context.rip)
         result = self.machine.run(context, budget=budget)
         kind = result.kind
         if kind is ExitKind.SYSCALL:
@@ -312,6 +313,8 @@ class Kernel:
         finally:
             machine.charge_to(previous)
         self._switch_cause = IPC_CATEGORY  # the switch to the other side is IPC's
+        if self.closing and number == Sys.IPC_REPLY_WAIT:
+            closes.deliver_pending(self, thread)
 
     def _linux_syscall(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
         self.charge_entry_and_exit()
@@ -364,7 +367,8 @@ class Kernel:
         A closed connection leaves its service's and its client's lists, or a client
         that connects and closes forever would grow them forever. If the server goes
         first, a live client keeps the connection, broken, with its buffer still
-        mapped (calls on it fail with -EPIPE) until it closes it or ends.
+        mapped (calls on it fail with -EPIPE) until it closes it or ends. A client's
+        close is told to the server (closes.py).
         """
         if not conn.alive:
             return
@@ -374,6 +378,8 @@ class Kernel:
             if server_gone and conn.client.running:
                 conn.break_off()
                 return
+            if not server_gone:
+                closes.notify(self, conn.service, conn.badge)
         conn.close()
         conn.client.owned.remove(conn)
 

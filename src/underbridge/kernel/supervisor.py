@@ -22,9 +22,9 @@ Fault injection (for tests and `bench crash`): `kill_at` ends a server at a simu
 instant (the run loop cuts its run budget so the CPU stops there, inside a request or
 a gate call if that is where it is), `kill_when` at the first kernel event where a
 predicate holds (call it from any hook: the kill waits for the event to finish), and
-`kill_now` at once, from Python between runs. Inside the kernel's own gate calls for
-applications (upcall.py) a due kill lands between the call's slices (`kill_due`),
-which the supervisor's budget cuts at the instant too.
+`kill_now` at once, from Python between runs. `kill_at` lands inside the kernel's
+own gate calls for applications too (upcall.py asks between its slices); `kill_when`
+is checked between kernel events only.
 
 Memory that survives a restart: `keep` names a range of the server's image (the
 ramdisk's disk array). As the server ends, before its address space is torn down, the
@@ -171,8 +171,13 @@ class Supervisor:
     # -- fault injection ---------------------------------------------------------------
 
     def kill_now(self, name: str) -> None:
-        """End the server at once (from Python, between runs): it will be restarted."""
-        self.kernel.kill(self._server(name).group)
+        """End the server at once (from Python, between runs), or, if a thread is in
+        gate or trampoline code just now, at the next kernel event after it leaves."""
+        server = self._server(name)
+        if self._safe():
+            self.kernel.kill(server.group)
+        else:
+            self.kill_at(name, 0)
 
     def kill_at(self, name: str, instant: int) -> None:
         """End the server once the simulated clock reaches `instant` (0: at the next
@@ -188,35 +193,27 @@ class Supervisor:
 
     # -- the kernel's calls (kernel.py) ------------------------------------------------
 
-    def budget(self, quantum: int, rip: int | None = None) -> int:
+    def budget(self, quantum: int, rip: int) -> int:
         """The run budget (instructions) that stops the CPU in time for the next kill or
         restart: each instruction costs at least one cycle, so `due - now` instructions
-        reach the instant. A kill that is due but waits for the running code (the
-        current thread's, or `rip`: the kernel's own gate call) to leave gate or
-        trampoline code steps it a few instructions at a time."""
+        reach the instant. A kill that is due but waits for the code about to run (at
+        rip) to leave gate or trampoline code steps it a few instructions at a time."""
         deadline = self._next_deadline()
         if deadline is None:
             return quantum
         left = deadline - self.kernel.machine.clock()
         if left > 0:
             return min(quantum, left)
-        if rip is None:
-            current = self.kernel.sched.current
-            rip = None if current is None else current.context.rip
-        return _STEP if rip is not None and self._in_call_code(rip) else quantum
+        return _STEP if self._in_call_code(rip) else quantum
 
-    def kill_due(self, rip: int) -> None:
-        """Inside the kernel's own gate call for an application (upcall.py), between its
-        slices: end the servers whose kill is due, unless the call is in gate or
-        trampoline code at `rip` (the next slice steps on). The call then unwinds as it
-        does when a server on its path faults. Restarts wait for the next kernel event:
-        spawning a domain in the middle of a gate call is not done."""
+    def in_kernel_call(self, rip: int) -> None:
+        """Between slices of the kernel's own gate call for an application (upcall.py),
+        whose code is at rip: due kills only (a restart waits for the call to end). A
+        kill of a server on the call's path unwinds the call, which returns -EPIPE."""
         now = self.kernel.machine.clock()
-        if not self._kills or self._kills[0][0] > now:
+        if not self._kills or self._kills[0][0] > now or self._in_call_code(rip):
             return
-        if self._in_call_code(rip) or not self._safe():
-            return
-        while self._kills and self._kills[0][0] <= now:
+        while self._kills and self._kills[0][0] <= now and self._safe():
             _, name = self._kills.pop(0)
             self.kernel.kill(self.servers[name].group)
 

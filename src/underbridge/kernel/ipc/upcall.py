@@ -14,9 +14,7 @@ Invariants:
   - A fault ends the domain to blame (the design's `culprit`), which ends its calls in
     progress: the kernel's own call returns -EPIPE, or a server further out carries on.
     A handler that runs MAX_SLICES slices without returning is killed, and so is
-    every domain still on the call's path, innermost first. A supervisor's kill that
-    falls due inside a call lands between slices (its budget cuts a slice there) and
-    unwinds the call the same way.
+    every domain still on the call's path, innermost first.
 """
 
 from __future__ import annotations
@@ -125,7 +123,7 @@ class KernelCalls:
         )
 
     def _slice(self, kernel: Kernel, context: CpuContext) -> None:
-        supervisor = kernel.supervisor  # it may stop the call at a kill's instant
+        supervisor = kernel.supervisor  # its kills land inside this call too
         budget = kernel.sched.quantum
         if supervisor is not None:
             budget = supervisor.budget(budget, context.rip)
@@ -136,7 +134,7 @@ class KernelCalls:
             fault = result.fault or kernel.machine.halt_fault(context)
             self._end_innermost(kernel, context, fault)
         if supervisor is not None and context.rip != ks.KERNEL_RETURN:
-            supervisor.kill_due(context.rip)
+            supervisor.in_kernel_call(context.rip)
 
     def _end_innermost(self, kernel: Kernel, context: CpuContext, fault: Fault | None) -> None:
         """End the domain to blame for the kernel's gate call being stuck or faulting."""

@@ -16,6 +16,8 @@ Invariants:
     every call on it fails with -EPIPE. A broken connection is never repaired: the
     client connects again (to a restarted server) and gets a new one.
   - `pending` holds callers blocked because no server thread was receiving, oldest first.
+  - `Service.closed` holds the badges of connections its clients closed, oldest first,
+    until a server thread blocked in REPLY_WAIT on the service is told (kernel.py).
   - `Service.connections` holds the service's open connections only: closing one
     (Kernel.close_connection) removes it, and from its client's `owned` too.
 """
@@ -47,6 +49,7 @@ class Service(KernelObject):
         self.receivers: deque[Thread] = deque()
         self.pending: deque[tuple[Thread, Connection, Message]] = deque()
         self.connections: list[Connection] = []
+        self.closed: deque[int] = deque()  # badges of closed connections, not yet told
 
 
 class Connection(KernelObject):
