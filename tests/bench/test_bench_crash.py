@@ -58,17 +58,10 @@ def test_compare_finds_a_lost_update_and_a_failed_one_present():
     assert compare(expected, writer, None, []) == (len(writer), 0)  # no database at all
 
 
-# After a ramdisk restart under these designs the fs server's next block call ends it
-# without a restart record (its service is gone: "cannot connect to fs: -3"); a bug in
-# the failure path (issue 15 item 1), not in what is checked here.
-RAMDISK_RESTART_BROKEN = {"skybridge", "pku-shared"}
-
-
 @pytest.mark.parametrize("mode", DESIGNS)
 def test_twenty_injections_lose_no_committed_transaction(mode):
     """CI's run: 20 kills per design, the fs server and the ramdisk in turn."""
-    target = "fs" if mode in RAMDISK_RESTART_BROKEN else "both"
-    result = run_crash(mode, 20, seed=1, target=target, records=RECORDS, ops=CI_OPS)
+    result = run_crash(mode, 20, seed=1, target="both", records=RECORDS, ops=CI_OPS)
     assert result.injections == 20
     assert result.restarts >= 20  # a kill can end a second server (see restart_causes)
     assert result.lost_committed == 0 and result.present_failed == 0
@@ -76,13 +69,6 @@ def test_twenty_injections_lose_no_committed_transaction(mode):
     assert result.integrity == "ok" and result.fs_check == []
     assert result.committed_updates + result.failed_updates == len(updates(RECORDS, CI_OPS, 1))
     assert all(r.cycles > 0 for r in result.recoveries)
-
-
-@pytest.mark.xfail(strict=True, reason="a ramdisk restart ends the fs server for good")
-@pytest.mark.parametrize("mode", sorted(RAMDISK_RESTART_BROKEN))
-def test_a_ramdisk_restart_under_the_remaining_designs(mode):
-    result = run_crash(mode, 2, seed=1, target="ramdisk", records=RECORDS, ops=OPS)
-    assert result.ok
 
 
 def test_the_same_seed_gives_the_same_run():
