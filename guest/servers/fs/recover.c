@@ -257,9 +257,10 @@ static void write_bitmap(void)
         if (bp == 0)
             return;
         const uint8_t *want = bitmap + (uint64_t)i * BSIZE;
-        for (uint32_t k = 0; k < BSIZE * 8; k++)
-            fixes.bits += (uint32_t)(bit(bp->data, k) != bit(want, k));
         if (memcmp(bp->data, want, BSIZE) != 0) {
+            for (uint32_t k = 0; k < BSIZE; k++) /* bits counted in differing bytes only */
+                for (uint8_t diff = bp->data[k] ^ want[k]; diff != 0; diff &= diff - 1)
+                    fixes.bits++;
             memcpy(bp->data, want, BSIZE);
             bdirty(bp);
         }
