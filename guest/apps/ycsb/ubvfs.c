@@ -14,6 +14,9 @@
  *    refused, so new readers stay out while the writer waits.
  * Determinism: xRandomness is a fixed xorshift stream and xCurrentTime the simulated
  * clock, so the same workload gives the same database bytes every run.
+ * Durability: SQLite keeps its defaults, a rollback journal (journal_mode DELETE) and
+ * synchronous FULL; xSync is FS_SYNC, which the fs server answers once every change is
+ * on the device. A server that dies under a request: fs_lost.
  */
 #include <string.h>
 #include <time.h>
@@ -22,6 +25,7 @@
 #include "ub.h"
 #include "ub_fs.h"
 #include "ub_ipc.h"
+#include "ub_sys.h"
 
 struct ubfile {
     sqlite3_file base; /* first: SQLite casts between the two */
@@ -43,12 +47,65 @@ static const struct ub_conn *fs(void)
     return fs_connected ? &fs_conn : NULL;
 }
 
-/* One fs call; returns reply mr[0] (0 or -FS_Exxx), or -FS_EIO if IPC itself failed. */
+/* A request by name (DELETE, ACCESS: idempotent) sent again, to the server that took
+ * over, on a connection of its own: fs_conn stays the dead one (see fs_lost). */
+static long fs_named_again(long mr[4])
+{
+    struct ub_conn fresh;
+    long r = ub_ipc_connect_when_up(FS_SERVICE, &fresh);
+
+    if (r < 0)
+        return -FS_EIO;
+    memcpy(fresh.buf, fs_conn.buf, FS_NAME_MAX + 2); /* the name, as fs_named_call put it */
+    r = ub_ipc_call(&fresh, mr);
+    ub_cap_delete(fresh.slot);
+    return r < 0 ? -FS_EIO : mr[0];
+}
+
+/* IPC failed under request mr with r; -UB_EPIPE: the fs server died (its supervisor
+ * restarts it). Out of line, so a successful call costs what it did before.
+ *
+ * Every handle SQLite holds died with the server, and must never reach the new one,
+ * where the same number (a slot) may name another file. So fs_conn stays the dead
+ * connection, on which every call fails at once, until SQLite opens a file again:
+ *  - CLOSE and UNLOCK are done: the handle and its locks died with the server;
+ *  - DELETE and ACCESS name a file and are idempotent: sent again on a connection of
+ *    their own; a DELETE that now finds no file was done by the lost one (the
+ *    journal's DELETE is SQLite's commit point: its outcome must be known, not guessed);
+ *  - OPEN reconnects fs_conn to the new server but fails (-FS_EIO): SQLite fails the
+ *    statement, and a program that opens the database again (ycsb_crash.c closes it
+ *    first) gets a fresh handle on the new connection. SQLite opens nothing else while
+ *    it fails a statement, so no old handle is used after the reconnect but to close;
+ *    there the new server refuses it (EBADF: not this connection's);
+ *  - anything else fails (-FS_EIO). */
+__attribute__((noinline, cold)) static long fs_lost(long mr[4], long r)
+{
+    long op = mr[0];
+
+    if (r != -UB_EPIPE)
+        return -FS_EIO;
+    if (op == FS_CLOSE || op == FS_UNLOCK)
+        return 0;
+    if (op == FS_OPEN) {
+        ub_ipc_reconnect(&fs_conn);
+        return -FS_EIO;
+    }
+    if (op != FS_DELETE && op != FS_ACCESS)
+        return -FS_EIO;
+    r = fs_named_again(mr);
+    return op == FS_DELETE && r == -FS_ENOENT ? 0 : r;
+}
+
+/* One fs call; returns reply mr[0] (0 or -FS_Exxx), or -FS_EIO if IPC itself failed
+ * (fs_lost: what a dead server means for each request). */
 static long fs_call(long mr[4])
 {
     const struct ub_conn *conn = fs();
-    if (conn == NULL || ub_ipc_call(conn, mr) < 0)
+    if (conn == NULL)
         return -FS_EIO;
+    long r = ub_ipc_call(conn, mr);
+    if (r < 0)
+        return fs_lost(mr, r);
     return mr[0];
 }
 

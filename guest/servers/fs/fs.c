@@ -19,6 +19,9 @@
  *               locks) stay until the server restarts;
  *   lock.c      SQLite's lock rules and the lock requests;
  *   mkfs.c      mounting, and making an empty file system;
+ *   recover.c   crash recovery at mount: what a crash at any instruction left is made
+ *               consistent again (entries, orphans, pointers past a size, the bitmap
+ *               rebuilt from the pointers); a consistent device is not written;
  *   requests.c  one function per operation, THE table of them, and fs_handle(), which
  *               ends every request with bflush: every change is on the device before
  *               the reply, so the device alone holds the state and a restarted server
@@ -51,6 +54,7 @@ int main(int argc, char **argv)
     const char *service = argc > 1 ? argv[1] : FS_SERVICE;
     const char *device = argc > 2 ? argv[2] : BLK_SERVICE;
     uint32_t blocks = 0;
+    struct recovery fixed = {0};
 
     long r = ub_ipc_connect(device, &blk);
     if (r < 0) {
@@ -61,13 +65,19 @@ int main(int argc, char **argv)
         ub_printf("fs: %s's buffer of %lu bytes is too small\n", device, blk.buf_size);
         return 1;
     }
-    int mounted = mount(&blocks);
+    int mounted = mount(&blocks, &fixed);
     if (mounted < 0) {
         ub_printf("fs: %s (%u blocks) holds no usable file system\n", device, blocks);
         return 1;
     }
     ub_printf("fs: %s %s: %u blocks, %u inodes\n", mounted ? "mounted" : "formatted", device,
               sb.block_count, sb.inode_count);
+    if (fixed.skipped)
+        ub_printf("fs: the root directory is corrupt: not recovered\n");
+    else if (fixed.entries | fixed.inodes | fixed.links | fixed.pointers | fixed.tails | fixed.bits)
+        ub_printf("fs: recovered: %u entries, %u inodes, %u links, %u pointers, %u tails, "
+                  "%u bitmap bits\n",
+                  fixed.entries, fixed.inodes, fixed.links, fixed.pointers, fixed.tails, fixed.bits);
     r = ub_ipc_register(service, fs_handle);
     if (r < 0) {
         ub_printf("fs: cannot register %s: %ld\n", service, r);

@@ -149,8 +149,19 @@ long fs_check_reserved(struct request *rq);
 /* Serve one message of the fs protocol (ub_fs.h): the handler main registers. */
 void fs_handle(struct ub_msg *msg);
 
+/* ---- recover.c: crash recovery at mount ---------------------------------------------- */
+
+/* What recover() changed: entries cleared, unnamed inodes freed, nlinks set, pointers
+ * past a size dropped, tails zeroed, bitmap bits flipped; skipped if the root directory
+ * itself is corrupt (then nothing is checked). */
+struct recovery {
+    uint32_t entries, inodes, links, pointers, tails, bits, skipped;
+};
+
+int recover(struct recovery *fixed);
+
 /* ---- mkfs.c: mounting, and making a file system -------------------------------------- */
 
-int mount(uint32_t *blocks);
+int mount(uint32_t *blocks, struct recovery *fixed);
 
 #endif

@@ -1,7 +1,7 @@
 /* mkfs.c: mounting the fs server's device, and making an empty file system on it when it
  * holds none (on the main thread, before serving). A superblock is used only if its
  * geometry fits the device; mkfs writes the superblock last, so a device with the magic
- * has all the rest.
+ * has all the rest. A device that held one is recovered (recover.c) before it is used.
  */
 #include "fs.h"
 
@@ -73,8 +73,9 @@ static int mkfs(uint32_t blocks)
     return io_failed ? -1 : 0;
 }
 
-/* Mount the device: 1 if it held a file system, 0 if one was made, -1 on failure. */
-int mount(uint32_t *blocks)
+/* Mount the device: 1 if it held a file system (recovered: recover.c, what it changed
+ * in *fixed), 0 if one was made, -1 on failure. */
+int mount(uint32_t *blocks, struct recovery *fixed)
 {
     long mr[4] = {BLK_INFO, 0, 0, 0};
 
@@ -94,6 +95,6 @@ int mount(uint32_t *blocks)
     if (!geometry_ok(&s, *blocks))
         return -1;
     sb = s;
-    return 1;
+    return recover(fixed) < 0 ? -1 : 1;
 }
 

@@ -18,6 +18,8 @@
  *  - A directory's content is an array of ubfs_dirent; inum 0 marks a free slot.
  *  - The server writes every change through to the device before replying, so the
  *    device alone holds the file system's state: a restarted server mounts it as is.
+ *    A crash inside a request can break the invariants above; recover.c, run at every
+ *    mount, makes them hold again (the bitmap is rebuilt from the pointers).
  *
  * A Python reader of this format lives in src/underbridge/fs/ubfs.py; keep them in step.
  */

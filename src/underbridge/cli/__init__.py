@@ -7,6 +7,7 @@ it runs, so `underbridge --help` loads no emulator and no plotting (tests/test_s
   guests.py   run, demo, scan
   measure.py  bench ipc/ycsb/deprivilege/machine, reproduce
   attack.py   redteam, fuzz
+  crash.py    bench crash (registers itself on measure.bench)
   profile.py  profile ipc/ycsb/run (simulated cycles by guest function)
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import click
 
-from underbridge.cli import attack, guests, measure, profile
+from underbridge.cli import attack, crash, guests, measure, profile
 
 
 @click.group()
@@ -22,6 +23,8 @@ from underbridge.cli import attack, guests, measure, profile
 def main() -> None:
     """UnderBridge: a microkernel with servers in kernel space, isolated by protection keys."""
 
+
+assert crash.bench_crash.name in measure.bench.commands  # registered on import
 
 for _command in (
     guests.run,
