@@ -27,14 +27,13 @@ in Python, so it is charged by name, never zero, never tuned):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from underbridge.abi.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.elf.image import parse_elf
-from underbridge.errors import OutOfMemory, ResourceExhausted, SyscallError, UserError
+from underbridge.errors import SyscallError, UserError
 from underbridge.kernel import closes, dispatch, linux_abi
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import DomainPlacement, IpcDesign, NoDomains
@@ -46,7 +45,11 @@ from underbridge.kernel.objects.capgroup import CapGroup, Ending, GroupState
 from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
 from underbridge.kernel.objects.vmspace import VmSpace
-from underbridge.kernel.process_image import USER_STACK_TOP, build_image
+from underbridge.kernel.process_image import (
+    USER_STACK_TOP,
+    build_image,
+    no_room_is_a_user_error,
+)
 from underbridge.kernel.sched import DEFAULT_QUANTUM, Scheduler
 from underbridge.kernel.trace.session import tracer_for
 from underbridge.machine.accounting import KERNEL as KERNEL_CATEGORY
@@ -65,23 +68,6 @@ FASTPATH_SYSCALLS = frozenset({Sys.IPC_CALL, Sys.IPC_REPLY_WAIT})  # the design 
 IPC_CATEGORY = "ipc"  # where the cycles of IPC paths are attributed (machine/accounting.py)
 _SYSCALL_CYCLES = COSTS["syscall"].cycles
 SyscallObserver = Callable[[Thread, int, tuple[int, ...]], None]
-
-
-@contextmanager
-def _no_room_is_a_user_error(name: str) -> Iterator[None]:
-    """Running out of frames or protection keys while creating `name` is the user's
-    problem (a too-big program, too many in-kernel servers), told in one line. Whatever
-    was built before the failure has been given back by then."""
-    try:
-        yield
-    except OutOfMemory as error:
-        raise ResourceExhausted(
-            f"not enough physical memory to load {name} ({error})",
-            hint="shrink its static data",
-            errno=Errno.ENOMEM,
-        ) from None
-    except SyscallError as error:  # from placing it in kernel space: no key left
-        raise ResourceExhausted(str(error), errno=error.errno) from None
 
 
 class Kernel:
@@ -176,7 +162,7 @@ class Kernel:
             name, elf = name or elf, self.programs[elf]
         data = elf.read_bytes() if isinstance(elf, Path) else elf
         name = name or (elf.stem if isinstance(elf, Path) else "guest")
-        with _no_room_is_a_user_error(name):
+        with no_room_is_a_user_error(name):
             image = parse_elf(data, name=name)
             domain, placement_note = None, ""
             if in_kernel:

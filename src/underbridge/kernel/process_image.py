@@ -10,10 +10,12 @@ VmSpace, which frees it when the cap group ends.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+from underbridge.abi.syscalls import Errno
 from underbridge.elf.image import ElfImage
-from underbridge.errors import ElfError, UserError
+from underbridge.errors import ElfError, OutOfMemory, ResourceExhausted, SyscallError, UserError
 from underbridge.kernel.loader import image_pages
 from underbridge.kernel.objects.vmspace import VmSpace
 from underbridge.machine.cpu import Machine
@@ -106,3 +108,20 @@ def build_image(
             stack_top - (index + 1) * PAGE_SIZE, frame, PageFlags(writable=True, user=True)
         )
     return image.entry, rsp
+
+
+@contextmanager
+def no_room_is_a_user_error(name: str) -> Iterator[None]:
+    """Running out of frames or protection keys while creating `name` is the user's
+    problem (a too-big program, too many in-kernel servers), told in one line. Whatever
+    was built before the failure has been given back by then."""
+    try:
+        yield
+    except OutOfMemory as error:
+        raise ResourceExhausted(
+            f"not enough physical memory to load {name} ({error})",
+            hint="shrink its static data",
+            errno=Errno.ENOMEM,
+        ) from None
+    except SyscallError as error:  # from placing it in kernel space: no key left
+        raise ResourceExhausted(str(error), errno=error.errno) from None
