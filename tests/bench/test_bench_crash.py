@@ -80,14 +80,16 @@ def test_the_same_seed_gives_the_same_run():
     assert one.committed_ops == two.committed_ops and one.failed_updates == two.failed_updates
 
 
-def test_the_command_prints_the_json_fields():
-    out = CliRunner().invoke(
-        main,
-        ["bench", "crash", "--injections", "3", "--records", "10", "--ops", "30", "--json"],
-    )
+def test_the_command_prints_the_json_fields_and_traces_each_restart(tmp_path):
+    trace = tmp_path / "crash.json"
+    args = ["--injections", "3", "--records", "10", "--ops", "30", "--json", "--trace", trace]
+    out = CliRunner().invoke(main, ["bench", "crash", *map(str, args)])
     assert out.exit_code == 0, out.output
-    data = json.loads(out.output)
+    data = json.loads(out.stdout)
     for name in ("injections", "restarts", "committed_ops", "lost_committed", "integrity"):
         assert name in data
     assert data["injections"] == 3 and data["lost_committed"] == 0
     assert data["integrity"] == "ok" and data["fs_check"] == []
+    events = json.loads(trace.read_text())["traceEvents"]
+    restarts = [e for e in events if e.get("cat") == "lifecycle"]
+    assert len(restarts) == data["restarts"] and all("restart" in e["name"] for e in restarts)

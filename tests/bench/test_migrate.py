@@ -54,12 +54,15 @@ def test_every_migration_is_logged_with_its_reason_and_cost(runs):
     assert sum(1 for line in runs["oracle"].log if "[oracle: " in line) == runs["oracle"].migrations
 
 
-def test_the_command_prints_the_json_fields():
+def test_the_command_prints_the_json_fields_and_traces_each_migration(tmp_path):
+    trace = tmp_path / "migrate.json"
     result = CliRunner().invoke(
         main,
         [
             "bench",
             "migrate",
+            "--trace",
+            str(trace),
             "--quick",
             "--phases",
             "2",
@@ -72,8 +75,11 @@ def test_the_command_prints_the_json_fields():
         catch_exceptions=False,
     )
     assert result.exit_code == 0
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert set(data["migration_cycles"]) == {"in", "out"}
     assert data["migration_cycles"]["in"]["cycles"] > 0
     (lru,) = data["policies"]
     assert lru["policy"] == "lru" and lru["ops_per_sec"] > 0 and lru["migrations"] >= 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    moves = [e for e in events if e.get("cat") == "lifecycle"]
+    assert len(moves) == 2 + lru["migrations"]  # (a)'s one move each way, then (b)'s

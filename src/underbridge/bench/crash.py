@@ -305,7 +305,9 @@ def run_crash(
     target: str = "fs",
     records: int = 100,
     ops: int = 400,
+    progress: Callable[[int], None] | None = None,
 ) -> CrashResult:
+    """progress: called with the number of injections done after each one."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
     if injections < 0 or records < 1 or ops < 1:
@@ -322,6 +324,8 @@ def run_crash(
         if recovery is None:
             break
         recoveries.append(recovery)
+        if progress is not None:
+            progress(number + 1)
     run.run_until(lambda: False)
     spec = CrashSpec(mode, target, seed, records, ops)
     return _check(run, spec, recoveries, time.perf_counter() - wall)

@@ -5,12 +5,14 @@ failed (a lost committed transaction, a failed one present, integrity, the fs ch
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from rich.table import Table
 
-from underbridge.cli.common import console, user_errors
+from underbridge.cli.common import console, errors, user_errors
 from underbridge.cli.measure import bench
+from underbridge.cli.tracing import trace_options, traced
 from underbridge.kernel.ipc.registry import DESIGNS
 
 TARGETS = ("fs", "ramdisk", "both")  # bench/crash.py's, kept here so --help stays light
@@ -30,15 +32,40 @@ TARGETS = ("fs", "ramdisk", "both")  # bench/crash.py's, kept here so --help sta
 @click.option("--records", type=click.IntRange(min=1, max=100_000), default=100, show_default=True)
 @click.option("--ops", type=click.IntRange(min=1, max=10_000_000), default=400, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@trace_options
 @user_errors
 def bench_crash(
-    injections: int, seed: int, target: str, mode: str, records: int, ops: int, as_json: bool
+    injections: int,
+    seed: int,
+    target: str,
+    mode: str,
+    records: int,
+    ops: int,
+    as_json: bool,
+    trace_file: Path | None,
+    trace_limit: int,
 ) -> None:
     """Kill the fs server, the ramdisk or each in turn at INJECTIONS seeded instants of a
-    YCSB-A run; check no committed transaction was lost and the disk checks clean."""
+    YCSB-A run; check no committed transaction was lost and the disk checks clean
+    (traced: machine #1 measures the run's length, #2 is the run with its kills)."""
+    from rich.progress import Progress
+
     from underbridge.bench.crash import run_crash
 
-    result = run_crash(mode, injections, seed, target, records, ops)
+    with (
+        traced(trace_file, trace_limit),
+        Progress(console=errors, transient=True, disable=as_json) as bar,
+    ):
+        task = bar.add_task("injections", total=injections)
+        result = run_crash(
+            mode,
+            injections,
+            seed,
+            target,
+            records,
+            ops,
+            progress=lambda done: bar.update(task, completed=done),
+        )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:

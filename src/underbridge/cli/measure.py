@@ -246,15 +246,27 @@ def bench_pku_shared(apps: int, as_json: bool) -> None:
 )
 @click.option("--quick", is_flag=True, help="One size and one connection count for part (a).")
 @click.option("--json", "as_json", is_flag=True)
+@trace_options
 @user_errors
 def bench_migrate(
-    policies: tuple[str, ...], servers: int, phases: int, calls: int, quick: bool, as_json: bool
+    policies: tuple[str, ...],
+    servers: int,
+    phases: int,
+    calls: int,
+    quick: bool,
+    as_json: bool,
+    trace_file: Path | None,
+    trace_limit: int,
 ) -> None:
-    """Live migration: its cost each way, and placement policies on a shifting workload."""
+    """Live migration: its cost each way, and placement policies on a shifting workload
+    (traced: one machine per measured migration and per placement, in that order)."""
     from underbridge.bench import migrate as migrate_bench
     from underbridge.bench.migrate_workload import Workload
 
-    with console.status("measuring ...", spinner="dots") as status:
+    with (
+        traced(trace_file, trace_limit),
+        console.status("measuring ...", spinner="dots") as status,
+    ):
         result = migrate_bench.run(
             sizes=(0,) if quick else migrate_bench.SIZES,
             connections=(1,) if quick else migrate_bench.CONNECTIONS,
