@@ -149,7 +149,8 @@ def test_the_buffer_leaves_the_client_at_once_and_the_server_after_its_call(mode
     assert holder.group is server and buffer in server.owned
     kernel.run(until=lambda: not kernel.orphans)
     assert not buffer.alive and not buffer.mappings and buffer not in server.owned
-    assert server.running
+    kernel.run(until=lambda: not client.running)
+    assert server.running and client.exit_status == EXIT_STATUS[mode]
 
 
 def test_an_orphan_goes_with_its_server():
