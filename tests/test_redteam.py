@@ -120,6 +120,12 @@ MIGRATION_ROWS = {
     "mig-race": ("calls = 20 ok", "mig_slow: (silent)"),
 }
 OBSERVED.update(MIGRATION_ROWS)
+# a client's close in the middle of a call to a user-space server (design_rows.py)
+CLOSE_ROWS = {
+    "close-mid-call": ("close = 0; call = 0 mr0 = 6d61726b; again = 0 mr0 = 7",),
+    "close-mid-call-zircon": ("close = 0; call = -32 mr0 = 1; again = 0 mr0 = 7",),
+}
+OBSERVED.update(CLOSE_ROWS)
 DESIGN_ROWS = {
     "sky-no-key": "skybridge",
     "sky-forged-key": "skybridge",
@@ -195,8 +201,11 @@ def test_row(result, row_id):
 def test_each_row_runs_under_its_design():
     modes = {spec.id: spec.mode for spec in redteam.ATTACKS}
     others = {i: m for i, m in modes.items() if m != "underbridge"}
-    assert others == DESIGN_ROWS | {"fastpath-caps-sel4": "sel4"}
-    assert len(modes) == 57 + len(DESIGN_ROWS) + len(FASTPATH_ROWS) + len(MIGRATION_ROWS)
+    closes = {"close-mid-call": "sel4", "close-mid-call-zircon": "zircon"}
+    assert others == DESIGN_ROWS | {"fastpath-caps-sel4": "sel4"} | closes
+    assert len(modes) == (
+        57 + len(DESIGN_ROWS) + len(FASTPATH_ROWS) + len(MIGRATION_ROWS) + len(CLOSE_ROWS)
+    )
 
 
 def test_the_design_rows_stages_place_servers_as_the_design_does(result):

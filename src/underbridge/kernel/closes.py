@@ -66,6 +66,7 @@ def deliver(kernel: Kernel, service: Service) -> None:
             service.receivers.remove(thread)
         thread.context.set_registers(DELIVERY, (0, badge, 0, CLOSED_OP & _MASK, 0, 0, 0))
         thread.reply_to = None
+        thread.serving = None  # a notification has no buffer (orphans.py)
         kernel.sched.wake(thread)
     kernel.closing.discard(service)
 

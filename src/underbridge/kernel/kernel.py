@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from underbridge.abi.syscalls import LINUX_NATIVE_BASE, Errno, Sys
 from underbridge.elf.image import parse_elf
 from underbridge.errors import SyscallError, UserError
-from underbridge.kernel import closes, dispatch, linux_abi
+from underbridge.kernel import closes, dispatch, linux_abi, orphans
 from underbridge.kernel.handlers import portio
 from underbridge.kernel.ipc import DomainPlacement, IpcDesign, NoDomains
 from underbridge.kernel.ipc.migrate import region_stack_top
@@ -61,6 +61,7 @@ from underbridge.machine.paging import PageTable
 
 if TYPE_CHECKING:
     from underbridge.bridge.domain import Domain
+    from underbridge.kernel.objects.pmo import Pmo
     from underbridge.kernel.supervisor import Supervisor
 
 ConsoleSink = Callable[[CapGroup, bytes], None]
@@ -108,6 +109,7 @@ class Kernel:
         # restarts servers, and the run loop pays one attribute test per kernel event.
         self.supervisor: Supervisor | None = None
         self.closing: set[Service] = set()  # services with close notifications to tell
+        self.orphans: dict[Thread, Pmo] = {}  # buffers kept for a call in progress (orphans.py)
 
     # -- creating things -----------------------------------------------------------
 
@@ -371,6 +373,8 @@ class Kernel:
         self._switch_cause = IPC_CATEGORY  # the switch to the other side is IPC's
         if self.closing and number == Sys.IPC_REPLY_WAIT:
             closes.deliver_pending(self, thread)
+        if self.orphans and number == Sys.IPC_REPLY_WAIT:
+            orphans.release(self, thread)
 
     def _linux_syscall(self, thread: Thread, number: int, args: tuple[int, ...]) -> None:
         self.charge_entry_and_exit()
@@ -424,10 +428,12 @@ class Kernel:
         that connects and closes forever would grow them forever. If the server goes
         first, a live client keeps the connection, broken, with its buffer still
         mapped (calls on it fail with -EPIPE) until it closes it or ends. A client's
-        close is told to the server (closes.py).
+        close is told to the server (closes.py), and a user-space server serving a call
+        on it keeps the buffer until its next REPLY_WAIT (orphans.py).
         """
         if not conn.alive:
             return
+        holder = None if server_gone or conn.broken else orphans.serving(conn)
         if not conn.broken:
             self.ipc.closed(self, conn, server_gone=server_gone)
             conn.service.connections.remove(conn)
@@ -436,7 +442,7 @@ class Kernel:
                 return
             if not server_gone:
                 closes.notify(self, conn.service, conn.badge)
-        conn.close()
+        orphans.close(self, conn, holder)  # a server's call in progress keeps the buffer
         conn.client.owned.remove(conn)
 
     def thread_exit(self, thread: Thread) -> None:

@@ -105,3 +105,29 @@ FASTPATH_ROWS: tuple[AttackSpec, ...] = tuple(
     )
     for mode, suffix in (("underbridge", ""), ("sel4", "-sel4"))
 )
+
+
+# A client closes its connection while a server in user space is in the middle of its
+# call (close_mid_call.c, the victim slow_buffer.c): a naive kernel unmaps the buffer
+# from the server too, whose handler faults on it, and the server dies (README, fault
+# isolation). Under sel4 the reply reaches the caller still blocked in its call; under
+# zircon the close closes the channel, and the call fails with -EPIPE at once.
+_CLOSE_CALL = {"sel4": "call = 0 mr0 = 6d61726b", "zircon": "call = -32 mr0 = 1"}
+CLOSE_ROWS: tuple[AttackSpec, ...] = tuple(
+    AttackSpec(
+        f"close-mid-call{suffix}",
+        f"{mode}: an application's second thread closes its connection while the server's "
+        "handler is still working on the shared buffer",
+        "close_mid_call",
+        (),
+        Expect(
+            "the buffer leaves the application at once and the server when its call is over: "
+            "the server lives and serves a new connection (again = 0 mr0 = 7)",
+            reports=("close = 0", _CLOSE_CALL[mode], "again = 0 mr0 = 7"),
+        ),
+        in_kernel=False,
+        partner=Partner("slow_buffer", before=True),
+        mode=mode,
+    )
+    for mode, suffix in (("sel4", ""), ("zircon", "-zircon"))
+)

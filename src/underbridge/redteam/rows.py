@@ -8,7 +8,7 @@ run and judged, in stage.py and runner.py.
 from __future__ import annotations
 
 from underbridge.machine.oracle import Access, Violation
-from underbridge.redteam.design_rows import DESIGN_ROWS, FASTPATH_ROWS
+from underbridge.redteam.design_rows import CLOSE_ROWS, DESIGN_ROWS, FASTPATH_ROWS
 from underbridge.redteam.migration_rows import MIGRATION_ROWS
 from underbridge.redteam.spec import AttackSpec, Expect, Partner, absent, pkey_fault
 
@@ -443,3 +443,4 @@ ATTACKS += (
     ),
 )
 ATTACKS += MIGRATION_ROWS  # migration_rows.py
+ATTACKS += CLOSE_ROWS  # design_rows.py: a close in the middle of a call

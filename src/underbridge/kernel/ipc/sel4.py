@@ -42,6 +42,7 @@ def deliver(server: Thread, conn: Connection, msg: Message) -> None:
     """Put a call into a server thread's registers, as REPLY_WAIT returns it."""
     server.context.set_registers(DELIVERY, (0, conn.badge, conn.buffer_vaddr, *msg))
     server.reply_to = None
+    server.serving = conn  # its buffer stays mapped here until the next REPLY_WAIT
 
 
 def give_reply(caller: Thread, reply: Message) -> None:

@@ -9,7 +9,9 @@ Invariants:
   - A badge is unique over the kernel's lifetime and known only to the kernel and the
     server that receives it.
   - The shared buffer is mapped into exactly the two cap groups of its connection;
-    closing the connection destroys the buffer, unmapping it from both.
+    closing the connection destroys the buffer, unmapping it from both, except while a
+    server thread in user space is serving a call on it: then it leaves the client at
+    once and the server at that thread's next REPLY_WAIT (kernel/orphans.py).
   - When the server goes first, the connection is `broken`: the buffer leaves every
     address space but the client's (where it stays, under the client's own key, until
     the client closes the connection or ends), the connection leaves its service, and

@@ -5,7 +5,9 @@ Invariants:
     RUNNING, and only the kernel blocks and wakes it (sched.block / sched.wake).
   - A BLOCKED thread records what it waits for in `waiting_on`, for reports.
   - IPC fields: `reply_to` is the caller a server thread owes a reply (seL4's reply
-    cap); a thread blocked in a call has `calling` set to the connection.
+    cap); a thread blocked in a call has `calling` set to the connection; `serving` is
+    the connection of the last call delivered to a server thread in user space (it is
+    serving it until its next REPLY_WAIT; kernel/orphans.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Thread(KernelObject):
         self.waiting_on = ""
         self.reply_to: Thread | None = None
         self.calling: Connection | None = None
+        self.serving: Connection | None = None
 
     @property
     def name(self) -> str:
