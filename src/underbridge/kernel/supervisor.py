@@ -116,7 +116,8 @@ class Supervisor:
         self._due: list[tuple[Supervised, Restart]] = []  # waiting for their backoff
         self._kills: list[tuple[int, str]] = []  # (instant, server name)
         self._kill_hooks: list[tuple[Callable[[], bool], str]] = []
-        self._waiting_service: list[tuple[Supervised, Restart]] = []
+        # Restarted instances not yet serving: (server, its record, the instance).
+        self._waiting_service: list[tuple[Supervised, Restart, CapGroup]] = []
         kernel.supervisor = self
 
     # -- starting and stopping ---------------------------------------------------------
@@ -330,16 +331,16 @@ class Supervisor:
         if self.kernel.tracer is not None:
             where = "kernel space" if server.in_kernel else "user space"
             self.kernel.tracer.lifecycle("restart", group, attempt=server.attempts, to=where)
-        self._waiting_service.append((server, record))
+        self._waiting_service.append((server, record, group))
 
     def _note_serving(self, now: int) -> None:
         for entry in list(self._waiting_service):
-            server, record = entry
+            server, record, instance = entry  # the instance this record started, only
             registered = self.kernel.services.get(server.service)
-            if registered is not None and registered.server is server.group:
+            if registered is not None and registered.server is instance:
                 record.serving_at = now
                 self._waiting_service.remove(entry)
-            elif not server.group.running:
+            elif not instance.running:
                 self._waiting_service.remove(entry)
 
     def _take_kept(self, group: CapGroup, keep: tuple[int, int]) -> list[PhysAddr]:
