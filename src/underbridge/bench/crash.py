@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from underbridge.bench.crash_check import Rows, database_state
+from underbridge.bench.ycsb import GuestCounter
 from underbridge.bench.ycsb_workload import Update, YcsbGenerator
 from underbridge.fs.storage import FS_BASE, RAMDISK_BASE, Storage, start_storage
 from underbridge.fs.ubfs import Ubfs
@@ -47,7 +48,6 @@ from underbridge.guestbuild.sqlite_source import amalgamation_dir, sqlite_object
 from underbridge.guestbuild.toolchain import build_program, guest_root, symbol
 from underbridge.kernel.ipc.kernel_space import REGION_SIZE
 from underbridge.kernel.kernel import Kernel
-from underbridge.kernel.objects.capgroup import CapGroup
 from underbridge.kernel.supervisor import Policy
 from underbridge.machine.cpu import Machine
 
@@ -154,19 +154,6 @@ class CrashResult:
         return {**data, "landed": self.landed(), **self.recovery_summary(), "ok": self.ok}
 
 
-@dataclass(slots=True)
-class _Counter:
-    """A guest's 64-bit counter, read out of its memory (costs the guest nothing)."""
-
-    kernel: Kernel
-    group: CapGroup
-    address: int
-
-    def read(self) -> int:
-        raw = self.kernel.machine.read_virtual(self.group.vmspace.table, self.address, 8)
-        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
-
-
 def expected_table(records: int, ops: int, seed: int, failed: set[int]) -> tuple[Rows, dict]:
     """The table after the load and every op but the failed UPDATEs; and, per cell
     (key, field), the index of the committed UPDATE that wrote it last."""
@@ -229,8 +216,8 @@ class _Run:
         self.app = self.kernel.spawn(
             elf, ["ycsb_crash", str(records), str(ops), str(seed), DB_PATH], abi="linux"
         )
-        self.progress = _Counter(self.kernel, self.app, symbol(elf, "ycsb_progress")[0])
-        self.succeeded = _Counter(self.kernel, self.app, symbol(elf, "ycsb_succeeded")[0])
+        self.progress = GuestCounter(self.kernel, self.app, symbol(elf, "ycsb_progress")[0])
+        self.succeeded = GuestCounter(self.kernel, self.app, symbol(elf, "ycsb_succeeded")[0])
         self.records = records
         self._where: tuple[str, bool] = ("idle", False)  # where the last kill fell
         restarts = self.supervisor.restarts

@@ -104,7 +104,7 @@ def build_ycsb() -> Path:
 
 
 @dataclass(slots=True)
-class _Counter:
+class GuestCounter:
     """A guest's 64-bit counter, read straight from its memory (no guest work)."""
 
     kernel: Kernel
@@ -182,11 +182,11 @@ class _Run:
             ["ycsb", str(records), str(ops), str(seed), "/" + DB_NAME, workload],
             abi="linux",
         )
-        self.progress_counter = _Counter(
+        self.progress_counter = GuestCounter(
             self.kernel, self.app, symbol(self.elf, "ycsb_progress")[0]
         )
         self.call_counters = {
-            server.name: _Counter(
+            server.name: GuestCounter(
                 self.kernel, server.group(self.storage), symbol(server.elf(), "ub_calls_served")[0]
             )
             for server in SERVERS
