@@ -157,6 +157,17 @@ class Supervisor:
         )
         return group
 
+    def holder(self, service: str) -> CapGroup | None:
+        """The group a supervised server's service name is held for (the running one,
+        or the one being restarted), or None: nobody else may register it, so no
+        program can take the name while its server is down and receive the calls of
+        clients that reconnect by name."""
+        for server in self.servers.values():
+            down_for_good = server.stopping or server.attempts > server.policy.limit
+            if server.service == service and not down_for_good:
+                return server.group
+        return None
+
     def group(self, name: str) -> CapGroup:
         """The cap group currently running (or last run) as server `name`."""
         return self._server(name).group

@@ -32,6 +32,9 @@ def sys_ipc_register(
     name = read_name(kernel, thread, name_ptr, name_len)
     if name in kernel.services:
         raise SyscallError(Errno.EEXIST, f"service {name!r} exists")
+    holder = kernel.supervisor.holder(name) if kernel.supervisor is not None else None
+    if holder is not None and holder is not thread.group:
+        raise SyscallError(Errno.EPERM, f"service {name!r} is held for a supervised server")
     service = Service(name, thread.group, handler)
     kernel.services[name] = service
     thread.group.owned.append(service)
