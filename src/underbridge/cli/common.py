@@ -25,6 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USER_ERROR = 2
 NO_ACCOUNTING_HELP = "Wall time only, no simulated cycles: shows what accounting costs."
 MAX_COUNT = 1_000_000_000  # rounds and operations: more would run for days
+MAX_RECORDS = 2_000  # YCSB records: the RAM disk holds about 2,000
 
 console = Console(soft_wrap=True, highlight=False)
 errors = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from underbridge.cli.common import console, errors, user_errors
+from underbridge.cli.common import MAX_RECORDS, console, errors, user_errors
 from underbridge.cli.measure import bench
 from underbridge.cli.tracing import trace_options, traced
 from underbridge.kernel.ipc.registry import DESIGNS
@@ -29,7 +29,9 @@ TARGETS = ("fs", "ramdisk", "both")  # bench/crash.py's, kept here so --help sta
     show_default=True,
     help="The IPC design the kernel uses.",
 )
-@click.option("--records", type=click.IntRange(min=1, max=100_000), default=100, show_default=True)
+@click.option(
+    "--records", type=click.IntRange(min=1, max=MAX_RECORDS), default=100, show_default=True
+)
 @click.option("--ops", type=click.IntRange(min=1, max=10_000_000), default=400, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @trace_options

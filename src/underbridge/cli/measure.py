@@ -15,6 +15,7 @@ from rich.table import Table
 from underbridge.bench.ycsb_core import WORKLOADS as YCSB_WORKLOADS
 from underbridge.cli.common import (
     MAX_COUNT,
+    MAX_RECORDS,
     NO_ACCOUNTING_HELP,
     console,
     errors,
@@ -100,7 +101,7 @@ def bench_ipc(
 )
 @click.option(
     "--records",
-    type=click.IntRange(min=1, max=2_000),
+    type=click.IntRange(min=1, max=MAX_RECORDS),
     default=1_000,
     show_default=True,
     help="Records loaded first (the RAM disk holds about 2,000).",

@@ -21,7 +21,14 @@ from rich.table import Table
 
 from underbridge.bench.profile_report import KERNEL
 from underbridge.bench.ycsb_core import WORKLOADS as YCSB_WORKLOADS
-from underbridge.cli.common import MAX_COUNT, console, output_file, shown, user_errors
+from underbridge.cli.common import (
+    MAX_COUNT,
+    MAX_RECORDS,
+    console,
+    output_file,
+    shown,
+    user_errors,
+)
 from underbridge.errors import UserError
 from underbridge.kernel.ipc.registry import DESIGNS
 
@@ -94,7 +101,9 @@ def profile_ipc(mode: str, path: str, rounds: int, **outputs: Any) -> None:
 
 @profile.command("ycsb")
 @click.option("--mode", type=click.Choice(DESIGNS), default="underbridge", show_default=True)
-@click.option("--records", type=click.IntRange(min=1, max=2_000), default=50, show_default=True)
+@click.option(
+    "--records", type=click.IntRange(min=1, max=MAX_RECORDS), default=50, show_default=True
+)
 @click.option("--ops", type=click.IntRange(min=1, max=MAX_COUNT), default=50, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=1, show_default=True)
 @click.option(

@@ -182,9 +182,11 @@ class Gates:
         state.own_key = client is None and self._app_key_per_connection
         self.by_conn[conn] = state
         pair = state.pair
+        regenerated: list[GateState] = []
         if state.own_key or (pair is not None and self.pair_keys.hold(pair, key)):
-            self.share_key(kernel, [client, server], key, add=True)
-        self._emit(kernel, state)
+            regenerated = self.share_key(kernel, [client, server], key, add=True)
+        if state not in regenerated:  # each gate is generated once per change
+            self._emit(kernel, state)
         return state
 
     def _key_for(
@@ -264,7 +266,7 @@ class Gates:
 
     def share_key(
         self, kernel: Kernel, parties: list[DomainState | None], key: int, *, add: bool
-    ) -> None:
+    ) -> list[GateState]:
         """Open (or close) a shared key in the parties' domains.
 
         A domain's PKRU changes, so every thread executing that domain's code follows:
@@ -272,8 +274,10 @@ class Gates:
         handler in a call (they hold its PKRU). A thread of the domain that is itself
         inside another domain's handler keeps that domain's PKRU: its way back is its
         gate's return half, whose immediate is rewritten here. A thread's PKRU is always
-        the PKRU of the domain whose code it runs.
+        the PKRU of the domain whose code it runs. Every gate naming a party is then
+        generated again, once, with the parties' new PKRUs; returns those gates.
         """
+        changed: list[DomainState] = []
         for party in parties:
             if party is None or party.group not in self._domains:
                 continue
@@ -282,9 +286,15 @@ class Gates:
             for thread in self._domains.ring0_threads():
                 if thread.context.pkru == old:
                     thread.context.pkru = party.pkru
-            for gate in self.by_conn.values():
-                if party in (gate.client, gate.server):
-                    self._emit(kernel, gate)
+            changed.append(party)
+        regenerated = [
+            gate
+            for gate in self.by_conn.values()
+            if gate.client in changed or gate.server in changed
+        ]
+        for gate in regenerated:
+            self._emit(kernel, gate)
+        return regenerated
 
     def emit(self, kernel: Kernel, state: GateState) -> None:
         """Generate the gate again (its caller's PKRU changed)."""

@@ -94,6 +94,12 @@ class Migrator:
         self._design = design
         self._redirects = Redirects(design._domains, design._gates)
 
+    @property
+    def redirects(self) -> Redirects:
+        """The shim and forwarders; `redirects.shim_ready` is False until a migration
+        first needs them (the IPC fast path tests it before anything else)."""
+        return self._redirects
+
     def redirect(self, kernel: Kernel, context: CpuContext) -> bool:
         """redirect.Redirects.redirect: an in-kernel client's IPC_CALL to its gate."""
         return self._redirects.redirect(kernel, context)

@@ -93,25 +93,25 @@ class Redirects:
     def __init__(self, domains: Domains, gates: Gates) -> None:
         self._domains = domains
         self._gates = gates
-        self._shim_ready = False
+        self.shim_ready = False
         self.forwarders: dict[CapGroup, list[int]] = {}  # its forwarder pages' addresses
         self.kernel_forwarders: dict[Connection, int] = {}  # on the kernel page table
 
     def ensure_shim(self, kernel: Kernel) -> int:
         """Map the shim (once); the number of pages mapped now (0 or 1)."""
-        if self._shim_ready:
+        if self.shim_ready:
             return 0
         frame = ks.map_page(kernel, ks.SYSCALL_SHIM_PAGE, PageFlags(user=True, executable=True))
         kernel.machine.mem.write(frame, SHIM_CODE)
         kernel.machine.code_changed(kernel.machine.kernel_space)
-        self._shim_ready = True
+        self.shim_ready = True
         return 1
 
     def redirect(self, kernel: Kernel, context: CpuContext) -> bool:
         """Send an in-kernel client's IPC_CALL (in `context`) on to its own gate, or
         False (nothing changed) if it has none. The client is the domain whose PKRU the
         context holds, outside gate code: the code that made the syscall is its."""
-        if not self._shim_ready or context[Reg.RAX] != Sys.IPC_CALL or ks.in_gate(context.rip):
+        if not self.shim_ready or context[Reg.RAX] != Sys.IPC_CALL or ks.in_gate(context.rip):
             return False
         pkru = context.pkru
         client = next((state for state in self._domains if state.pkru == pkru), None)
@@ -154,12 +154,8 @@ class Redirects:
         space = group.vmspace
         addresses = self.forwarders.pop(group, [])
         for address in addresses:
-            mapping = space.table.lookup(address)
-            assert mapping is not None
-            space.table.unmap(address)
-            space.private_pages.remove(address)
-            space.private_frames.remove(mapping.frame)
-            kernel.machine.frames.free(mapping.frame)
+            for frame in space.release_private(address, 1):
+                kernel.machine.frames.free(frame)
         return len(addresses)
 
     def add_kernel_forwarder(self, kernel: Kernel, conn: Connection) -> int:

@@ -108,6 +108,9 @@ class UnderbridgeIpc(PassiveServers):
         self._user = Sel4Ipc(kpti=False)  # servers in user space, and calls to them
         # Live migration (migrate.py) of ring-0 servers; the ring-3 PKU designs have none.
         self.mover = None if user_thread_word else Migrator(self)
+        # Tested first on every IPC_CALL: plain attributes, no call, until a migration
+        # maps the shim (redirects.shim_ready).
+        self._redirects = None if self.mover is None else self.mover.redirects
 
     # -- inspectors (for benchmarks, the red team and tests) ------------------------------
 
@@ -207,17 +210,20 @@ class UnderbridgeIpc(PassiveServers):
     def fastpath(self, kernel: Kernel, thread: Thread, number: int, args: tuple[int, ...]) -> bool:
         """An in-kernel client that connected while a party was in user space calls with
         IPC_CALL: the kernel sends it on to its gate (migrate.py); else passive.py."""
+        redirects = self._redirects
         if (
-            number == Sys.IPC_CALL
-            and self.mover is not None
+            redirects is not None
+            and redirects.shim_ready
+            and number == Sys.IPC_CALL
             and thread.group in self._domains
-            and self.mover.redirect(kernel, thread.context)
+            and redirects.redirect(kernel, thread.context)
         ):
             return True
         return super().fastpath(kernel, thread, number, args)
 
     def _redirect(self, kernel: Kernel, context: CpuContext) -> bool:
-        return self.mover is not None and self.mover.redirect(kernel, context)
+        redirects = self._redirects
+        return redirects is not None and redirects.redirect(kernel, context)
 
     def _entry_of(self, conn: Connection) -> GateState | None:
         return self._gates.of(conn)
