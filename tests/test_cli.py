@@ -108,3 +108,14 @@ def test_scan_reports_a_hidden_wrpkru_and_exits_1(tmp_path, hello_elf):
         for f in json.loads(clean.output)["findings"]
         if f["class"] in ("wrpkru", "xrstor", "xrstors")
     ]
+
+
+def test_the_cli_s_light_copies_of_bench_lists_match_them():
+    """cli/ keeps its own copies of these choices so `--help` imports nothing heavy."""
+    from underbridge.bench import crash as crash_bench
+    from underbridge.bench import migrate_workload
+    from underbridge.cli import crash as crash_cli
+    from underbridge.cli import measure
+
+    assert crash_cli.TARGETS == crash_bench.TARGETS
+    assert measure.PLACEMENTS == migrate_workload.PLACEMENTS

@@ -225,9 +225,7 @@ class Supervisor:
         now = self.kernel.machine.clock()
         if not self._kills or self._kills[0][0] > now or self._in_call_code(rip):
             return
-        while self._kills and self._kills[0][0] <= now and self._safe():
-            _, name = self._kills.pop(0)
-            self.kernel.kill(self.servers[name].group)
+        self._fire_due_kills(now)
 
     def after_event(self) -> None:
         """Between kernel events: due kills, then due restarts, then who serves again.
@@ -241,13 +239,17 @@ class Supervisor:
             for hook in [hook for hook in self._kill_hooks if hook[0]()]:
                 self._kill_hooks.remove(hook)
                 self._kills.insert(0, (0, hook[1]))
-        while self._kills and self._kills[0][0] <= now and self._safe():
-            _, name = self._kills.pop(0)
-            self.kernel.kill(self.servers[name].group)
+        self._fire_due_kills(now)
         while self._due and self._due[0][1].due_at <= now:
             self._restart(*self._due.pop(0))
         if self._waiting_service:
             self._note_serving(now)
+
+    def _fire_due_kills(self, now: int) -> None:
+        """The kills due by `now`, while no thread is inside gate or trampoline code."""
+        while self._kills and self._kills[0][0] <= now and self._safe():
+            _, name = self._kills.pop(0)
+            self.kernel.kill(self.servers[name].group)
 
     def idle(self) -> bool:
         """No thread is ready: start the next pending restart now (the clock counts work,

@@ -48,6 +48,7 @@ from underbridge.kernel.handlers.ipc import IPC_WINDOW
 from underbridge.kernel.ipc import kernel_space as ks
 from underbridge.kernel.ipc.gate_calls import caller_of
 from underbridge.kernel.ipc.redirect import Redirects
+from underbridge.kernel.ipc.sel4 import receive_label
 from underbridge.kernel.migration import Migration, refuse
 from underbridge.kernel.objects.connection import Connection, Service
 from underbridge.kernel.objects.thread import Thread, ThreadState
@@ -124,7 +125,7 @@ class Migrator:
         if state is None:
             waiting = [t for s in services for t in s.receivers]
             return not any(s.pending for s in services) and all(t in waiting for t in threads)
-        serving = {f"serving {s.name} through {self._design.entry_kind}" for s in services}
+        serving = {self._design.serving_label(s) for s in services}
         if not all(t.waiting_on in serving for t in threads):
             return False
         return all(
@@ -269,7 +270,7 @@ class Migrator:
         for service in services_of(group):
             for thread in list(service.receivers):
                 service.receivers.remove(thread)
-                thread.waiting_on = f"serving {service.name} through {design.entry_kind}"
+                thread.waiting_on = design.serving_label(service)
         emitted, words = design._gates.emitted, design._gates.emitted_words
         for service in services_of(group):
             for conn in list(service.connections):
@@ -371,10 +372,10 @@ class Migrator:
             if thread.alive:
                 self._retarget(kernel, thread, 3, table, 0, migration)
         for service in services_of(group):
-            serving = f"serving {service.name} through {design.entry_kind}"
+            serving = design.serving_label(service)
             for thread in group.threads:
                 if thread.alive and thread.waiting_on == serving:
-                    thread.waiting_on = f"receive on {service.name}"
+                    thread.waiting_on = receive_label(service)
                     service.receivers.append(thread)
         machine.code_changed(table)
 

@@ -100,7 +100,12 @@ class PassiveServers:
             self._user.reply_wait(kernel, server, service, reply)
             return
         kernel.machine.charge_all(ENTRY_EXIT)
-        kernel.sched.block(server, f"serving {service.name} through {self.entry_kind}")
+        kernel.sched.block(server, self.serving_label(service))
+
+    def serving_label(self, service: Service) -> str:
+        """What an in-kernel server's thread waits on between calls (its `waiting_on`,
+        which migrate.py reads to tell a quiescent server)."""
+        return f"serving {service.name} through {self.entry_kind}"
 
     def close_service(self, kernel: Kernel, service: Service) -> None:
         self._user.close_service(kernel, service)

@@ -38,6 +38,13 @@ KPTI_ENTRY_EXIT = Charges.of(("swapgs", 2), "sysret", ("cr3_write", 2))
 ADDRESS_SPACE_SWITCH = Charges.of("cr3_write")
 
 
+def receive_label(service: Service) -> str:
+    """What a user-space server's thread blocked in REPLY_WAIT waits on (its
+    `waiting_on`; migrate.py reads it). The fast path's hand_over writes the same text
+    inline, to stay free of a call."""
+    return f"receive on {service.name}"
+
+
 def deliver(server: Thread, conn: Connection, msg: Message) -> None:
     """Put a call into a server thread's registers, as REPLY_WAIT returns it."""
     server.context.set_registers(DELIVERY, (0, conn.badge, conn.buffer_vaddr, *msg))
@@ -127,7 +134,7 @@ class Sel4Ipc:
         kernel.machine.charge_all(self._reply_wait_path)
         server.reply_to = None
         give_reply(caller, args[1:5])
-        kernel.sched.hand_over(server, f"receive on {service.name}", caller)
+        kernel.sched.hand_over(server, f"receive on {service.name}", caller)  # receive_label
         service.receivers.append(server)
         return True
 
@@ -159,7 +166,7 @@ class Sel4Ipc:
             if replied:
                 kernel.sched.wake(caller)
             return
-        kernel.sched.block(server, f"receive on {service.name}")
+        kernel.sched.block(server, receive_label(service))
         service.receivers.append(server)
         if replied:
             kernel.sched.switch_to(caller)

@@ -23,7 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-MAX_IN_KERNEL = 15  # protection keys 1..15; key 0 is the kernel's
+from underbridge.machine.paging import NUM_PKEYS
+
+MAX_IN_KERNEL = NUM_PKEYS - 1  # protection keys 1..15; key 0 is the kernel's
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,10 +45,6 @@ class PlacementEngine:
         kernel.syscall_observers.append(self._observe)
         kernel.make_room = self.make_room
 
-    def detach(self) -> None:
-        self.kernel.syscall_observers.remove(self._observe)
-        self.kernel.make_room = None
-
     def make_room(self, wanted: str) -> bool:
         """A key is wanted for `wanted` and none is left: move out the first server of
         the policy's `evict_order` that can move now (quiescent, and movable: the
