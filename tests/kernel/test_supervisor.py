@@ -114,6 +114,10 @@ def test_a_clean_exit_and_a_stop_are_not_restarted():
     supervisor.stop("echo")
     kernel.run()
     assert supervisor.restarts == [] and "echo" not in kernel.services
+    hello = supervisor.start(build_program("hello", base=CLIENT_BASE), ["hello"], service="hello")
+    kernel.run()
+    assert hello.state is GroupState.EXITED and hello.exit_status == 0
+    assert supervisor.restarts == [] and supervisor.group("hello") is hello
 
 
 def test_a_crash_while_the_cpu_is_idle_restarts_at_once():

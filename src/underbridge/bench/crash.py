@@ -204,7 +204,7 @@ def _code_at(rip: int) -> str:
 class _Run:
     """One bench run: the stack under its supervisor, the app, the kill loop."""
 
-    def __init__(self, mode: str, target: str, seed: int, records: int, ops: int) -> None:
+    def __init__(self, mode: str, seed: int, records: int, ops: int) -> None:
         self.kernel = Kernel(Machine(), ipc=mode)
         self.storage: Storage = start_storage(
             self.kernel, in_kernel=self.kernel.ipc.traits.servers_in_kernel
@@ -279,7 +279,7 @@ class _Run:
 def ops_span(mode: str, records: int, ops: int, seed: int) -> int:
     """Simulated cycles of the operation phase of a run without kills (the yardstick
     the kill instants are spread over)."""
-    run = _Run(mode, "fs", seed, records, ops)
+    run = _Run(mode, seed, records, ops)
     start = run.load()
     run.run_until(lambda: False)
     return max(1, run.kernel.machine.clock() - start)
@@ -302,7 +302,7 @@ def run_crash(
     wall = time.perf_counter()
     gap = ops_span(mode, records, ops, seed) // (2 * injections + 2) + 1
     rng = random.Random(seed)
-    run = _Run(mode, target, seed, records, ops)
+    run = _Run(mode, seed, records, ops)
     run.load()
     recoveries: list[Recovery] = []
     for number in range(injections):
