@@ -59,7 +59,6 @@ def traced(trace_file: Path | None, limit: int, *, accounting: bool = True) -> I
 
     with recording(trace_file, limit) as session:
         yield
-    assert session is not None
     dropped = session.trace.dropped
     note = f" (limit reached: {dropped:,} events dropped)" if dropped else ""
     errors.print(f"[dim]wrote trace {escape(str(trace_file))}{note}[/]")

@@ -73,11 +73,8 @@ def active(session: TraceSession) -> Iterator[TraceSession]:
 
 
 @contextmanager
-def recording(path: Path | None, limit: int | None = None) -> Iterator[TraceSession | None]:
-    """Trace every kernel created inside the block into `path` (None: no trace)."""
-    if path is None:
-        yield None
-        return
+def recording(path: Path, limit: int | None = None) -> Iterator[TraceSession]:
+    """Trace every kernel created inside the block into `path`."""
     with active(TraceSession(limit)) as session:
         yield session
     session.write(path)
