@@ -119,3 +119,10 @@ def test_the_cli_s_light_copies_of_bench_lists_match_them():
 
     assert crash_cli.TARGETS == crash_bench.TARGETS
     assert measure.PLACEMENTS == migrate_workload.PLACEMENTS
+
+
+def test_the_placement_limit_is_every_key_but_the_kernels():
+    from underbridge.kernel.placement import MAX_IN_KERNEL
+    from underbridge.machine.paging import NUM_PKEYS
+
+    assert MAX_IN_KERNEL == NUM_PKEYS - 1

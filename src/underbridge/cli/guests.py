@@ -58,6 +58,25 @@ def _waits(threads: list[Thread]) -> str:
     return "; ".join(f"{shown(t.name)} waits on {t.waiting_on or 'nothing'}" for t in threads)
 
 
+def guest_to_run(
+    program: str | None, args: tuple[str, ...], c_file: Path | None, *, command: str
+) -> tuple[Path, list[str], str]:
+    """What `underbridge COMMAND [PROGRAM] [ARGS] [--c FILE]` runs: the built ELF, its
+    argv, and its name for reports (argv[0] keeps the bytes it was given)."""
+    from underbridge.guestbuild.toolchain import build_program
+
+    if program is None and c_file is None:
+        raise UserError(
+            "name a program from guest/apps or give --c FILE.c",
+            hint=f"underbridge {command} hello   or   underbridge {command} --c mine.c ARGS",
+        )
+    if c_file is not None and program is not None:
+        args = (program, *args)  # with --c, every positional word is an argument
+    source: Path | str = c_file if c_file is not None else str(program)
+    stem = Path(source).stem if c_file is not None else str(program)
+    return build_program(source, base=RUN_BASE), [stem, *args], shown(stem)
+
+
 @click.command()
 @click.argument("program", required=False)
 @click.argument("args", nargs=-1)
@@ -96,21 +115,10 @@ def run(
       underbridge run hello
       underbridge run --c mine.c first-arg second-arg
     """
-    from underbridge.guestbuild.toolchain import build_program
     from underbridge.kernel.kernel import Kernel
     from underbridge.machine.cpu import Machine
 
-    if program is None and c_file is None:
-        raise UserError(
-            "name a program from guest/apps or give --c FILE.c",
-            hint="underbridge run hello   or   underbridge run --c mine.c ARGS",
-        )
-    if c_file is not None and program is not None:
-        args = (program, *args)  # with --c, every positional word is an argument
-    source: Path | str = c_file if c_file is not None else str(program)
-    elf = build_program(source, base=RUN_BASE)
-    stem = Path(source).stem if c_file is not None else str(program)
-    name = shown(stem)  # for reports; argv[0] keeps the bytes it was given
+    elf, argv, name = guest_to_run(program, args, c_file, command="run")
 
     def stream(_process: CapGroup, data: bytes) -> None:
         if not as_json:
@@ -123,7 +131,7 @@ def run(
     with traced(trace_file, trace_limit, accounting=not no_accounting):
         machine = Machine(accounting=not no_accounting)
         kernel = Kernel(machine, console=stream)
-        process = kernel.spawn(elf, [stem, *args], name=name)
+        process = kernel.spawn(elf, argv, name=name)
         started = time.perf_counter()
         kernel.run(until=budget_spent)
         wall = time.perf_counter() - started

@@ -29,7 +29,7 @@ from underbridge.cli.common import (
     shown,
     user_errors,
 )
-from underbridge.errors import UserError
+from underbridge.cli.guests import DEFAULT_BUDGET
 from underbridge.kernel.ipc.registry import DESIGNS
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def profile_ycsb(
 @click.option(
     "--budget",
     type=click.IntRange(min=0),
-    default=1_000_000_000,
+    default=DEFAULT_BUDGET,
     show_default=True,
     help="Stop after this many simulated cycles; 0: no limit.",
 )
@@ -146,20 +146,10 @@ def profile_run(
 ) -> None:
     """One guest program in ring 3, as `underbridge run` runs it."""
     from underbridge.bench.profile_targets import profile_program
-    from underbridge.cli.guests import RUN_BASE
-    from underbridge.guestbuild.toolchain import build_program
+    from underbridge.cli.guests import guest_to_run
 
-    if program is None and c_file is None:
-        raise UserError(
-            "name a program from guest/apps or give --c FILE.c",
-            hint="underbridge profile run hello   or   underbridge profile run --c mine.c",
-        )
-    if c_file is not None and program is not None:
-        args = (program, *args)
-    source: Path | str = c_file if c_file is not None else str(program)
-    stem = Path(source).stem if c_file is not None else str(program)
-    elf = build_program(source, base=RUN_BASE)
-    _report(profile_program(elf, [stem, *args], shown(stem), budget), **outputs)
+    elf, argv, name = guest_to_run(program, args, c_file, command="profile run")
+    _report(profile_program(elf, argv, name, budget), **outputs)
 
 
 def _report(

@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from underbridge.machine.paging import NUM_PKEYS
-
-MAX_IN_KERNEL = NUM_PKEYS - 1  # protection keys 1..15; key 0 is the kernel's
+# machine/paging.py's NUM_PKEYS - 1 (key 0 is the kernel's), not imported: `--help` reads
+# POLICIES from here and must not load the emulator (tests/test_cli.py checks the two).
+MAX_IN_KERNEL = 15
 
 
 @dataclass(frozen=True, slots=True)
